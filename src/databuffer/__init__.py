@@ -1,0 +1,25 @@
+"""databuffer: buffer items in memory and flush them in batches.
+
+>>> from databuffer import Buffer
+>>> class EventBuffer(Buffer):
+...     def handle_flush(self, batch, opts):
+...         return len(batch)
+"""
+
+from . import telemetry
+from ._buffer import Buffer, FlushOpts
+from ._compat import USING_EXTENSION
+from ._errors import BufferClosed, BufferFull, FlushTimeout
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "USING_EXTENSION",
+    "Buffer",
+    "BufferClosed",
+    "BufferFull",
+    "FlushOpts",
+    "FlushTimeout",
+    "__version__",
+    "telemetry",
+)

@@ -1,0 +1,749 @@
+"""The ``Buffer`` class: the Python layer over the core.
+
+The core (``BufferCore``, compiled or pure Python) stores items and keeps the
+counters; this layer validates options, runs one timer thread per buffer and
+one flusher thread per partition, calls ``handle_flush`` and reports failures
+and telemetry.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import numbers
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from . import telemetry
+from ._compat import BufferCore
+from ._errors import BufferClosed, BufferFull, FlushTimeout
+
+__all__ = ("Buffer", "FlushOpts")
+
+logger = logging.getLogger("databuffer")
+
+_monotonic = time.monotonic
+_monotonic_ns = time.monotonic_ns
+
+# A pending flush request is never downgraded by a weaker one.
+_TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
+
+
+class FlushOpts:
+    """What ``handle_flush`` is told about a batch.
+
+    Attributes:
+        meta: the buffer's ``flush_meta``.
+        size: the number of items in the batch (``len(batch)``).
+        partition: the 0-based partition the batch comes from.
+        buffer: the buffer's name.
+        trigger: why it was flushed: ``"size"``, ``"interval"``,
+            ``"manual"`` or ``"close"``.
+    """
+
+    __slots__ = ("buffer", "meta", "partition", "size", "trigger")
+
+    def __init__(self, meta: Any, size: int, partition: int, buffer: str, trigger: str) -> None:
+        self.meta = meta
+        self.size = size
+        self.partition = partition
+        self.buffer = buffer
+        self.trigger = trigger
+
+    def __repr__(self) -> str:
+        return (
+            f"FlushOpts(meta={self.meta!r}, size={self.size}, partition={self.partition}, "
+            f"buffer={self.buffer!r}, trigger={self.trigger!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FlushOpts):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Flight:
+    """A batch handed to ``handle_flush`` (owned by its flusher thread)."""
+
+    __slots__ = ("batch", "deadline", "first", "opts", "start_ns")
+
+    def __init__(self, batch: list[Any], opts: FlushOpts, first: int) -> None:
+        self.batch = batch
+        self.opts = opts
+        self.first = first
+        self.start_ns = 0
+        self.deadline = math.inf
+
+
+class _SyncWaiter:
+    """One ``sync_flush``/``close`` call waiting for its partitions."""
+
+    __slots__ = ("errors", "results", "starts", "targets")
+
+    def __init__(self, partitions: int) -> None:
+        # Per partition: sequence numbers [start, target) that this call flushes.
+        self.starts = [0] * partitions
+        self.targets = [0] * partitions
+        self.results: list[list[Any]] = [[] for _ in range(partitions)]
+        self.errors: list[list[BaseException]] = [[] for _ in range(partitions)]
+
+
+class _Partition:
+    """Per-partition state of the Python layer."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        # Set to wake the flusher thread (by inserts that seal a batch, by
+        # flush requests and by close).
+        self.event = threading.Event()
+        # Guards flight, generation, flush_upto, flush_trigger and syncs.
+        self.lock = threading.Lock()
+        self.flight: _Flight | None = None
+        # Bumped when a stuck flush is abandoned; the thread of an older
+        # generation exits once its call returns.
+        self.generation = 0
+        self.flush_upto = 0
+        self.flush_trigger = "manual"
+        self.syncs: list[_SyncWaiter] = []
+        # Inserts waiting for room wait on this condition; waiters is
+        # guarded by it.
+        self.room = threading.Condition(threading.Lock())
+        self.waiters = 0
+        # Next timed flush (monotonic seconds); guarded by the buffer's
+        # timer condition.
+        self.deadline = math.inf
+        self.thread: threading.Thread | None = None
+
+
+def _check_count(option: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option} must be an int, not {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{option} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_seconds(option: str, value: object, *, zero_ok: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{option} must be a number of seconds, not {type(value).__name__} {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{option} must be a finite number of seconds, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{option} must be {bound} seconds, got {value!r}")
+    return seconds
+
+
+def _check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    return _check_seconds("timeout", value, zero_ok=True)
+
+
+class _BufferLayer:
+    """Buffers items in memory and flushes them in batches to ``handle_flush``.
+
+    Subclass it and define ``handle_flush(self, batch, opts)``, or pass
+    ``handle_flush=fn`` with ``fn(batch, opts)``.  The buffer runs as soon as
+    it is constructed and until ``close()`` (or the end of a ``with`` block,
+    or interpreter exit).
+
+    Args:
+        handle_flush: ``fn(batch, opts)``, called with each batch (a list)
+            and its :class:`FlushOpts`; its return value is collected by
+            :meth:`sync_flush`.  Required unless the subclass defines the
+            method.
+        handle_flush_error: ``fn(batch, opts, error)``, called with a batch
+            whose ``handle_flush`` raised or timed out.  Defaults to the
+            method, which logs on the ``databuffer`` logger.
+        name: label used in telemetry, logs, thread names and ``info()``;
+            the class name by default.
+        partitions: independent partitions, chosen round-robin per insert
+            call (default 1).
+        max_size: items in a partition that trigger a flush (default 5000).
+        max_size_jitter: a random 0..n (inclusive) added to ``max_size``,
+            drawn anew after every flush of that partition (default 0).
+        flush_interval: seconds between timed flushes of a partition,
+            counted from its last flush of any kind (default 10.0).
+        flush_jitter: a random 0..n seconds added to ``flush_interval``,
+            drawn anew after every flush (default 2.0).
+        flush_timeout: seconds one ``handle_flush`` call may run before it is
+            reported as failed with :class:`FlushTimeout` (default 60.0).
+        flush_meta: any object, handed to every flush as ``opts.meta``.
+        insert_timeout: default seconds an insert waits under backpressure
+            before raising :class:`BufferFull` (default 5.0).
+
+    Raises:
+        TypeError: no ``handle_flush``, or an option of the wrong type.
+        ValueError: an option out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        handle_flush: Callable[[list[Any], FlushOpts], Any] | None = None,
+        handle_flush_error: Callable[[list[Any], FlushOpts, BaseException], Any] | None = None,
+        name: str | None = None,
+        partitions: int = 1,
+        max_size: int = 5000,
+        max_size_jitter: int = 0,
+        flush_interval: float = 10.0,
+        flush_jitter: float = 2.0,
+        flush_timeout: float = 60.0,
+        flush_meta: Any = None,
+        insert_timeout: float = 5.0,
+    ) -> None:
+        has_method = type(self).handle_flush is not _BufferLayer.handle_flush
+        if handle_flush is None and not has_method:
+            raise TypeError(
+                f"{type(self).__name__} needs a handle_flush: define the method "
+                "handle_flush(self, batch, opts) or pass handle_flush=fn"
+            )
+        if handle_flush is not None and has_method:
+            raise TypeError(
+                f"{type(self).__name__} defines handle_flush already; "
+                "do not pass handle_flush= as well"
+            )
+        if handle_flush is not None and not callable(handle_flush):
+            raise TypeError(f"handle_flush must be callable, not {handle_flush!r}")
+        if handle_flush_error is not None and not callable(handle_flush_error):
+            raise TypeError(f"handle_flush_error must be callable, not {handle_flush_error!r}")
+        if name is None:
+            name = type(self).__name__
+        elif not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__} {name!r}")
+        self._name = name
+        self._partitions = _check_count("partitions", partitions, 1)
+        self._max_size = _check_count("max_size", max_size, 1)
+        self._max_size_jitter = _check_count("max_size_jitter", max_size_jitter, 0)
+        self._flush_interval = _check_seconds("flush_interval", flush_interval, zero_ok=False)
+        self._flush_jitter = _check_seconds("flush_jitter", flush_jitter, zero_ok=True)
+        self._flush_timeout = _check_seconds("flush_timeout", flush_timeout, zero_ok=False)
+        self._insert_timeout = _check_seconds("insert_timeout", insert_timeout, zero_ok=False)
+        self._flush_meta = flush_meta
+        self._flush_fn: Callable[[list[Any], FlushOpts], Any] = handle_flush or self.handle_flush
+        self._error_fn: Callable[[list[Any], FlushOpts, BaseException], Any] = (
+            handle_flush_error or self.handle_flush_error
+        )
+        self._random = random.Random()
+
+        self._parts = [_Partition(p) for p in range(self._partitions)]
+        self._core_init(
+            self._partitions,
+            self._max_size,
+            self._max_size_jitter,
+            tuple(part.event.set for part in self._parts),
+        )
+
+        # Lifecycle: _close_lock serializes close(); _stopping is set once
+        # every flush is done and tells the threads to exit.
+        self._close_lock = threading.Lock()
+        self._stopping = False
+        self._stopped = False
+        # sync_flush/close waiters wait on _progress for finished flushes;
+        # _sync_count (guarded by it) lets flushers skip the notify.
+        self._progress = threading.Condition(threading.Lock())
+        self._sync_count = 0
+        # The timer thread sleeps on _timer_cond until _timer_wake_at
+        # (both guarded by it); the deadlines of the partitions too.
+        self._timer_cond = threading.Condition(threading.Lock())
+        self._timer_wake_at = math.inf
+
+        now = _monotonic()
+        for part in self._parts:
+            part.deadline = now + self._next_interval()
+            part.thread = self._start_flusher(part, None)
+        self._timer = threading.Thread(
+            target=self._timer_main, name=f"databuffer-{name}-timer", daemon=True
+        )
+        self._timer.start()
+        _open_buffers.add(self)
+
+    # -- callbacks --------------------------------------------------------
+
+    def handle_flush(self, batch: list[Any], opts: FlushOpts) -> Any:
+        """Write a batch somewhere; override in a subclass (or pass ``handle_flush=``).
+
+        Args:
+            batch: the items, in insertion order; never empty.
+            opts: the batch's :class:`FlushOpts`.
+
+        Returns:
+            Anything; :meth:`sync_flush` collects it.
+        """
+        raise NotImplementedError
+
+    def handle_flush_error(self, batch: list[Any], opts: FlushOpts, error: BaseException) -> None:
+        """Called with a batch whose ``handle_flush`` raised or timed out.
+
+        The default logs the failure on the ``databuffer`` logger at ERROR,
+        with the buffer's name, the partition, the batch size and the
+        traceback.  Override it to retry, spool or count.
+        """
+        logger.error(
+            "buffer %r partition %d: handle_flush failed for a batch of %d items (trigger %s)",
+            opts.buffer,
+            opts.partition,
+            opts.size,
+            opts.trigger,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+
+    # -- operations -------------------------------------------------------
+
+    def flush(self) -> None:
+        """Ask every non-empty partition to flush now; does not wait."""
+        if self._stopped:
+            return
+        for part in self._parts:
+            self._request(part, "manual")
+
+    def sync_flush(self, timeout: float | None = None) -> list[Any]:
+        """Flush every partition and wait for the flushes.
+
+        Waits until every flush started before or by this call has finished
+        (its telemetry and any ``handle_flush_error`` included).
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits as long as the
+                flushes take (each is bounded by ``flush_timeout``).
+
+        Returns:
+            The ``handle_flush`` return values of the batches holding items
+            buffered when it was called, in partition order (and flush order
+            within a partition).
+
+        Raises:
+            TimeoutError: ``timeout`` ran out.
+            ExceptionGroup: some of those batches failed; raised after every
+                partition has finished, with the errors in partition order.
+        """
+        deadline = self._deadline(timeout)
+        if self._stopped:
+            return []
+        waiter = self._flush_and_wait("manual", deadline)
+        errors = [error for errs in waiter.errors for error in errs]
+        if errors:
+            raise ExceptionGroup(
+                f"sync_flush of buffer {self._name!r}: {len(errors)} flush(es) failed", errors
+            )
+        return [result for results in waiter.results for result in results]
+
+    def dump(self) -> list[Any]:
+        """A copy of the buffered items, removing nothing.
+
+        Partition order, insertion order within a partition.  Items already
+        handed to a flusher are not included.
+        """
+        return self._dump()
+
+    def size(self) -> int:
+        """Items buffered and not yet handed to a flusher, over all partitions."""
+        return int(self._size())
+
+    def info(self) -> list[dict[str, Any]]:
+        """One dict per partition: its settings, state and counters."""
+        out = []
+        for part in self._parts:
+            size, threshold, busy, inserted, _taken, flushed, failed = self._stats(part.index)
+            out.append(
+                {
+                    "partition": part.index,
+                    "name": self._name,
+                    "size": size,
+                    "flush_size": threshold,
+                    "flush_interval": self._flush_interval,
+                    "flush_jitter": self._flush_jitter,
+                    "flush_timeout": self._flush_timeout,
+                    "flushing": busy,
+                    "inserted": inserted,
+                    "flushed": flushed,
+                    "failed": failed,
+                }
+            )
+        return out
+
+    @property
+    def name(self) -> str:
+        """The buffer's name."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return bool(self._is_closed())
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush what is left, wait for every flush and stop the threads.
+
+        Idempotent.  Afterwards inserts raise :class:`BufferClosed`, while
+        ``size()``, ``dump()`` and ``info()`` still answer.  Failed flushes
+        go to ``handle_flush_error``; ``close`` does not raise them.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits as long as the
+                flushes take (each is bounded by ``flush_timeout``).
+
+        Raises:
+            TimeoutError: ``timeout`` ran out; the buffer is closed to
+                inserts and its flushers go on; call ``close()`` again to
+                wait for them.
+        """
+        deadline = self._deadline(timeout)
+        with self._close_lock:
+            if self._stopped:
+                return
+            self._mark_closed()
+            for part in self._parts:
+                with part.room:
+                    part.room.notify_all()
+            self._flush_and_wait("close", deadline)
+            self._stopping = True
+            current = threading.current_thread()
+            for part in self._parts:
+                part.event.set()
+            with self._timer_cond:
+                self._timer_cond.notify()
+            for thread in [part.thread for part in self._parts] + [self._timer]:
+                if thread is not None and thread is not current:
+                    thread.join(None if deadline is None else max(0.0, deadline - _monotonic()))
+            self._stopped = True
+            _open_buffers.discard(self)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._is_closed() else "open"
+        return (
+            f"<{type(self).__name__} name={self._name!r} partitions={self._partitions} "
+            f"size={self.size()} {state}>"
+        )
+
+    # -- slow paths called by the core ------------------------------------
+
+    def _closed_error(self) -> BufferClosed:
+        return BufferClosed(f"buffer {self._name!r} is closed")
+
+    def _insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
+        """Wait for room in partition ``p`` and store ``item`` (backpressure)."""
+        self._wait_for_room(p, timeout, lambda: 1 if self._push(p, item) else 0, 1)
+
+    def _insert_batch_wait(self, p: int, seq: Sequence[Any], start: int, timeout: float | None) -> None:
+        """Store ``seq[start:]`` in partition ``p``, waiting for room between chunks."""
+        stored = [start]
+
+        def step() -> int:
+            stored[0] = self._push_many(p, seq, stored[0])
+            return stored[0]
+
+        self._wait_for_room(p, timeout, step, len(seq), stored)
+
+    def _wait_for_room(
+        self,
+        p: int,
+        timeout: float | None,
+        step: Callable[[], int],
+        goal: int,
+        stored: list[int] | None = None,
+    ) -> None:
+        seconds = self._insert_timeout if timeout is None else _check_seconds(
+            "timeout", timeout, zero_ok=True
+        )
+        part = self._parts[p]
+        deadline = _monotonic() + seconds
+        with part.room:
+            part.waiters += 1
+            try:
+                while step() < goal:
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0:
+                        count = stored[0] if stored is not None else 0
+                        threshold = self._stats(p)[1]
+                        raise BufferFull(
+                            f"buffer {self._name!r} partition {p} is full ({threshold} items) "
+                            f"while its previous batch is flushing; gave up after {seconds}s"
+                            + (f" with {count} leading items stored" if stored is not None else ""),
+                            stored=count,
+                        )
+                    part.room.wait(remaining)
+            finally:
+                part.waiters -= 1
+
+    def _insert_instrumented(self, item: Any, timeout: float | None) -> None:
+        self._instrumented(self._insert_raw, item, timeout, batch=False)
+
+    def _insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None) -> None:
+        self._instrumented(self._insert_batch_raw, items, timeout, batch=True)
+
+    def _instrumented(self, raw: Callable[[Any, Any], Any], arg: Any, timeout: Any, *, batch: bool) -> None:
+        start = _monotonic_ns()
+        telemetry.execute(
+            telemetry.INSERT_START,
+            {"system_time": time.time_ns(), "monotonic_time": start},
+            {"buffer": self._name},
+        )
+        try:
+            result = raw(arg, timeout)
+        except Exception as exc:
+            end = _monotonic_ns()
+            telemetry.execute(
+                telemetry.INSERT_EXCEPTION,
+                {"duration": end - start, "monotonic_time": end},
+                {"buffer": self._name, "kind": "error", "reason": exc, "stacktrace": exc.__traceback__},
+            )
+            raise
+        end = _monotonic_ns()
+        if batch:
+            partition, size = result
+            partition = None if partition < 0 else partition
+        else:
+            partition, size = result, 1
+        telemetry.execute(
+            telemetry.INSERT_STOP,
+            {"duration": end - start, "monotonic_time": end},
+            {"buffer": self._name, "partition": partition, "size": size},
+        )
+
+    # -- flushing ---------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        seconds = _check_timeout(timeout)
+        return None if seconds is None else _monotonic() + seconds
+
+    def _next_interval(self) -> float:
+        return self._flush_interval + self._random.uniform(0.0, self._flush_jitter)
+
+    def _request(self, part: _Partition, trigger: str, upto: int | None = None) -> None:
+        """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
+        size, _threshold, _busy, inserted, taken, _flushed, _failed = self._stats(part.index)
+        if upto is None:
+            if size == 0:
+                return
+            upto = inserted
+        with part.lock:
+            if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
+                part.flush_trigger = trigger
+            part.flush_upto = max(part.flush_upto, upto)
+        part.event.set()
+
+    def _flush_and_wait(self, trigger: str, deadline: float | None) -> _SyncWaiter:
+        """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
+        waiter = _SyncWaiter(self._partitions)
+        with self._progress:
+            self._sync_count += 1
+        try:
+            for part in self._parts:
+                with part.lock:
+                    stats = self._stats(part.index)
+                    waiter.starts[part.index] = stats[4]
+                    waiter.targets[part.index] = stats[3]
+                    part.syncs.append(waiter)
+                self._request(part, trigger, waiter.targets[part.index])
+            with self._progress:
+                while not self._reached(waiter.targets):
+                    remaining = None if deadline is None else deadline - _monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(
+                            f"buffer {self._name!r}: flushes still running when the timeout ran out"
+                        )
+                    self._progress.wait(remaining)
+        finally:
+            for part in self._parts:
+                with part.lock:
+                    if waiter in part.syncs:
+                        part.syncs.remove(waiter)
+            with self._progress:
+                self._sync_count -= 1
+        return waiter
+
+    def _reached(self, targets: list[int]) -> bool:
+        for p, target in enumerate(targets):
+            stats = self._stats(p)
+            if stats[5] + stats[6] < target:
+                return False
+        return True
+
+    def _start_flusher(
+        self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None
+    ) -> threading.Thread:
+        thread = threading.Thread(
+            target=self._flusher_main,
+            args=(part, part.generation, timed_out),
+            name=f"databuffer-{self._name}-flusher-{part.index}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _flusher_main(
+        self, part: _Partition, generation: int, timed_out: tuple[_Flight, FlushTimeout] | None
+    ) -> None:
+        p = part.index
+        if timed_out is not None:
+            self._settle(part, timed_out[0], None, timed_out[1])
+        while True:
+            part.event.clear()
+            while True:
+                taken = self._take(p, part.flush_upto)
+                if part.waiters:
+                    with part.room:
+                        part.room.notify_all()
+                if taken is None:
+                    break
+                if not self._flush_one(part, generation, taken):
+                    return
+            if self._stopping:
+                return
+            part.event.wait()
+
+    def _flush_one(self, part: _Partition, generation: int, taken: tuple[list[Any], bool, int]) -> bool:
+        """Hand one batch to ``handle_flush``; False if it was abandoned."""
+        batch, by_size, first = taken
+        trigger = "size" if by_size else part.flush_trigger
+        opts = FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger)
+        flight = _Flight(batch, opts, first)
+        if telemetry.has_handlers(telemetry.FLUSH_START):
+            telemetry.execute(
+                telemetry.FLUSH_START,
+                {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
+                {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": trigger},
+            )
+        flight.deadline = _monotonic() + self._flush_timeout
+        flight.start_ns = _monotonic_ns()
+        with part.lock:
+            part.flight = flight
+        with self._timer_cond:
+            if flight.deadline < self._timer_wake_at:
+                self._timer_cond.notify()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self._flush_fn(batch, opts)
+        except Exception as exc:
+            error = exc
+        with part.lock:
+            if part.flight is not flight or part.generation != generation:
+                return False
+            part.flight = None
+        self._settle(part, flight, result, error)
+        return True
+
+    def _settle(self, part: _Partition, flight: _Flight, result: Any, error: BaseException | None) -> None:
+        """Report a finished batch: telemetry, error handler, counters, waiters."""
+        opts = flight.opts
+        end = _monotonic_ns()
+        measurements = {"duration": end - flight.start_ns, "monotonic_time": end}
+        metadata: dict[str, Any] = {
+            "buffer": self._name,
+            "partition": opts.partition,
+            "size": opts.size,
+            "trigger": opts.trigger,
+        }
+        if error is None:
+            if telemetry.has_handlers(telemetry.FLUSH_STOP):
+                telemetry.execute(telemetry.FLUSH_STOP, measurements, metadata)
+        else:
+            if telemetry.has_handlers(telemetry.FLUSH_EXCEPTION):
+                metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
+                telemetry.execute(telemetry.FLUSH_EXCEPTION, measurements, metadata)
+            try:
+                self._error_fn(flight.batch, opts, error)
+            except Exception:
+                logger.exception(
+                    "buffer %r partition %d: handle_flush_error raised", self._name, opts.partition
+                )
+        with part.lock:
+            for waiter in part.syncs:
+                if waiter.starts[opts.partition] <= flight.first < waiter.targets[opts.partition]:
+                    if error is None:
+                        waiter.results[opts.partition].append(result)
+                    else:
+                        waiter.errors[opts.partition].append(error)
+        self._finish(opts.partition, opts.size, error is None)
+        deadline = _monotonic() + self._next_interval()
+        with self._timer_cond:
+            part.deadline = deadline
+            if deadline < self._timer_wake_at:
+                self._timer_cond.notify()
+        if self._sync_count:
+            with self._progress:
+                self._progress.notify_all()
+
+    # -- timers -----------------------------------------------------------
+
+    def _timer_main(self) -> None:
+        cond = self._timer_cond
+        with cond:
+            while not self._stopping:
+                now = _monotonic()
+                wake = math.inf
+                due: list[_Partition] = []
+                overdue: list[tuple[_Partition, _Flight]] = []
+                for part in self._parts:
+                    if part.deadline <= now:
+                        part.deadline = now + self._next_interval()
+                        due.append(part)
+                    wake = min(wake, part.deadline)
+                    flight = part.flight
+                    if flight is not None:
+                        if flight.deadline <= now:
+                            overdue.append((part, flight))
+                        else:
+                            wake = min(wake, flight.deadline)
+                if due or overdue:
+                    cond.release()
+                    try:
+                        for part in due:
+                            self._request(part, "interval")
+                        for part, flight in overdue:
+                            self._abandon(part, flight)
+                    finally:
+                        cond.acquire()
+                    continue
+                self._timer_wake_at = wake
+                cond.wait(None if wake == math.inf else wake - now)
+                self._timer_wake_at = math.inf
+
+    def _abandon(self, part: _Partition, flight: _Flight) -> None:
+        """Give up on a stuck ``handle_flush``: report it and start a new flusher."""
+        with part.lock:
+            if part.flight is not flight:
+                return
+            part.flight = None
+            part.generation += 1
+        error = FlushTimeout(
+            f"handle_flush of buffer {self._name!r} partition {part.index} ran past "
+            f"flush_timeout={self._flush_timeout}s with a batch of {flight.opts.size} items; "
+            "the call was abandoned"
+        )
+        part.thread = self._start_flusher(part, (flight, error))
+
+
+class Buffer(_BufferLayer, BufferCore):
+    __doc__ = _BufferLayer.__doc__
+
+
+# Buffers that are open, closed at interpreter exit.  Weak: the registry keeps
+# no buffer alive (an open buffer is kept alive by its own threads).
+_open_buffers: weakref.WeakSet[_BufferLayer] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_buffers() -> None:
+    for buf in list(_open_buffers):
+        try:
+            buf.close()
+        except Exception:
+            logger.exception("closing buffer %r at interpreter exit failed", buf.name)

@@ -1,0 +1,36 @@
+"""The one place that chooses between the compiled and the pure-Python core.
+
+Set ``DATABUFFER_NO_EXTENSIONS=1`` to use the pure-Python core; it is also
+used on interpreters other than CPython and when the extension is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from . import _core_py
+
+NO_EXTENSIONS = bool(os.environ.get("DATABUFFER_NO_EXTENSIONS"))
+if sys.implementation.name != "cpython":
+    NO_EXTENSIONS = True
+
+core: ModuleType
+if TYPE_CHECKING or NO_EXTENSIONS:
+    core = _core_py
+else:
+    try:
+        from . import _core as core
+    except ImportError:  # pragma: no cover - a source checkout without a build
+        core = _core_py
+
+#: True when the compiled core is in use.
+USING_EXTENSION = core is not _core_py
+
+#: Every core module loaded in this process; telemetry switches insert events
+#: on and off in each of them.
+LOADED_CORES: tuple[ModuleType, ...] = (core,) if core is _core_py else (core, _core_py)
+
+BufferCore = core.BufferCore

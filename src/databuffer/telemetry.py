@@ -1,0 +1,198 @@
+"""Telemetry events, in the shape of Elixir's ``:telemetry``.
+
+Events are tuples of strings; a handler is called as
+``fn(event, measurements, metadata, config)``.  A handler that raises is
+detached and logged, so a broken handler never breaks a buffer.
+
+Events emitted by databuffer:
+
+========================================  ==============================  ==============================================
+event                                     measurements                    metadata
+========================================  ==============================  ==============================================
+``("data_buffer", "insert", "start")``     ``system_time``,                ``buffer``
+                                          ``monotonic_time``
+``("data_buffer", "insert", "stop")``      ``duration``, ``monotonic_time`` ``buffer``, ``partition``, ``size``
+``("data_buffer", "insert", "exception")`` ``duration``, ``monotonic_time`` ``buffer``, ``kind``, ``reason``, ``stacktrace``
+``("data_buffer", "flush", "start")``      ``system_time``,                ``buffer``, ``partition``, ``size``, ``trigger``
+                                          ``monotonic_time``
+``("data_buffer", "flush", "stop")``       ``duration``, ``monotonic_time`` ``buffer``, ``partition``, ``size``, ``trigger``
+``("data_buffer", "flush", "exception")``  ``duration``, ``monotonic_time`` as ``stop``, plus ``kind``, ``reason``,
+                                                                          ``stacktrace``
+========================================  ==============================  ==============================================
+
+Times are integer nanoseconds (``time.time_ns()``, ``time.monotonic_ns()``).
+While no handler is attached to an insert event, inserts skip telemetry
+entirely (a flag checked in the core).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ._compat import LOADED_CORES
+
+__all__ = (
+    "EVENTS",
+    "FLUSH_EXCEPTION",
+    "FLUSH_START",
+    "FLUSH_STOP",
+    "INSERT_EXCEPTION",
+    "INSERT_START",
+    "INSERT_STOP",
+    "Handler",
+    "attach",
+    "attach_many",
+    "detach",
+    "execute",
+    "list_handlers",
+)
+
+Event = tuple[str, ...]
+Handler = Callable[[Event, Mapping[str, Any], Mapping[str, Any], Any], object]
+
+INSERT_START: Event = ("data_buffer", "insert", "start")
+INSERT_STOP: Event = ("data_buffer", "insert", "stop")
+INSERT_EXCEPTION: Event = ("data_buffer", "insert", "exception")
+FLUSH_START: Event = ("data_buffer", "flush", "start")
+FLUSH_STOP: Event = ("data_buffer", "flush", "stop")
+FLUSH_EXCEPTION: Event = ("data_buffer", "flush", "exception")
+EVENTS: tuple[Event, ...] = (
+    INSERT_START,
+    INSERT_STOP,
+    INSERT_EXCEPTION,
+    FLUSH_START,
+    FLUSH_STOP,
+    FLUSH_EXCEPTION,
+)
+_INSERT_EVENTS = frozenset((INSERT_START, INSERT_STOP, INSERT_EXCEPTION))
+
+logger = logging.getLogger("databuffer")
+
+
+class _Attached:
+    __slots__ = ("config", "event", "function", "handler_id")
+
+    def __init__(self, handler_id: object, event: Event, function: Handler, config: Any) -> None:
+        self.handler_id = handler_id
+        self.event = event
+        self.function = function
+        self.config = config
+
+
+# Registry.  _handlers maps an event to a tuple of attachments (replaced, never
+# mutated, so emitters read it without the lock); _order keeps attach order
+# for list_handlers.  Both are written only under _lock.
+_lock = threading.Lock()
+_handlers: dict[Event, tuple[_Attached, ...]] = {}
+_order: list[_Attached] = []
+
+
+def _as_event(event: object) -> Event:
+    if isinstance(event, str) or not isinstance(event, (tuple, list)):
+        raise TypeError(f"an event is a tuple of strings, not {event!r}")
+    if not event or not all(isinstance(part, str) for part in event):
+        raise TypeError(f"an event is a non-empty tuple of strings, not {event!r}")
+    return tuple(event)
+
+
+def _rebuild() -> None:
+    """Recompute the per-event index and the insert flag (under _lock)."""
+    index: dict[Event, list[_Attached]] = {}
+    for att in _order:
+        index.setdefault(att.event, []).append(att)
+    _handlers.clear()
+    _handlers.update({event: tuple(atts) for event, atts in index.items()})
+    listening = any(event in _INSERT_EVENTS for event in _handlers)
+    for core in LOADED_CORES:
+        core.set_insert_telemetry(listening)
+
+
+def attach(handler_id: object, event: Iterable[str], function: Handler, config: Any = None) -> None:
+    """Call ``function(event, measurements, metadata, config)`` on ``event``.
+
+    Args:
+        handler_id: a unique, hashable id, used to detach.
+        event: the event, a tuple of strings such as
+            ``("data_buffer", "flush", "stop")``.
+        function: the handler.
+        config: any object, handed to every call.
+
+    Raises:
+        ValueError: ``handler_id`` is attached already.
+        TypeError: ``event`` is not a tuple of strings or ``function`` is not
+            callable.
+    """
+    attach_many(handler_id, [tuple(event) if isinstance(event, list) else event], function, config)
+
+
+def attach_many(
+    handler_id: object, events: Iterable[Iterable[str]], function: Handler, config: Any = None
+) -> None:
+    """Attach one handler to several events under one id (see :func:`attach`)."""
+    if isinstance(events, (str, tuple)) and events and isinstance(next(iter(events)), str):
+        raise TypeError(f"attach_many() takes a list of events, not one event {events!r}")
+    checked = [_as_event(event) for event in events]
+    if not checked:
+        raise ValueError("attach_many() needs at least one event")
+    if not callable(function):
+        raise TypeError(f"a telemetry handler must be callable, not {function!r}")
+    hash(handler_id)
+    with _lock:
+        if any(att.handler_id == handler_id for att in _order):
+            raise ValueError(f"a telemetry handler with id {handler_id!r} is attached already")
+        _order.extend(_Attached(handler_id, event, function, config) for event in dict.fromkeys(checked))
+        _rebuild()
+
+
+def detach(handler_id: object) -> bool:
+    """Detach every event of ``handler_id``; return whether it was attached."""
+    with _lock:
+        before = len(_order)
+        _order[:] = [att for att in _order if att.handler_id != handler_id]
+        if len(_order) == before:
+            return False
+        _rebuild()
+        return True
+
+
+def list_handlers(prefix: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The attached handlers whose event starts with ``prefix``.
+
+    Returns a list of dicts with keys ``id``, ``event``, ``function`` and
+    ``config``, in the order they were attached.
+    """
+    prefix = tuple(prefix)
+    with _lock:
+        return [
+            {"id": att.handler_id, "event": att.event, "function": att.function, "config": att.config}
+            for att in _order
+            if att.event[: len(prefix)] == prefix
+        ]
+
+
+def has_handlers(event: Event) -> bool:
+    """Whether any handler listens to ``event``."""
+    return event in _handlers
+
+
+def execute(event: Event, measurements: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+    """Call every handler attached to ``event``; detach and log one that raises."""
+    for att in _handlers.get(event, ()):
+        try:
+            att.function(event, measurements, metadata, att.config)
+        except Exception:
+            logger.exception(
+                "telemetry handler %r raised on event %r and was detached", att.handler_id, event
+            )
+            _detach_attachment(att)
+
+
+def _detach_attachment(att: _Attached) -> None:
+    """Detach the whole handler id that ``att`` belongs to, if still attached."""
+    with _lock:
+        if att in _order:
+            _order[:] = [other for other in _order if other.handler_id != att.handler_id]
+            _rebuild()
