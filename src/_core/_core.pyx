@@ -125,7 +125,7 @@ cdef class BufferCore:
     cdef int64_t _max_size
     cdef int64_t _jitter
     cdef _Rng _rng
-    cdef tuple _wakers          # one callable per partition: wakes its flusher
+    cdef tuple _wakers          # per partition: releases the lock its flusher sleeps on
 
     def __cinit__(self, *args, **kwargs):
         self._parts = NULL
@@ -190,6 +190,7 @@ cdef class BufferCore:
 
     # -- hot path ---------------------------------------------------------
 
+    @cython.binding(False)
     def insert(self, item, timeout=None):
         """Store one item in the next partition (round-robin).
 
@@ -200,8 +201,9 @@ cdef class BufferCore:
         if _insert_events:
             self._insert_instrumented(item, timeout)
             return
-        self._insert_one(item, timeout)
+        insert_one(self, item, timeout)
 
+    @cython.binding(False)
     def insert_batch(self, items, timeout=None):
         """Store every item of an iterable, in order, in one partition.
 
@@ -214,26 +216,6 @@ cdef class BufferCore:
             self._insert_batch_instrumented(items, timeout)
             return
         self._insert_many(items, timeout)
-
-    cdef Py_ssize_t _insert_one(self, object item, object timeout) except -1:
-        cdef Py_ssize_t p
-        cdef Part *part
-        if self._parts is NULL:
-            raise RuntimeError("Buffer.__init__ was not called")
-        if self._closed:
-            raise self._closed_error()
-        p = db_round_robin(&self._rr, self._n)
-        part = &self._parts[p]
-        if part.count >= part.threshold:
-            if part.busy:
-                self._insert_wait(p, item, timeout)
-                return p
-            self._seal(p)
-        Py_INCREF(item)
-        ring_push(part, <PyObject *>item)
-        if part.count >= part.threshold and not part.busy:
-            self._seal(p)
-        return p
 
     cdef tuple _insert_many(self, object items, object timeout):
         cdef Py_ssize_t p, n, done
@@ -283,7 +265,10 @@ cdef class BufferCore:
         Py_INCREF(batch)
         part.ready = <PyObject *>batch
         db_store(&part.busy, 1)
-        self._wakers[p]()
+        try:
+            self._wakers[p]()
+        except RuntimeError:
+            pass  # the waker is a released lock: a wake is pending already
         return 0
 
     cdef list _drain(self, Part *part, int64_t limit):
@@ -330,7 +315,7 @@ cdef class BufferCore:
 
     def _insert_raw(self, item, timeout):
         """Insert without telemetry; returns the partition used."""
-        return self._insert_one(item, timeout)
+        return insert_one(self, item, timeout)
 
     def _insert_batch_raw(self, items, timeout):
         """Insert a batch without telemetry; returns ``(partition, count)``."""
@@ -413,3 +398,25 @@ cdef class BufferCore:
         if p < 0 or p >= self._n:
             raise IndexError(f"no partition {p}")
         return &self._parts[p]
+
+
+cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) except -1:
+    """The insert hot path: a plain function so the C compiler can inline it."""
+    cdef Py_ssize_t p
+    cdef Part *part
+    if self._parts is NULL:
+        raise RuntimeError("Buffer.__init__ was not called")
+    if self._closed:
+        raise self._closed_error()
+    p = db_round_robin(&self._rr, self._n)
+    part = &self._parts[p]
+    if part.count >= part.threshold:
+        if part.busy:
+            self._insert_wait(p, item, timeout)
+            return p
+        self._seal(p)
+    Py_INCREF(item)
+    ring_push(part, <PyObject *>item)
+    if part.count >= part.threshold and not part.busy:
+        self._seal(p)
+    return p

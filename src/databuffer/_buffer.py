@@ -70,9 +70,14 @@ class FlushOpts:
 
 
 class _Flight:
-    """A batch handed to ``handle_flush`` (owned by its flusher thread)."""
+    """A batch handed to ``handle_flush`` (owned by its flusher thread).
 
-    __slots__ = ("batch", "deadline", "first", "opts", "start_ns")
+    Exactly one of the flusher (the call returned) and the timer thread (the
+    call ran past ``flush_timeout``) settles it: whoever takes ``claim``
+    first, a non-blocking acquire.
+    """
+
+    __slots__ = ("batch", "claim", "deadline", "first", "opts", "start_ns")
 
     def __init__(self, batch: list[Any], opts: FlushOpts, first: int) -> None:
         self.batch = batch
@@ -80,6 +85,7 @@ class _Flight:
         self.first = first
         self.start_ns = 0
         self.deadline = math.inf
+        self.claim = threading.Lock()
 
 
 class _SyncWaiter:
@@ -100,15 +106,16 @@ class _Partition:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        # Set to wake the flusher thread (by inserts that seal a batch, by
-        # flush requests and by close).
-        self.event = threading.Event()
-        # Guards flight, generation, flush_upto, flush_trigger and syncs.
+        # Wakes the flusher thread: a lock used as a binary semaphore.
+        # Unlocked means a wake is pending; only the flusher acquires it,
+        # anyone (sealing inserts, flush requests, close) releases it.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        # Guards flush_upto, flush_trigger and syncs.
         self.lock = threading.Lock()
+        # The batch in handle_flush: written by its flusher thread, read by
+        # the timer thread; _Flight.claim decides who settles it.
         self.flight: _Flight | None = None
-        # Bumped when a stuck flush is abandoned; the thread of an older
-        # generation exits once its call returns.
-        self.generation = 0
         self.flush_upto = 0
         self.flush_trigger = "manual"
         self.syncs: list[_SyncWaiter] = []
@@ -116,8 +123,9 @@ class _Partition:
         # guarded by it.
         self.room = threading.Condition(threading.Lock())
         self.waiters = 0
-        # Next timed flush (monotonic seconds); guarded by the buffer's
-        # timer condition.
+        # Next timed flush (monotonic seconds).  Re-armed by the flusher
+        # after every flush and by the timer when it fires; the timer thread
+        # reads it, and is woken (_wake_timer_before) when it moves earlier.
         self.deadline = math.inf
         self.thread: threading.Thread | None = None
 
@@ -240,7 +248,7 @@ class _BufferLayer:
             self._partitions,
             self._max_size,
             self._max_size_jitter,
-            tuple(part.event.set for part in self._parts),
+            tuple(part.wake.release for part in self._parts),
         )
 
         # Lifecycle: _close_lock serializes close(); _stopping is set once
@@ -409,7 +417,7 @@ class _BufferLayer:
             self._stopping = True
             current = threading.current_thread()
             for part in self._parts:
-                part.event.set()
+                _wake(part)
             with self._timer_cond:
                 self._timer_cond.notify()
             for thread in [part.thread for part in self._parts] + [self._timer]:
@@ -536,7 +544,7 @@ class _BufferLayer:
             if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
                 part.flush_trigger = trigger
             part.flush_upto = max(part.flush_upto, upto)
-        part.event.set()
+        _wake(part)
 
     def _flush_and_wait(self, trigger: str, deadline: float | None) -> _SyncWaiter:
         """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
@@ -580,21 +588,18 @@ class _BufferLayer:
     ) -> threading.Thread:
         thread = threading.Thread(
             target=self._flusher_main,
-            args=(part, part.generation, timed_out),
+            args=(part, timed_out),
             name=f"databuffer-{self._name}-flusher-{part.index}",
             daemon=True,
         )
         thread.start()
         return thread
 
-    def _flusher_main(
-        self, part: _Partition, generation: int, timed_out: tuple[_Flight, FlushTimeout] | None
-    ) -> None:
+    def _flusher_main(self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None) -> None:
         p = part.index
         if timed_out is not None:
             self._settle(part, timed_out[0], None, timed_out[1])
         while True:
-            part.event.clear()
             while True:
                 taken = self._take(p, part.flush_upto)
                 if part.waiters:
@@ -602,13 +607,13 @@ class _BufferLayer:
                         part.room.notify_all()
                 if taken is None:
                     break
-                if not self._flush_one(part, generation, taken):
+                if not self._flush_one(part, taken):
                     return
             if self._stopping:
                 return
-            part.event.wait()
+            part.wake.acquire()
 
-    def _flush_one(self, part: _Partition, generation: int, taken: tuple[list[Any], bool, int]) -> bool:
+    def _flush_one(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> bool:
         """Hand one batch to ``handle_flush``; False if it was abandoned."""
         batch, by_size, first = taken
         trigger = "size" if by_size else part.flush_trigger
@@ -622,23 +627,30 @@ class _BufferLayer:
             )
         flight.deadline = _monotonic() + self._flush_timeout
         flight.start_ns = _monotonic_ns()
-        with part.lock:
-            part.flight = flight
-        with self._timer_cond:
-            if flight.deadline < self._timer_wake_at:
-                self._timer_cond.notify()
+        part.flight = flight
+        self._wake_timer_before(flight.deadline)
         result: Any = None
         error: BaseException | None = None
         try:
             result = self._flush_fn(batch, opts)
         except Exception as exc:
             error = exc
-        with part.lock:
-            if part.flight is not flight or part.generation != generation:
-                return False
-            part.flight = None
+        if not flight.claim.acquire(False):
+            return False  # abandoned by the timer; a new flusher reported it
+        part.flight = None
         self._settle(part, flight, result, error)
         return True
+
+    def _wake_timer_before(self, deadline: float) -> None:
+        """Make the timer thread wake by ``deadline`` (written before this call).
+
+        The timer publishes the time it sleeps until in _timer_wake_at
+        (math.inf while awake, when it rescans every deadline anyway), so
+        the lock is only taken when the new deadline comes first.
+        """
+        if deadline < self._timer_wake_at:
+            with self._timer_cond:
+                self._timer_cond.notify()
 
     def _settle(self, part: _Partition, flight: _Flight, result: Any, error: BaseException | None) -> None:
         """Report a finished batch: telemetry, error handler, counters, waiters."""
@@ -664,19 +676,17 @@ class _BufferLayer:
                 logger.exception(
                     "buffer %r partition %d: handle_flush_error raised", self._name, opts.partition
                 )
-        with part.lock:
-            for waiter in part.syncs:
-                if waiter.starts[opts.partition] <= flight.first < waiter.targets[opts.partition]:
-                    if error is None:
-                        waiter.results[opts.partition].append(result)
-                    else:
-                        waiter.errors[opts.partition].append(error)
+        if part.syncs:
+            with part.lock:
+                for waiter in part.syncs:
+                    if waiter.starts[opts.partition] <= flight.first < waiter.targets[opts.partition]:
+                        if error is None:
+                            waiter.results[opts.partition].append(result)
+                        else:
+                            waiter.errors[opts.partition].append(error)
         self._finish(opts.partition, opts.size, error is None)
-        deadline = _monotonic() + self._next_interval()
-        with self._timer_cond:
-            part.deadline = deadline
-            if deadline < self._timer_wake_at:
-                self._timer_cond.notify()
+        part.deadline = _monotonic() + self._next_interval()
+        self._wake_timer_before(part.deadline)
         if self._sync_count:
             with self._progress:
                 self._progress.notify_all()
@@ -718,11 +728,9 @@ class _BufferLayer:
 
     def _abandon(self, part: _Partition, flight: _Flight) -> None:
         """Give up on a stuck ``handle_flush``: report it and start a new flusher."""
-        with part.lock:
-            if part.flight is not flight:
-                return
-            part.flight = None
-            part.generation += 1
+        if not flight.claim.acquire(False):
+            return  # it returned in time after all
+        part.flight = None
         error = FlushTimeout(
             f"handle_flush of buffer {self._name!r} partition {part.index} ran past "
             f"flush_timeout={self._flush_timeout}s with a batch of {flight.opts.size} items; "
@@ -733,6 +741,14 @@ class _BufferLayer:
 
 class Buffer(_BufferLayer, BufferCore):
     __doc__ = _BufferLayer.__doc__
+
+
+def _wake(part: _Partition) -> None:
+    """Wake a partition's flusher; several wakes before it runs count once."""
+    try:
+        part.wake.release()
+    except RuntimeError:
+        pass  # a wake is pending already
 
 
 # Buffers that are open, closed at interpreter exit.  Weak: the registry keeps

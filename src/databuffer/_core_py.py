@@ -132,7 +132,7 @@ class BufferCore:
         part = self._core_parts[p]
         with part.lock:
             if self._core_closed:
-                raise self._core_closed_error()  # type: ignore[attr-defined]
+                raise self._closed_error()  # type: ignore[attr-defined]
             if self._store(part, item):
                 return p
         self._insert_wait(p, item, timeout)  # type: ignore[attr-defined]
@@ -142,7 +142,7 @@ class BufferCore:
         seq = items if isinstance(items, (list, tuple)) else list(items)
         n = len(seq)
         if self._core_closed:
-            raise self._core_closed_error()  # type: ignore[attr-defined]
+            raise self._closed_error()  # type: ignore[attr-defined]
         if n == 0:
             return -1, 0
         p = next(self._core_rr) % self._core_n
@@ -169,7 +169,10 @@ class BufferCore:
         part.ready_seq = part.taken
         part.ready = self._drain(part, part.threshold)
         part.busy = True
-        part.wake()
+        try:
+            part.wake()
+        except RuntimeError:
+            pass  # the waker is a released lock: a wake is pending already
 
     def _drain(self, part: _Partition, limit: int) -> list[Any]:
         ring = part.ring
@@ -187,7 +190,7 @@ class BufferCore:
         part = self._core_parts[p]
         with part.lock:
             if self._core_closed:
-                raise self._core_closed_error()  # type: ignore[attr-defined]
+                raise self._closed_error()  # type: ignore[attr-defined]
             return self._store(part, item)
 
     def _push_many(self, p: int, seq: Sequence[Any], start: int) -> int:
@@ -200,7 +203,7 @@ class BufferCore:
         i = start
         with part.lock:
             if self._core_closed:
-                raise self._core_closed_error()  # type: ignore[attr-defined]
+                raise self._closed_error()  # type: ignore[attr-defined]
             while i < n:
                 if not self._store(part, seq[i]):
                     break
