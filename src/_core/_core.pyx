@@ -221,7 +221,12 @@ cdef class BufferCore:
         cdef Py_ssize_t p, n, done
         if self._parts is NULL:
             raise RuntimeError("Buffer.__init__ was not called")
-        seq = PySequence_Fast(items, "insert_batch() needs an iterable")
+        if timeout is not None:
+            check_timeout(self, timeout)
+        if type(items) is list or type(items) is tuple:
+            seq = items
+        else:
+            seq = list(self._iterate(items))
         n = PySequence_Fast_GET_SIZE(seq)
         if self._closed:
             raise self._closed_error()
@@ -408,6 +413,8 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
         raise RuntimeError("Buffer.__init__ was not called")
     if self._closed:
         raise self._closed_error()
+    if timeout is not None:
+        check_timeout(self, timeout)
     p = db_round_robin(&self._rr, self._n)
     part = &self._parts[p]
     if part.count >= part.threshold:
@@ -420,3 +427,16 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
     if part.count >= part.threshold and not part.busy:
         self._seal(p)
     return p
+
+
+cdef inline int check_timeout(BufferCore self, object timeout) except -1:
+    """Accept a finite number of seconds >= 0; let the layer name anything else."""
+    cdef double seconds
+    if type(timeout) is float:
+        seconds = timeout
+        if seconds >= 0.0 and seconds <= 1e300:
+            return 0
+    elif type(timeout) is int and timeout >= 0:
+        return 0
+    self._check_timeout(timeout)
+    return 0

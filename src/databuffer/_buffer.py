@@ -209,6 +209,8 @@ class _BufferLayer:
         flush_meta: Any = None,
         insert_timeout: float = 5.0,
     ) -> None:
+        if getattr(self, "_timer", None) is not None:
+            raise RuntimeError(f"{type(self).__name__}.__init__ was called twice")
         has_method = type(self).handle_flush is not _BufferLayer.handle_flush
         if handle_flush is None and not has_method:
             raise TypeError(
@@ -444,6 +446,17 @@ class _BufferLayer:
     def _closed_error(self) -> BufferClosed:
         return BufferClosed(f"buffer {self._name!r} is closed")
 
+    def _check_timeout(self, timeout: object) -> None:
+        _check_seconds("timeout", timeout, zero_ok=True)
+
+    def _iterate(self, items: object) -> Iterable[Any]:
+        try:
+            return iter(items)  # type: ignore[call-overload,no-any-return]
+        except TypeError:
+            raise TypeError(
+                f"insert_batch() needs an iterable of items, not {type(items).__name__} {items!r}"
+            ) from None
+
     def _insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
         """Wait for room in partition ``p`` and store ``item`` (backpressure)."""
         self._wait_for_room(p, timeout, lambda: 1 if self._push(p, item) else 0, 1)
@@ -466,9 +479,7 @@ class _BufferLayer:
         goal: int,
         stored: list[int] | None = None,
     ) -> None:
-        seconds = self._insert_timeout if timeout is None else _check_seconds(
-            "timeout", timeout, zero_ok=True
-        )
+        seconds = self._insert_timeout if timeout is None else float(timeout)
         part = self._parts[p]
         deadline = _monotonic() + seconds
         with part.room:

@@ -5,7 +5,8 @@ from.  The core owns the buffered items and the counters; the Python layer
 (``databuffer._buffer``) owns threads, timers, waiting and callbacks.  The
 core calls back into the layer through four methods that the layer defines:
 ``_insert_wait``, ``_insert_batch_wait``, ``_insert_instrumented``,
-``_insert_batch_instrumented``, and ``_closed_error``.
+``_insert_batch_instrumented``, ``_closed_error``, ``_check_timeout`` and
+``_iterate``.
 
 Per partition the items move ring -> batch (handed to the flusher) ->
 finished.  Sequence counters count items, in insertion order:
@@ -128,6 +129,8 @@ class BufferCore:
         self._insert_batch_raw(items, timeout)
 
     def _insert_raw(self, item: Any, timeout: float | None) -> int:
+        if timeout is not None:
+            self._check_timeout(timeout)  # type: ignore[attr-defined]
         p = next(self._core_rr) % self._core_n
         part = self._core_parts[p]
         with part.lock:
@@ -139,7 +142,9 @@ class BufferCore:
         return p
 
     def _insert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
-        seq = items if isinstance(items, (list, tuple)) else list(items)
+        if timeout is not None:
+            self._check_timeout(timeout)  # type: ignore[attr-defined]
+        seq = items if type(items) is list or type(items) is tuple else list(self._iterate(items))  # type: ignore[attr-defined]
         n = len(seq)
         if self._core_closed:
             raise self._closed_error()  # type: ignore[attr-defined]
