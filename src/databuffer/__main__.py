@@ -30,10 +30,10 @@ __all__ = (
     "DEFAULT_EVENTS",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_PARTITIONS",
+    "KINDS",
     "TABLE",
     "DemoError",
     "DemoResult",
-    "KINDS",
     "Event",
     "Progress",
     "SQLiteSink",
@@ -62,8 +62,9 @@ KINDS = ("trade", "quote", "cancel", "fill")
 # worth reporting, not a hiccup.
 DEMO_TIMEOUT = 120.0
 
-# The producer looks at the clock once per this many events (a power of two
-# minus one, used as a mask), so that progress costs nothing per insert.
+# The producer reports progress once per this many events (a power of two,
+# minus one to serve as a mask): per insert, progress costs a counter and a
+# mask test, never a clock read.
 _PROGRESS_MASK = 4096 - 1
 
 
@@ -194,7 +195,9 @@ def check_table(conn: sqlite3.Connection, expected: int) -> list[str]:
     if total != want_total:
         problems.append(f"the ids sum to {total:,}, expected {want_total:,}")
     if count and (lowest != 0 or highest != expected - 1):
-        problems.append(f"the ids run from {lowest:,} to {highest:,}, expected 0 to {expected - 1:,}")
+        problems.append(
+            f"the ids run from {lowest:,} to {highest:,}, expected 0 to {expected - 1:,}"
+        )
     return problems
 
 
@@ -214,7 +217,9 @@ class Progress:
 
     REFRESH = 0.1
 
-    def __init__(self, total: int, stream: TextIO | None, *, interactive: bool | None = None) -> None:
+    def __init__(
+        self, total: int, stream: TextIO | None, *, interactive: bool | None = None
+    ) -> None:
         self.total = total
         self.stream = stream
         self.interactive = (
@@ -424,13 +429,17 @@ def format_result(result: DemoResult) -> str:
     else:
         check = "FAILED"
     lines = [
-        f"events:     {result.events:,} through {result.partitions} partitions, "
-        f"max_size {result.max_size:,}",
+        (
+            f"events:     {result.events:,} through {result.partitions} partitions, "
+            f"max_size {result.max_size:,}"
+        ),
         f"core:       {core} (databuffer.USING_EXTENSION = {result.using_extension})",
         f"time:       {result.seconds:.2f} s",
         f"throughput: {result.events_per_second:,.0f} events/s (inserted and committed)",
-        f"batches:    {result.batches:,}, mean size {result.mean_batch_size:,.1f} "
-        f"(by trigger: {triggers or 'none'})",
+        (
+            f"batches:    {result.batches:,}, mean size {result.mean_batch_size:,.1f} "
+            f"(by trigger: {triggers or 'none'})"
+        ),
         f"database:   {where}",
         f"check:      {check}",
     ]

@@ -124,7 +124,7 @@ class _Partition:
         self.room = threading.Condition(threading.Lock())
         self.waiters = 0
         # Next timed flush (monotonic seconds).  Re-armed by the flusher
-        # after every flush and by the timer when it fires; the timer thread
+        # when it starts a flush and by the timer when it fires; the timer thread
         # reads it, and is woken (_wake_timer_before) when it moves earlier.
         self.deadline = math.inf
         self.thread: threading.Thread | None = None
@@ -270,7 +270,7 @@ class _BufferLayer:
         now = _monotonic()
         for part in self._parts:
             part.deadline = now + self._next_interval()
-            part.thread = self._start_flusher(part, None)
+            self._start_flusher(part, None)
         self._timer = threading.Thread(
             target=self._timer_main, name=f"databuffer-{name}-timer", daemon=True
         )
@@ -408,10 +408,16 @@ class _BufferLayer:
                 wait for them.
         """
         deadline = self._deadline(timeout)
-        with self._close_lock:
+        if self._stopped:
+            return
+        # Inserts stop at once, even while another thread is in close().
+        self._mark_closed()
+        wait = -1 if deadline is None else max(0.0, deadline - _monotonic())
+        if not self._close_lock.acquire(timeout=wait):
+            raise TimeoutError(f"buffer {self._name!r}: another close() is still flushing")
+        try:
             if self._stopped:
                 return
-            self._mark_closed()
             for part in self._parts:
                 with part.room:
                     part.room.notify_all()
@@ -427,6 +433,8 @@ class _BufferLayer:
                     thread.join(None if deadline is None else max(0.0, deadline - _monotonic()))
             self._stopped = True
             _open_buffers.discard(self)
+        finally:
+            self._close_lock.release()
 
     def __enter__(self) -> Any:
         return self
@@ -594,17 +602,17 @@ class _BufferLayer:
                 return False
         return True
 
-    def _start_flusher(
-        self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None
-    ) -> threading.Thread:
+    def _start_flusher(self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None) -> None:
         thread = threading.Thread(
             target=self._flusher_main,
             args=(part, timed_out),
             name=f"databuffer-{self._name}-flusher-{part.index}",
             daemon=True,
         )
+        # Published before it runs: once it settles a timed-out batch,
+        # close() may join part.thread, which must not be the stuck one.
+        part.thread = thread
         thread.start()
-        return thread
 
     def _flusher_main(self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None) -> None:
         p = part.index
@@ -636,10 +644,13 @@ class _BufferLayer:
                 {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
                 {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": trigger},
             )
-        flight.deadline = _monotonic() + self._flush_timeout
+        now = _monotonic()
+        flight.deadline = now + self._flush_timeout
         flight.start_ns = _monotonic_ns()
         part.flight = flight
-        self._wake_timer_before(flight.deadline)
+        # The flush happens now: the partition's next timed flush counts from here.
+        part.deadline = now + self._next_interval()
+        self._wake_timer_before(min(flight.deadline, part.deadline))
         result: Any = None
         error: BaseException | None = None
         try:
@@ -696,8 +707,6 @@ class _BufferLayer:
                         else:
                             waiter.errors[opts.partition].append(error)
         self._finish(opts.partition, opts.size, error is None)
-        part.deadline = _monotonic() + self._next_interval()
-        self._wake_timer_before(part.deadline)
         if self._sync_count:
             with self._progress:
                 self._progress.notify_all()
@@ -742,12 +751,16 @@ class _BufferLayer:
         if not flight.claim.acquire(False):
             return  # it returned in time after all
         part.flight = None
-        error = FlushTimeout(
-            f"handle_flush of buffer {self._name!r} partition {part.index} ran past "
-            f"flush_timeout={self._flush_timeout}s with a batch of {flight.opts.size} items; "
-            "the call was abandoned"
-        )
-        part.thread = self._start_flusher(part, (flight, error))
+        try:
+            # Raised so that telemetry and handle_flush_error get a traceback.
+            raise FlushTimeout(
+                f"handle_flush of buffer {self._name!r} partition {part.index} ran past "
+                f"flush_timeout={self._flush_timeout}s with a batch of {flight.opts.size} items; "
+                "the call was abandoned"
+            )
+        except FlushTimeout as exc:
+            error = exc
+        self._start_flusher(part, (flight, error))
 
 
 class Buffer(_BufferLayer, BufferCore):

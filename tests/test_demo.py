@@ -1,0 +1,217 @@
+"""``python -m databuffer demo``: the command line, the run and its check."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from databuffer import FlushOpts
+from databuffer.__main__ import (
+    TABLE,
+    Progress,
+    SQLiteSink,
+    build_parser,
+    check_table,
+    generate_events,
+    main,
+    run_demo,
+)
+
+EVENTS = 20_000
+
+
+def run_cli(
+    *args: str, core: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m databuffer ARGS`` with the given core (``"c"``, ``"py"``)."""
+    env = dict(os.environ)
+    env.pop("DATABUFFER_NO_EXTENSIONS", None)
+    if core == "py":
+        env["DATABUFFER_NO_EXTENSIONS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "databuffer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=100,
+        check=False,
+    )
+
+
+def report_value(stdout: str, label: str) -> str:
+    match = re.search(rf"^{label}:\s+(.*)$", stdout, re.MULTILINE)
+    assert match, f"no {label!r} line in:\n{stdout}"
+    return match.group(1)
+
+
+def test_demo_runs_and_checks_the_table(core_name: str, tmp_path: Path) -> None:
+    db = tmp_path / "demo.sqlite3"
+    proc = run_cli(
+        "demo",
+        "--events",
+        str(EVENTS),
+        "--partitions",
+        "4",
+        "--max-size",
+        "1000",
+        "--db",
+        str(db),
+        core=core_name,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+
+    assert report_value(out, "check") == f"OK: {EVENTS:,} rows, ids 0 to {EVENTS - 1:,} each once"
+    expected_core = "compiled (Cython)" if core_name == "c" else "pure Python"
+    assert report_value(out, "core").startswith(expected_core)
+    assert float(report_value(out, "throughput").split()[0].replace(",", "")) > 0
+    batches = re.fullmatch(
+        r"([\d,]+), mean size ([\d,.]+) \(by trigger: .*\)", report_value(out, "batches")
+    )
+    assert batches, out
+    count, mean = int(batches[1].replace(",", "")), float(batches[2].replace(",", ""))
+    # 5,000 items per partition: 5 full batches each, unless a timed flush
+    # split one on a very slow run.
+    assert count >= EVENTS // 1000
+    assert mean <= 1000
+    assert count * mean == pytest.approx(EVENTS)
+    assert report_value(out, "database") == str(db)
+
+    # Progress went to stderr as a few whole lines (stderr is a pipe here).
+    assert f"{EVENTS:,}/{EVENTS:,} events inserted (100%), {EVENTS:,} written" in proc.stderr
+    assert "\r" not in proc.stderr
+    assert len(proc.stderr.splitlines()) <= 12
+
+    # The table, read independently of the demo's own check.
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(f"SELECT COUNT(*), COUNT(DISTINCT id), SUM(id) FROM {TABLE}").fetchone()
+    assert rows == (EVENTS, EVENTS, EVENTS * (EVENTS - 1) // 2)
+
+
+def test_help_explains_the_commands_and_options() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    assert "demo" in top.stdout
+
+    demo = run_cli("demo", "--help")
+    assert demo.returncode == 0
+    for option in ("--events", "--partitions", "--max-size", "--db"):
+        assert option in demo.stdout
+    assert "default: 1000000" in demo.stdout
+
+
+def test_bad_option_is_an_argparse_error() -> None:
+    proc = run_cli("demo", "--events", "0")
+    assert proc.returncode == 2
+    assert "argument --events" in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["demo", "--events", "0"], "--events"),
+        (["demo", "--events", "-5"], "--events"),
+        (["demo", "--events", "1e6"], "--events"),
+        (["demo", "--partitions", "0"], "--partitions"),
+        (["demo", "--max-size", "many"], "--max-size"),
+        ([], "COMMAND"),
+    ],
+)
+def test_bad_values_name_the_option(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_run_demo_in_process(tmp_path: Path) -> None:
+    result = run_demo(events=1000, partitions=3, max_size=64, db=tmp_path / "d.sqlite3")
+    assert result.ok, result.problems
+    assert result.rows == 1000
+    assert result.failed_items == 0
+    assert result.batches >= 3 * (334 // 64)
+    assert result.mean_batch_size <= 64
+    assert sum(result.triggers.values()) == result.batches
+
+
+def test_run_demo_uses_a_temporary_database_by_default() -> None:
+    result = run_demo(events=10, partitions=2, max_size=4)
+    assert result.ok
+    assert result.db_path is None
+
+
+def test_failed_batches_fail_the_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = SQLiteSink.write
+
+    def flaky(self: SQLiteSink, batch: list[Any], opts: FlushOpts) -> int:
+        if opts.partition == 1:
+            raise OSError("disk on fire")
+        return original(self, batch, opts)
+
+    monkeypatch.setattr(SQLiteSink, "write", flaky)
+    status = main(["demo", "--events", "400", "--partitions", "2", "--max-size", "100"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "check:      FAILED" in captured.out
+    assert "check failed: 200 events failed to be written: OSError('disk on fire')" in captured.err
+    assert "check failed: the table holds 200 rows, expected 400" in captured.err
+
+
+def test_check_table_finds_missing_and_foreign_ids(tmp_path: Path) -> None:
+    sink = SQLiteSink(tmp_path / "d.sqlite3")
+    try:
+        events = [e for e in generate_events(10) if e[0] != 5]
+        sink.write([*events, (10, 0, "trade", 1.0)], FlushOpts(None, 10, 0, "demo", "manual"))
+        problems = sink.check(10)
+    finally:
+        sink.close()
+    assert problems == [
+        "the ids sum to 50, expected 45",
+        "the ids run from 0 to 10, expected 0 to 9",
+    ]
+    with closing(sqlite3.connect(tmp_path / "d.sqlite3")) as conn:
+        assert check_table(conn, 11) == [
+            "the table holds 10 rows, expected 11",
+            "the ids sum to 50, expected 55",
+        ]
+
+
+def test_progress_without_a_terminal_writes_at_most_ten_lines() -> None:
+    stream = io.StringIO()
+    progress = Progress(1000, stream)
+    assert not progress.interactive
+    for done in range(1, 1001):
+        progress.update(done, done)
+    assert len(stream.getvalue().splitlines()) == 10
+    progress.finish(1000, 1000)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 11
+    assert lines[-1].startswith("1,000/1,000 events inserted (100%), 1,000 written")
+
+
+def test_progress_on_a_terminal_rewrites_one_line() -> None:
+    stream = io.StringIO()
+    progress = Progress(1000, stream, interactive=True)
+    progress.update(500, 0)
+    progress.finish(1000, 1000)
+    text = stream.getvalue()
+    assert text.startswith("\r500/1,000 events inserted (50%)")
+    assert text.count("\n") == 1
+    assert text.endswith("\n")
+    assert "\r1,000/1,000 events inserted (100%)" in text

@@ -1,0 +1,348 @@
+"""Shutdown (SPEC sections 3 and 4): close, the with block and interpreter exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import wait_for
+from databuffer import BufferClosed, FlushTimeout
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[list[Any], Any]] = []
+
+    def __call__(self, batch, opts):
+        with self.lock:
+            self.calls.append((list(batch), opts))
+        return len(batch)
+
+    def items(self) -> list[Any]:
+        with self.lock:
+            return [item for batch, _ in self.calls for item in batch]
+
+    def triggers(self) -> list[str]:
+        with self.lock:
+            return [opts.trigger for _, opts in self.calls]
+
+
+@pytest.fixture
+def gates(make_buffer):
+    """Events released at teardown (before the buffers are closed)."""
+    made: list[threading.Event] = []
+
+    def new() -> threading.Event:
+        event = threading.Event()
+        made.append(event)
+        return event
+
+    yield new
+    for event in made:
+        event.set()
+
+
+class Background:
+    """Run a call in a daemon thread, keeping its result or exception."""
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self.result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait(self, timeout: float = 30.0) -> Background:
+        assert self.done.wait(timeout), "background call did not finish in time"
+        return self
+
+
+def _stuck_buffer(make_buffer, gates, recorder, **options):
+    """A buffer (max_size=2) whose first batch [0, 1] is stuck in handle_flush."""
+    release = gates()
+    started = threading.Event()
+
+    def fn(batch, opts):
+        if batch[0] == 0:
+            started.set()
+            release.wait(30)
+        return recorder(batch, opts)
+
+    options.setdefault("flush_interval", 3600)
+    buf = make_buffer(handle_flush=fn, max_size=2, **options)
+    buf.insert_batch([0, 1])
+    assert started.wait(30)
+    return buf, release
+
+
+# -- close ----------------------------------------------------------------------
+
+
+def test_close_flushes_what_is_left_and_is_idempotent(make_buffer):
+    recorder = Recorder()
+    buf = make_buffer(handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600)
+    for i in range(7):
+        buf.insert(i)
+    assert buf.close() is None
+    assert sorted(recorder.items()) == list(range(7))
+    assert recorder.triggers() == ["close"] * 3
+    assert buf.close() is None
+    assert buf.close(timeout=1) is None
+    assert len(recorder.calls) == 3
+    assert sum(p["flushed"] for p in buf.info()) == 7
+
+
+def test_after_close_inserts_raise_buffer_closed_and_queries_answer(make_buffer):
+    recorder = Recorder()
+    buf = make_buffer(handle_flush=recorder, name="closed-buf", partitions=2, max_size=100,
+                      flush_interval=3600)
+    buf.insert_batch(["a", "b"])
+    buf.insert("c")
+    buf.close(timeout=30)
+    with pytest.raises(BufferClosed) as excinfo:
+        buf.insert("d")
+    assert isinstance(excinfo.value, RuntimeError)
+    with pytest.raises(BufferClosed):
+        buf.insert_batch(["e", "f"])
+    with pytest.raises(BufferClosed):
+        buf.insert("g", timeout=0.1)
+    # Nothing lost, nothing added.
+    assert sorted(recorder.items()) == ["a", "b", "c"]
+    assert buf.size() == 0
+    assert buf.dump() == []
+    info = buf.info()
+    assert [p["name"] for p in info] == ["closed-buf", "closed-buf"]
+    assert sum(p["inserted"] for p in info) == 3
+    assert sum(p["flushed"] for p in info) == 3
+    assert not any(p["flushing"] for p in info)
+
+
+def test_close_waits_for_a_flush_in_flight(make_buffer, gates):
+    recorder = Recorder()
+    buf, release = _stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)
+    buf.insert(2)
+    closing = Background(buf.close)
+    assert not closing.done.wait(0.3), "close returned while a flush was still running"
+    release.set()
+    closing.wait()
+    assert closing.error is None
+    assert recorder.items() == [0, 1, 2]
+    assert recorder.triggers() == ["size", "close"]
+    assert buf.info()[0]["flushed"] == 3
+
+
+def test_close_with_timeout_raises_timeout_error_when_stuck(make_buffer, gates):
+    recorder = Recorder()
+    buf, release = _stuck_buffer(make_buffer, gates, recorder, flush_timeout=60)
+    buf.insert(2)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        buf.close(timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    with pytest.raises(BufferClosed):
+        buf.insert(3)
+    release.set()
+    buf.close(timeout=30)  # waits for the rest
+    assert recorder.items() == [0, 1, 2]
+    assert buf.info()[0]["flushed"] == 3
+
+
+def test_close_without_timeout_is_bounded_by_flush_timeout(make_buffer, gates):
+    release = gates()
+    reported: list[tuple[list[Any], BaseException]] = []
+
+    def fn(batch, opts):
+        release.wait(30)
+
+    buf = make_buffer(
+        handle_flush=fn,
+        handle_flush_error=lambda batch, opts, error: reported.append((list(batch), opts, error)),
+        max_size=100,
+        flush_interval=3600,
+        flush_timeout=0.3,
+    )
+    buf.insert_batch([1, 2])
+    t0 = time.monotonic()
+    closing = Background(buf.close)
+    # The stuck call would only return when the test ends; close must not wait for it.
+    assert closing.done.wait(15), "close() waited for an abandoned handle_flush"
+    assert closing.error is None
+    assert time.monotonic() - t0 >= 0.3
+    assert len(reported) == 1
+    batch, opts, error = reported[0]
+    assert batch == [1, 2]
+    assert opts.trigger == "close"
+    assert isinstance(error, FlushTimeout)
+    assert buf.info()[0]["failed"] == 2
+
+
+def test_insert_waiting_during_close_loses_nothing(make_buffer, gates):
+    recorder = Recorder()
+    buf, release = _stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)
+    buf.insert_batch([2, 3])
+    waiting = Background(buf.insert, 4, timeout=30)
+    assert not waiting.done.wait(0.2)
+    closing = Background(buf.close, timeout=30)
+    release.set()
+    closing.wait(60)
+    waiting.wait(60)
+    assert closing.error is None
+    if waiting.error is None:
+        assert recorder.items() == [0, 1, 2, 3, 4]
+    else:
+        assert isinstance(waiting.error, BufferClosed), repr(waiting.error)
+        assert recorder.items() == [0, 1, 2, 3]
+    info = buf.info()[0]
+    assert info["inserted"] == info["flushed"] + info["size"] + info["failed"]
+    assert info["size"] == 0
+
+
+def test_close_stops_the_buffer_threads(make_buffer):
+    name = "threads-stop-check"
+    buf = make_buffer(handle_flush=Recorder(), name=name, partitions=2, flush_interval=3600)
+
+    def ours() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if name in t.name and t.is_alive()]
+
+    assert ours()
+    buf.insert(1)
+    buf.close(timeout=30)
+    wait_for(lambda: not ours(), timeout=30)
+    assert buf.size() == 0
+
+
+def test_with_block_closes_and_flushes(make_buffer):
+    recorder = Recorder()
+    with make_buffer(handle_flush=recorder, partitions=2, max_size=100, flush_interval=3600) as buf:
+        buf.insert_batch([1, 2, 3])
+        buf.insert(4)
+    assert sorted(recorder.items()) == [1, 2, 3, 4]
+    assert recorder.triggers() == ["close", "close"]
+    with pytest.raises(BufferClosed):
+        buf.insert(5)
+    assert buf.size() == 0
+
+
+# -- interpreter exit ---------------------------------------------------------------
+
+
+ATEXIT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import databuffer
+    from databuffer import Buffer
+
+    path = sys.argv[1]
+
+    def write(record):
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\\n")
+
+    class Sink(Buffer):
+        def handle_flush(self, batch, opts):
+            write({"buffer": opts.buffer, "trigger": opts.trigger,
+                   "partition": opts.partition, "batch": batch})
+            return len(batch)
+
+    events = Sink(name="events", partitions=3, max_size=1000, flush_interval=3600)
+    for i in range(20):
+        events.insert(i)
+    events.insert_batch(range(20, 30))
+
+    def unreferenced():
+        # A buffer nobody keeps a reference to still flushes at exit.
+        other = Buffer(
+            name="other",
+            handle_flush=lambda batch, opts: write(
+                {"buffer": opts.buffer, "trigger": opts.trigger,
+                 "partition": opts.partition, "batch": batch}),
+            max_size=1000, flush_interval=3600,
+        )
+        other.insert_batch(["x", "y"])
+
+    unreferenced()
+    print("extension" if databuffer.USING_EXTENSION else "python", flush=True)
+    """
+)
+
+ATEXIT_STUCK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading
+    from databuffer import Buffer
+
+    path = sys.argv[1]
+
+    class Stuck(Buffer):
+        def handle_flush(self, batch, opts):
+            threading.Event().wait()  # never returns
+
+        def handle_flush_error(self, batch, opts, error):
+            with open(path, "a") as f:
+                f.write(json.dumps({"error": type(error).__name__, "batch": batch,
+                                    "trigger": opts.trigger}) + "\\n")
+
+    buf = Stuck(name="stuck", max_size=1000, flush_interval=3600, flush_timeout=0.5)
+    buf.insert_batch([1, 2, 3])
+    """
+)
+
+
+def _run_script(core_name: str, script: str, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if core_name == "py":
+        env["DATABUFFER_NO_EXTENSIONS"] = "1"
+    else:
+        env.pop("DATABUFFER_NO_EXTENSIONS", None)
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", script, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the interpreter did not exit within 20 s: {exc.stderr!r}")
+
+
+def test_atexit_flushes_open_buffers(core_name, tmp_path):
+    out = tmp_path / "flushed.jsonl"
+    proc = _run_script(core_name, ATEXIT_SCRIPT, out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("extension" if core_name == "c" else "python"), proc.stdout
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    events = [r for r in records if r["buffer"] == "events"]
+    other = [r for r in records if r["buffer"] == "other"]
+    assert sorted(item for r in events for item in r["batch"]) == list(range(30))
+    assert {r["trigger"] for r in events} == {"close"}
+    assert sorted(r["partition"] for r in events) == [0, 1, 2]
+    for r in events:
+        assert r["batch"] == sorted(r["batch"])
+    assert other == [{"buffer": "other", "trigger": "close", "partition": 0, "batch": ["x", "y"]}]
+    assert "Traceback" not in proc.stderr
+
+
+def test_atexit_is_bounded_by_flush_timeout(core_name, tmp_path):
+    out = tmp_path / "errors.jsonl"
+    proc = _run_script(core_name, ATEXIT_STUCK_SCRIPT, out)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records == [{"error": "FlushTimeout", "batch": [1, 2, 3], "trigger": "close"}]
