@@ -22,7 +22,7 @@ import argparse
 import collections
 import time
 
-from databuffer import Buffer, USING_EXTENSION
+from databuffer import USING_EXTENSION, Buffer
 
 BLOCK = 1000
 

@@ -29,9 +29,7 @@ from databuffer.__main__ import (
 EVENTS = 20_000
 
 
-def run_cli(
-    *args: str, core: str | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m databuffer ARGS`` with the given core (``"c"``, ``"py"``)."""
     env = dict(os.environ)
     env.pop("DATABUFFER_NO_EXTENSIONS", None)
@@ -76,9 +74,7 @@ def test_demo_runs_and_checks_the_table(core_name: str, tmp_path: Path) -> None:
     expected_core = "compiled (Cython)" if core_name == "c" else "pure Python"
     assert report_value(out, "core").startswith(expected_core)
     assert float(report_value(out, "throughput").split()[0].replace(",", "")) > 0
-    batches = re.fullmatch(
-        r"([\d,]+), mean size ([\d,.]+) \(by trigger: .*\)", report_value(out, "batches")
-    )
+    batches = re.fullmatch(r"([\d,]+), mean size ([\d,.]+) \(by trigger: .*\)", report_value(out, "batches"))
     assert batches, out
     count, mean = int(batches[1].replace(",", "")), float(batches[2].replace(",", ""))
     # 5,000 items per partition: 5 full batches each, unless a timed flush
@@ -129,9 +125,7 @@ def test_bad_option_is_an_argparse_error() -> None:
         ([], "COMMAND"),
     ],
 )
-def test_bad_values_name_the_option(
-    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_values_name_the_option(argv: list[str], option: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv)
     assert exc.value.code == 2

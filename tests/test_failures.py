@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
+
 from databuffer import FlushTimeout
 
 
@@ -187,9 +187,10 @@ def test_raising_handle_flush_error_is_logged_and_buffer_keeps_working(make_buff
     wait_for(lambda: buf.info()[0]["failed"] == 2, timeout=30)
     records = [r for r in caplog.records if r.name == "databuffer" and r.levelno >= logging.ERROR]
     assert records, "a raising handle_flush_error was not logged"
-    assert any(
-        r.exc_info is not None and isinstance(r.exc_info[1], RuntimeError) for r in records
-    ) or "error handler broke" in caplog.text
+    assert (
+        any(r.exc_info is not None and isinstance(r.exc_info[1], RuntimeError) for r in records)
+        or "error handler broke" in caplog.text
+    )
     # The buffer goes on: later batches are flushed.
     buf.insert_batch(["ok", "y"])
     buf.insert("z")

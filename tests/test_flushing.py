@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
+
 from databuffer import BufferFull
 
 
@@ -82,16 +82,14 @@ class Background:
 def test_size_trigger_is_eager(make_buffer):
     recorder = Recorder()
     meta = object()
-    buf = make_buffer(
-        handle_flush=recorder, name="sized", max_size=3, flush_interval=3600, flush_meta=meta
-    )
+    buf = make_buffer(handle_flush=recorder, name="sized", max_size=3, flush_interval=3600, flush_meta=meta)
     buf.insert("a")
     buf.insert("b")
     assert buf.size() == 2
     buf.insert("c")
     # No further insert: the full batch must be flushed on its own.
     assert recorder.called.wait(30)
-    (batch, opts, _), = recorder.calls
+    ((batch, opts, _),) = recorder.calls
     assert batch == ["a", "b", "c"]
     assert opts.trigger == "size"
     assert opts.size == 3
@@ -139,12 +137,10 @@ def test_interval_trigger_not_before_flush_interval(make_buffer):
     interval, jitter = 0.2, 0.2
     recorder = Recorder()
     t0 = time.monotonic()
-    buf = make_buffer(
-        handle_flush=recorder, max_size=100, flush_interval=interval, flush_jitter=jitter
-    )
+    buf = make_buffer(handle_flush=recorder, max_size=100, flush_interval=interval, flush_jitter=jitter)
     buf.insert("x")
     assert recorder.called.wait(30)
-    (batch, opts, t1), = recorder.calls
+    ((batch, opts, t1),) = recorder.calls
     assert batch == ["x"]
     assert opts.trigger == "interval"
     assert t1 - t0 >= interval
@@ -154,7 +150,7 @@ def test_interval_trigger_not_before_flush_interval(make_buffer):
     previous = t1
     for n in range(2, 4):
         buf.insert(n)
-        wait_for(lambda: len(recorder.calls) == n, timeout=30)
+        wait_for(lambda n=n: len(recorder.calls) == n, timeout=30)
         batch, opts, t = recorder.calls[-1]
         assert batch == [n]
         assert opts.trigger == "interval"
@@ -187,9 +183,7 @@ def test_interval_counted_from_last_flush_of_any_kind(make_buffer):
 
 def test_interval_flush_of_an_empty_partition_calls_nothing(make_buffer):
     recorder = Recorder()
-    buf = make_buffer(
-        handle_flush=recorder, partitions=2, max_size=100, flush_interval=0.05, flush_jitter=0
-    )
+    buf = make_buffer(handle_flush=recorder, partitions=2, max_size=100, flush_interval=0.05, flush_jitter=0)
     buf.insert("x")
     assert recorder.called.wait(30)
     assert recorder.batches() == [["x"]]
@@ -248,7 +242,7 @@ def test_max_size_jitter_bounds(make_buffer):
     buf.sync_flush(timeout=30)
     batches = recorder.batches()
     triggers = recorder.triggers()
-    sized = [len(b) for b, t in zip(batches, triggers) if t == "size"]
+    sized = [len(b) for b, t in zip(batches, triggers, strict=False) if t == "size"]
     assert len(sized) >= 80 // (max_size + jitter)
     assert all(max_size <= n <= max_size + jitter for n in sized), sized
     assert all(0 < len(b) <= max_size + jitter for b in batches)
@@ -266,7 +260,7 @@ def test_max_size_jitter_with_insert_batch(make_buffer):
     buf.insert_batch(range(40))
     buf.sync_flush(timeout=30)
     batches = recorder.batches()
-    sized = [len(b) for b, t in zip(batches, recorder.triggers()) if t == "size"]
+    sized = [len(b) for b, t in zip(batches, recorder.triggers(), strict=False) if t == "size"]
     assert all(2 <= n <= 5 for n in sized), sized
     assert all(0 < len(b) <= 5 for b in batches)
     assert recorder.items() == list(range(40))
@@ -277,9 +271,7 @@ def test_max_size_jitter_with_insert_batch(make_buffer):
 
 def test_order_within_partition_across_batches(make_buffer):
     recorder = Recorder()
-    buf = make_buffer(
-        handle_flush=recorder, partitions=2, max_size=3, flush_interval=3600, insert_timeout=30
-    )
+    buf = make_buffer(handle_flush=recorder, partitions=2, max_size=3, flush_interval=3600, insert_timeout=30)
     for i in range(20):
         buf.insert(i)
     for i in range(20, 30, 2):
@@ -337,7 +329,11 @@ def test_partitions_flush_concurrently(make_buffer):
 def test_never_an_empty_flush(make_buffer):
     recorder = Recorder()
     buf = make_buffer(
-        handle_flush=recorder, partitions=3, max_size=2, flush_interval=0.05, flush_jitter=0,
+        handle_flush=recorder,
+        partitions=3,
+        max_size=2,
+        flush_interval=0.05,
+        flush_jitter=0,
         insert_timeout=30,
     )
     buf.flush()

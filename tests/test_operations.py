@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
 
 INFO_KEYS = {
@@ -285,7 +284,7 @@ def test_sync_flush_returns_results_in_partition_order(make_buffer):
     result = buf.sync_flush(timeout=30)
     assert [r[0] for r in result] == [0, 1, 2]
     assert sorted(item for _, batch in result for item in batch) == list(range(6))
-    for p, batch in result:
+    for _p, batch in result:
         assert batch == sorted(batch)
         assert len(batch) == 2
     assert buf.size() == 0

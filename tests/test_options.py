@@ -44,17 +44,13 @@ def _id(value: object) -> str:
     return f"{type(value).__name__}:{value!r}"
 
 
-@pytest.mark.parametrize(
-    ("option", "value"), BAD_TYPES, ids=[f"{o}={_id(v)}" for o, v in BAD_TYPES]
-)
+@pytest.mark.parametrize(("option", "value"), BAD_TYPES, ids=[f"{o}={_id(v)}" for o, v in BAD_TYPES])
 def test_wrong_type_raises_type_error_naming_the_option(make_buffer, option, value):
     with pytest.raises(TypeError, match=re.escape(option)):
         make_buffer(handle_flush=noop, flush_interval=3600, **{option: value})
 
 
-@pytest.mark.parametrize(
-    ("option", "value"), BAD_VALUES, ids=[f"{o}={_id(v)}" for o, v in BAD_VALUES]
-)
+@pytest.mark.parametrize(("option", "value"), BAD_VALUES, ids=[f"{o}={_id(v)}" for o, v in BAD_VALUES])
 def test_out_of_range_raises_value_error_naming_the_option(make_buffer, option, value):
     options: dict[str, Any] = {"handle_flush": noop, "flush_interval": 3600}
     options[option] = value
@@ -250,8 +246,9 @@ def test_many_buffers_of_same_and_different_classes_run_at_once(make_buffer, Buf
     a1 = make_buffer(A, name="a1", flush_interval=3600)
     a2 = make_buffer(A, name="a2", flush_interval=3600)
     b1 = make_buffer(B, name="b1", flush_interval=3600)
-    c1 = make_buffer(handle_flush=lambda batch, opts: ("C", opts.buffer, list(batch)), name="c1",
-                     flush_interval=3600)
+    c1 = make_buffer(
+        handle_flush=lambda batch, opts: ("C", opts.buffer, list(batch)), name="c1", flush_interval=3600
+    )
     for i, buf in enumerate((a1, a2, b1, c1)):
         buf.insert(i)
     assert b1.sync_flush(timeout=30) == [("B", "b1", [2])]

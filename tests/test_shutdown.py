@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
+
 from databuffer import BufferClosed, FlushTimeout
 
 
@@ -112,8 +112,9 @@ def test_close_flushes_what_is_left_and_is_idempotent(make_buffer):
 
 def test_after_close_inserts_raise_buffer_closed_and_queries_answer(make_buffer):
     recorder = Recorder()
-    buf = make_buffer(handle_flush=recorder, name="closed-buf", partitions=2, max_size=100,
-                      flush_interval=3600)
+    buf = make_buffer(
+        handle_flush=recorder, name="closed-buf", partitions=2, max_size=100, flush_interval=3600
+    )
     buf.insert_batch(["a", "b"])
     buf.insert("c")
     buf.close(timeout=30)

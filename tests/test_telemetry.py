@@ -10,8 +10,8 @@ import types
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
+
 from databuffer import BufferClosed, BufferFull, FlushTimeout, _core_py, telemetry
 
 INSERT_START = ("data_buffer", "insert", "start")
@@ -143,9 +143,7 @@ def test_attach_list_detach_shapes(core_name):
 def test_handler_receives_event_and_config(make_buffer):
     got = []
     config = object()
-    telemetry.attach(
-        "cfg", FLUSH_STOP, lambda e, m, md, c: got.append((e, md["buffer"], c)), config
-    )
+    telemetry.attach("cfg", FLUSH_STOP, lambda e, m, md, c: got.append((e, md["buffer"], c)), config)
     buf = make_buffer(handle_flush=lambda batch, opts: None, name="cfg-buf", flush_interval=3600)
     buf.insert(1)
     buf.sync_flush(timeout=30)
@@ -160,7 +158,10 @@ def test_insert_events(make_buffer):
     rec = Events("ins-buf")
     telemetry.attach_many("rec", ALL_EVENTS, rec)
     buf = make_buffer(
-        handle_flush=lambda batch, opts: None, name="ins-buf", partitions=2, max_size=100,
+        handle_flush=lambda batch, opts: None,
+        name="ins-buf",
+        partitions=2,
+        max_size=100,
         flush_interval=3600,
     )
     before = time.monotonic_ns()
@@ -171,7 +172,7 @@ def test_insert_events(make_buffer):
     stops = rec.of(INSERT_STOP)
     assert rec.names() == [INSERT_START, INSERT_STOP, INSERT_START, INSERT_STOP]
     assert len(starts) == len(stops) == 2
-    for (measurements, metadata), (stop_m, _) in zip(starts, stops):
+    for (measurements, metadata), (stop_m, _) in zip(starts, stops, strict=False):
         assert metadata == {"buffer": "ins-buf"}
         assert_times(measurements, before, after, start=True)
         assert measurements["monotonic_time"] <= stop_m["monotonic_time"]
@@ -208,7 +209,7 @@ def test_insert_exception_event_on_buffer_full(make_buffer, gates):
         buf.insert(2, timeout=0.2)
     after = time.monotonic_ns()
     assert rec.names() == [INSERT_START, INSERT_EXCEPTION]
-    (measurements, metadata), = rec.of(INSERT_EXCEPTION)
+    ((measurements, metadata),) = rec.of(INSERT_EXCEPTION)
     assert_times(measurements, before, after, start=False)
     assert measurements["duration"] >= 0.15 * 10**9
     assert set(metadata) == {"buffer", "kind", "reason", "stacktrace"}
@@ -236,7 +237,7 @@ def test_insert_exception_event_on_buffer_closed(make_buffer):
         buf.insert("x")
     after = time.monotonic_ns()
     assert rec.names() == [INSERT_START, INSERT_EXCEPTION]
-    (measurements, metadata), = rec.of(INSERT_EXCEPTION)
+    ((measurements, metadata),) = rec.of(INSERT_EXCEPTION)
     assert_times(measurements, before, after, start=False)
     assert set(metadata) == {"buffer", "kind", "reason", "stacktrace"}
     assert metadata["kind"] == "error"
@@ -260,9 +261,7 @@ def test_flush_events_for_size_manual_and_close(make_buffer):
             rec.log.append(("call", opts.partition, opts.trigger))
         return len(batch)
 
-    buf = make_buffer(
-        handle_flush=fn, name="fl-buf", partitions=2, max_size=2, flush_interval=3600
-    )
+    buf = make_buffer(handle_flush=fn, name="fl-buf", partitions=2, max_size=2, flush_interval=3600)
     t0 = time.monotonic_ns()
     buf.insert_batch([0, 1])  # size flush
     wait_for(lambda: len(rec.of(FLUSH_STOP)) == 1, timeout=30)
@@ -289,9 +288,15 @@ def test_flush_events_for_size_manual_and_close(make_buffer):
         assert_times(measurements, t0, t1, start=False)
     # start, then handle_flush, then stop, for every flush.
     assert rec.log == [
-        FLUSH_START, ("call", p_size, "size"), FLUSH_STOP,
-        FLUSH_START, ("call", 1 - p_size, "manual"), FLUSH_STOP,
-        FLUSH_START, ("call", p_size, "close"), FLUSH_STOP,
+        FLUSH_START,
+        ("call", p_size, "size"),
+        FLUSH_STOP,
+        FLUSH_START,
+        ("call", 1 - p_size, "manual"),
+        FLUSH_STOP,
+        FLUSH_START,
+        ("call", p_size, "close"),
+        FLUSH_STOP,
     ]
 
 
@@ -299,8 +304,11 @@ def test_flush_events_for_interval(make_buffer):
     rec = Events("iv-buf")
     telemetry.attach_many("rec", FLUSH_EVENTS, rec)
     buf = make_buffer(
-        handle_flush=lambda batch, opts: None, name="iv-buf", max_size=100,
-        flush_interval=0.05, flush_jitter=0,
+        handle_flush=lambda batch, opts: None,
+        name="iv-buf",
+        max_size=100,
+        flush_interval=0.05,
+        flush_jitter=0,
     )
     buf.insert_batch([1, 2, 3])
     wait_for(lambda: len(rec.of(FLUSH_STOP)) == 1, timeout=30)
@@ -336,7 +344,7 @@ def test_flush_exception_event_on_failure(make_buffer):
     t1 = time.monotonic_ns()
     # Finished for sync_flush means its telemetry has fired.
     assert rec.names() == [FLUSH_START, FLUSH_EXCEPTION]
-    (measurements, metadata), = rec.of(FLUSH_EXCEPTION)
+    ((measurements, metadata),) = rec.of(FLUSH_EXCEPTION)
     assert_times(measurements, t0, t1, start=False)
     assert set(metadata) == FLUSH_META_KEYS | EXCEPTION_META_KEYS
     assert metadata["buffer"] == "fail-buf"
@@ -372,12 +380,15 @@ def test_flush_exception_event_on_timeout(make_buffer, gates):
     buf.insert_batch([1, 2])
     wait_for(lambda: rec.of(FLUSH_EXCEPTION), timeout=30)
     t1 = time.monotonic_ns()
-    (measurements, metadata), = rec.of(FLUSH_EXCEPTION)
+    ((measurements, metadata),) = rec.of(FLUSH_EXCEPTION)
     assert_times(measurements, t0, t1, start=False)
     assert measurements["duration"] >= 0.25 * 10**9
     assert set(metadata) == FLUSH_META_KEYS | EXCEPTION_META_KEYS
     assert (metadata["buffer"], metadata["partition"], metadata["size"], metadata["trigger"]) == (
-        "to-buf", 0, 2, "size"
+        "to-buf",
+        0,
+        2,
+        "size",
     )
     assert metadata["kind"] == "error"
     assert isinstance(metadata["reason"], FlushTimeout)
@@ -392,8 +403,9 @@ def test_flush_exception_event_on_timeout(make_buffer, gates):
 # -- raising handlers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("event", [INSERT_START, INSERT_STOP, FLUSH_START, FLUSH_STOP],
-                         ids=lambda e: "_".join(e[1:]))
+@pytest.mark.parametrize(
+    "event", [INSERT_START, INSERT_STOP, FLUSH_START, FLUSH_STOP], ids=lambda e: "_".join(e[1:])
+)
 def test_raising_handler_is_detached_and_logged(make_buffer, caplog, event):
     caplog.set_level(logging.ERROR, logger="databuffer")
     good = Events("raise-buf")
@@ -405,8 +417,9 @@ def test_raising_handler_is_detached_and_logged(make_buffer, caplog, event):
 
     telemetry.attach("bad-handler-id", event, bad_handler)
     telemetry.attach("good-handler-id", event, good)
-    buf = make_buffer(handle_flush=lambda batch, opts: list(batch), name="raise-buf",
-                      max_size=100, flush_interval=3600)
+    buf = make_buffer(
+        handle_flush=lambda batch, opts: list(batch), name="raise-buf", max_size=100, flush_interval=3600
+    )
     buf.insert("x")
     assert buf.sync_flush(timeout=30) == [["x"]]
     assert calls == [event]

@@ -15,7 +15,6 @@ cimport cython
 from cpython.list cimport PyList_New
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
-from cpython.sequence cimport PySequence_Fast
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -142,10 +141,10 @@ cdef class BufferCore:
         self._parts = NULL
 
     cdef void _release(self, Part *part) noexcept:
-        cdef Py_ssize_t i
+        cdef Py_ssize_t _i
         cdef Py_ssize_t k = <Py_ssize_t>part.count
         cdef Py_ssize_t idx = part.head
-        for i in range(k):
+        for _i in range(k):
             Py_DECREF(<object>part.ring[idx])
             idx += 1
             if idx == part.cap:
@@ -384,13 +383,13 @@ cdef class BufferCore:
         return total
 
     def _dump(self):
-        cdef Py_ssize_t p, i, idx
+        cdef Py_ssize_t p, _i, idx
         cdef Part *part
         out = []
         for p in range(self._n):
             part = &self._parts[p]
             idx = part.head
-            for i in range(<Py_ssize_t>part.count):
+            for _i in range(<Py_ssize_t>part.count):
                 out.append(<object>part.ring[idx])
                 idx += 1
                 if idx == part.cap:

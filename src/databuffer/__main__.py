@@ -195,9 +195,7 @@ def check_table(conn: sqlite3.Connection, expected: int) -> list[str]:
     if total != want_total:
         problems.append(f"the ids sum to {total:,}, expected {want_total:,}")
     if count and (lowest != 0 or highest != expected - 1):
-        problems.append(
-            f"the ids run from {lowest:,} to {highest:,}, expected 0 to {expected - 1:,}"
-        )
+        problems.append(f"the ids run from {lowest:,} to {highest:,}, expected 0 to {expected - 1:,}")
     return problems
 
 
@@ -217,9 +215,7 @@ class Progress:
 
     REFRESH = 0.1
 
-    def __init__(
-        self, total: int, stream: TextIO | None, *, interactive: bool | None = None
-    ) -> None:
+    def __init__(self, total: int, stream: TextIO | None, *, interactive: bool | None = None) -> None:
         self.total = total
         self.stream = stream
         self.interactive = (
@@ -398,9 +394,7 @@ def _run(
             report.finish(inserted, sink.rows)
         problems = sink.check(events)
         if sink.failed_items:
-            problems.insert(
-                0, f"{sink.failed_items:,} events failed to be written: {sink.first_error!r}"
-            )
+            problems.insert(0, f"{sink.failed_items:,} events failed to be written: {sink.first_error!r}")
         return DemoResult(
             events=events,
             partitions=partitions,
@@ -496,8 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_MAX_SIZE,
         metavar="N",
-        help="items in a partition that trigger a flush, i.e. rows per transaction "
-        "(default: %(default)s)",
+        help="items in a partition that trigger a flush, i.e. rows per transaction (default: %(default)s)",
     )
     demo.add_argument(
         "--db",
@@ -512,8 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _demo_command(args: argparse.Namespace) -> int:
     print(
-        f"databuffer demo: events={args.events:,} partitions={args.partitions} "
-        f"max_size={args.max_size:,}",
+        f"databuffer demo: events={args.events:,} partitions={args.partitions} max_size={args.max_size:,}",
         file=sys.stderr,
         flush=True,
     )

@@ -219,8 +219,7 @@ class _BufferLayer:
             )
         if handle_flush is not None and has_method:
             raise TypeError(
-                f"{type(self).__name__} defines handle_flush already; "
-                "do not pass handle_flush= as well"
+                f"{type(self).__name__} defines handle_flush already; do not pass handle_flush= as well"
             )
         if handle_flush is not None and not callable(handle_flush):
             raise TypeError(f"handle_flush must be callable, not {handle_flush!r}")
@@ -271,9 +270,7 @@ class _BufferLayer:
         for part in self._parts:
             part.deadline = now + self._next_interval()
             self._start_flusher(part, None)
-        self._timer = threading.Thread(
-            target=self._timer_main, name=f"databuffer-{name}-timer", daemon=True
-        )
+        self._timer = threading.Thread(target=self._timer_main, name=f"databuffer-{name}-timer", daemon=True)
         self._timer.start()
         _open_buffers.add(self)
 
@@ -618,6 +615,7 @@ class _BufferLayer:
         p = part.index
         if timed_out is not None:
             self._settle(part, timed_out[0], None, timed_out[1])
+            timed_out = None  # settled: do not hold the batch for the thread's life
         while True:
             while True:
                 taken = self._take(p, part.flush_upto)
@@ -654,14 +652,19 @@ class _BufferLayer:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = self._flush_fn(batch, opts)
-        except Exception as exc:
-            error = exc
-        if not flight.claim.acquire(False):
-            return False  # abandoned by the timer; a new flusher reported it
-        part.flight = None
-        self._settle(part, flight, result, error)
-        return True
+            try:
+                result = self._flush_fn(batch, opts)
+            except Exception as exc:
+                error = exc
+            if not flight.claim.acquire(False):
+                return False  # abandoned by the timer; a new flusher reported it
+            part.flight = None
+            self._settle(part, flight, result, error)
+            return True
+        finally:
+            # The error's traceback holds this frame: without this, the
+            # batch would live on in a cycle until the cyclic GC runs.
+            error = None
 
     def _wake_timer_before(self, deadline: float) -> None:
         """Make the timer thread wake by ``deadline`` (written before this call).
@@ -751,20 +754,30 @@ class _BufferLayer:
         if not flight.claim.acquire(False):
             return  # it returned in time after all
         part.flight = None
-        try:
-            # Raised so that telemetry and handle_flush_error get a traceback.
-            raise FlushTimeout(
+        error = _raised(
+            FlushTimeout(
                 f"handle_flush of buffer {self._name!r} partition {part.index} ran past "
                 f"flush_timeout={self._flush_timeout}s with a batch of {flight.opts.size} items; "
                 "the call was abandoned"
             )
-        except FlushTimeout as exc:
-            error = exc
+        )
         self._start_flusher(part, (flight, error))
+        # The traceback links back to this frame: drop the error from it.
+        error = None  # type: ignore[assignment]
 
 
 class Buffer(_BufferLayer, BufferCore):
     __doc__ = _BufferLayer.__doc__
+
+
+def _raised(error: BaseException) -> BaseException:
+    """``error`` with a traceback, as if raised here, without a reference cycle."""
+    try:
+        raise error
+    except BaseException:
+        return error
+    finally:
+        error = None  # type: ignore[assignment]  # the traceback holds this frame
 
 
 def _wake(part: _Partition) -> None:

@@ -4,21 +4,20 @@ Events are tuples of strings; a handler is called as
 ``fn(event, measurements, metadata, config)``.  A handler that raises is
 detached and logged, so a broken handler never breaks a buffer.
 
-Events emitted by databuffer:
+Events emitted by databuffer, with their measurements and metadata:
 
-========================================  ==============================  ==============================================
-event                                     measurements                    metadata
-========================================  ==============================  ==============================================
-``("data_buffer", "insert", "start")``     ``system_time``,                ``buffer``
-                                          ``monotonic_time``
-``("data_buffer", "insert", "stop")``      ``duration``, ``monotonic_time`` ``buffer``, ``partition``, ``size``
-``("data_buffer", "insert", "exception")`` ``duration``, ``monotonic_time`` ``buffer``, ``kind``, ``reason``, ``stacktrace``
-``("data_buffer", "flush", "start")``      ``system_time``,                ``buffer``, ``partition``, ``size``, ``trigger``
-                                          ``monotonic_time``
-``("data_buffer", "flush", "stop")``       ``duration``, ``monotonic_time`` ``buffer``, ``partition``, ``size``, ``trigger``
-``("data_buffer", "flush", "exception")``  ``duration``, ``monotonic_time`` as ``stop``, plus ``kind``, ``reason``,
-                                                                          ``stacktrace``
-========================================  ==============================  ==============================================
+- ``("data_buffer", "insert", "start")``: ``system_time``, ``monotonic_time``;
+  ``buffer``.
+- ``("data_buffer", "insert", "stop")``: ``duration``, ``monotonic_time``;
+  ``buffer``, ``partition``, ``size`` (items in the call).
+- ``("data_buffer", "insert", "exception")``: ``duration``,
+  ``monotonic_time``; ``buffer``, ``kind``, ``reason``, ``stacktrace``.
+- ``("data_buffer", "flush", "start")``: ``system_time``, ``monotonic_time``;
+  ``buffer``, ``partition``, ``size``, ``trigger``.
+- ``("data_buffer", "flush", "stop")``: ``duration``, ``monotonic_time``;
+  ``buffer``, ``partition``, ``size``, ``trigger``.
+- ``("data_buffer", "flush", "exception")``: ``duration``,
+  ``monotonic_time``; as ``stop`` plus ``kind``, ``reason``, ``stacktrace``.
 
 Times are integer nanoseconds (``time.time_ns()``, ``time.monotonic_ns()``).
 While no handler is attached to an insert event, inserts skip telemetry

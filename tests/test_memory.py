@@ -1,0 +1,488 @@
+"""Memory: references to items are released, nothing leaks, nothing is left for the GC.
+
+Reference counts are exact while the buffer is idle and its flusher threads
+are joined (after ``close()``).  After a flush on an open buffer the flusher
+thread may still be on its way out of the frame holding the batch, so those
+checks wait (with a deadline) for the count to come back.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import tracemalloc
+import weakref
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+from databuffer import FlushTimeout
+
+BIG = 3600.0  # flush_interval: no timed flushes during a test
+
+
+def refs(obj: object) -> int:
+    return sys.getrefcount(obj)
+
+
+def wait_refs(obj: object, expected: int, timeout: float = 10.0) -> None:
+    """Wait until ``refs(obj)``, as the caller sees it, equals ``expected``."""
+    # This frame's ``obj`` is one more reference than the caller has.
+    expected += 1
+
+    def back() -> bool:
+        return refs(obj) == expected
+
+    try:
+        wait_for(back, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"refcount {refs(obj) - 1} != expected {expected - 1} after {timeout}s"
+        ) from None
+
+
+class Sentinel:
+    """An item whose references are counted."""
+
+
+def _dropper() -> tuple[Any, list[int]]:
+    """handle_flush that only counts the items and drops the batch."""
+    counts: list[int] = []
+
+    def handle_flush(batch: list[Any], opts: Any) -> int:
+        counts.append(len(batch))
+        return len(batch)
+
+    return handle_flush, counts
+
+
+def test_buffered_items_hold_exactly_one_reference(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=3, max_size=1000, flush_interval=BIG)
+    for _ in range(50):
+        buf.insert(item)
+    assert refs(item) == base + 50
+    buf.insert_batch([item] * 30)
+    assert refs(item) == base + 80
+    buf.insert_batch((item,) * 20)
+    assert refs(item) == base + 100
+    buf.insert_batch(item for _ in range(25))
+    assert refs(item) == base + 125
+    assert buf.size() == 125
+    buf.close()
+    assert sum(counts) == 125
+    assert refs(item) == base
+
+
+def test_size_flushes_release_items(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=2, max_size=100, flush_interval=BIG)
+    for _ in range(1000):
+        buf.insert(item)
+    wait_for(lambda: sum(counts) == 1000)
+    assert buf.size() == 0
+    wait_refs(item, base)  # released by the open buffer, before close()
+    buf.close()
+    assert counts == [100] * 10
+    assert refs(item) == base
+
+
+def test_flush_and_sync_flush_release_items(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=4, max_size=1000, flush_interval=BIG)
+    for _ in range(40):
+        buf.insert(item)
+    buf.flush()
+    wait_for(lambda: sum(counts) == 40)
+    wait_refs(item, base)
+    buf.insert_batch([item] * 40)
+    assert buf.sync_flush(timeout=30) == [40]
+    wait_refs(item, base)
+    buf.close()
+    assert refs(item) == base
+
+
+def test_close_releases_items(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=3, max_size=100, flush_interval=BIG)
+    for _ in range(250):
+        buf.insert(item)
+    buf.insert_batch([item] * 250)
+    buf.close()
+    assert sum(counts) == 500
+    assert buf.size() == 0
+    assert refs(item) == base
+
+
+def test_dump_returns_new_references(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=2, max_size=1000, flush_interval=BIG)
+    for _ in range(60):
+        buf.insert(item)
+    assert refs(item) == base + 60
+    dumped = buf.dump()
+    assert len(dumped) == 60
+    assert all(x is item for x in dumped)
+    assert refs(item) == base + 120
+    del dumped
+    assert refs(item) == base + 60
+    for _ in range(3):
+        buf.dump()
+    assert refs(item) == base + 60
+    buf.close()
+    assert sum(counts) == 60
+    assert refs(item) == base
+    assert buf.dump() == []
+    assert refs(item) == base
+
+
+def test_insert_batch_of_list_tuple_and_generator_larger_than_max_size(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=1, max_size=100, flush_interval=BIG)
+    buf.insert_batch([item] * 250)  # 200 flushed by size, 50 buffered
+    wait_for(lambda: sum(counts) == 200)
+    wait_refs(item, base + 50)
+    buf.insert_batch(item for _ in range(120))  # 170 in all: 100 flushed, 70 left
+    wait_for(lambda: sum(counts) == 300)
+    wait_refs(item, base + 70)
+    buf.insert_batch((item,) * 30)  # exactly a full batch
+    wait_for(lambda: sum(counts) == 400)
+    wait_refs(item, base)
+    buf.insert_batch([])
+    buf.insert_batch(iter(()))
+    assert refs(item) == base
+    buf.close()
+    assert counts == [100] * 4
+    assert refs(item) == base
+
+
+def test_failed_flushes_release_items(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    reported: list[int] = []
+
+    def failing(batch: list[Any], opts: Any) -> None:
+        raise ValueError("cannot write")
+
+    def on_error(batch: list[Any], opts: Any, error: BaseException) -> None:
+        assert isinstance(error, ValueError)
+        reported.append(len(batch))
+
+    buf = make_buffer(
+        handle_flush=failing,
+        handle_flush_error=on_error,
+        partitions=2,
+        max_size=50,
+        flush_interval=BIG,
+    )
+    for _ in range(230):
+        buf.insert(item)
+    with pytest.raises(ExceptionGroup) as info:
+        buf.sync_flush(timeout=30)
+    assert all(isinstance(e, ValueError) for e in info.value.exceptions)
+    del info
+    buf.insert_batch([item] * 20)
+    buf.close()
+    assert sum(reported) == 250
+    assert sum(d["failed"] for d in buf.info()) == 250
+    # A failed call's traceback may form a cycle with the frame holding the
+    # batch: the cyclic GC must be able to free it.
+    gc.collect()
+    assert refs(item) == base
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Any:
+    """Run with the cyclic GC off: only reference counting frees objects."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_flushed_items_are_freed_without_the_cyclic_gc(make_buffer: Any, no_cyclic_gc: None) -> None:
+    item = Sentinel()
+    base = refs(item)
+    fn, counts = _dropper()
+    buf = make_buffer(handle_flush=fn, partitions=2, max_size=10, flush_interval=BIG)
+    buf.insert_batch([item] * 95)
+    for _ in range(20):
+        buf.insert(item)
+    buf.sync_flush(timeout=30)
+    assert sum(counts) == 115
+    wait_refs(item, base)
+    buf.close()
+    assert refs(item) == base
+
+
+def test_failed_items_are_freed_without_the_cyclic_gc(make_buffer: Any, no_cyclic_gc: None) -> None:
+    """Batches whose flush raised, once reported, are not kept alive by reference cycles."""
+    item = Sentinel()
+    base = refs(item)
+    reported: list[int] = []
+
+    def failing(batch: list[Any], opts: Any) -> None:
+        raise ValueError("cannot write")
+
+    buf = make_buffer(
+        handle_flush=failing,
+        handle_flush_error=lambda batch, opts, error: reported.append(len(batch)),
+        partitions=1,
+        max_size=10,
+        flush_interval=BIG,
+    )
+    buf.insert_batch([item] * 25)
+    buf.close()
+    assert sum(reported) == 25
+    extra = refs(item) - base
+    assert extra == 0, f"{extra} references to failed items are left after close()"
+
+
+def test_abandoned_items_are_freed_without_the_cyclic_gc(make_buffer: Any, no_cyclic_gc: None) -> None:
+    """A batch reported as timed out, once its stuck call returned, is not kept alive by cycles."""
+    item = Sentinel()
+    base = refs(item)
+    release = threading.Event()
+    returned = threading.Event()
+    reported: list[int] = []
+
+    def stuck(batch: list[Any], opts: Any) -> None:
+        try:
+            release.wait(60)
+        finally:
+            returned.set()
+
+    buf = make_buffer(
+        handle_flush=stuck,
+        handle_flush_error=lambda batch, opts, error: reported.append(len(batch)),
+        partitions=1,
+        max_size=10,
+        flush_interval=BIG,
+        flush_timeout=0.1,
+    )
+    try:
+        buf.insert_batch([item] * 10)
+        wait_for(lambda: reported == [10], timeout=30)
+    finally:
+        release.set()
+    assert returned.wait(30)
+    buf.close()
+    assert buf.info()[0]["failed"] == 10
+    extra = refs(item) - base
+    assert extra == 0, f"{extra} references to the abandoned batch's items are left after close()"
+
+
+def test_abandoned_flush_releases_items(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    release = threading.Event()
+    returned = threading.Event()
+    timed_out = threading.Event()
+    calls: list[int] = []
+    delivered: list[int] = []
+    errors: list[tuple[int, BaseException]] = []
+
+    def handle_flush(batch: list[Any], opts: Any) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            try:
+                release.wait(60)  # stuck until the test lets it go
+            finally:
+                returned.set()
+            return
+        delivered.append(len(batch))
+
+    def on_error(batch: list[Any], opts: Any, error: BaseException) -> None:
+        errors.append((len(batch), error))
+        timed_out.set()
+
+    buf = make_buffer(
+        handle_flush=handle_flush,
+        handle_flush_error=on_error,
+        partitions=1,
+        max_size=10,
+        flush_interval=BIG,
+        flush_timeout=0.2,
+    )
+    try:
+        buf.insert_batch([item] * 10)  # the stuck batch
+        assert timed_out.wait(30), "the stuck flush was never reported as timed out"
+        buf.insert_batch([item] * 15)  # the partition moved on
+        wait_for(lambda: sum(delivered) == 10)
+    finally:
+        release.set()
+    assert returned.wait(30)
+    buf.close()
+    assert len(errors) == 1
+    assert errors[0][0] == 10
+    assert isinstance(errors[0][1], FlushTimeout)
+    errors.clear()  # the error's traceback may reference the batch
+    assert delivered == [10, 5]
+    info = buf.info()[0]
+    assert (info["inserted"], info["flushed"], info["failed"]) == (25, 15, 10)
+    gc.collect()
+    assert refs(item) == base
+
+
+def test_close_timing_out_on_a_stuck_flush_keeps_then_releases_items(make_buffer: Any) -> None:
+    item = Sentinel()
+    base = refs(item)
+    release = threading.Event()
+    entered = threading.Event()
+    delivered: list[int] = []
+
+    def handle_flush(batch: list[Any], opts: Any) -> None:
+        entered.set()
+        release.wait(60)
+        delivered.append(len(batch))
+
+    buf = make_buffer(handle_flush=handle_flush, partitions=1, max_size=10, flush_interval=BIG)
+    try:
+        buf.insert_batch([item] * 10)  # sealed and handed to the (stuck) flusher
+        assert entered.wait(30)
+        buf.insert_batch([item] * 7)  # waits in the ring
+        with pytest.raises(TimeoutError):
+            buf.close(timeout=0.2)
+        # Nothing was lost or released while the flush is stuck.
+        assert refs(item) == base + 17
+        assert buf.size() == 7
+    finally:
+        release.set()
+    buf.close(timeout=30)
+    assert delivered == [10, 7]
+    assert refs(item) == base
+
+
+def _core_class(Buffer: type) -> type:
+    return next(c for c in Buffer.__mro__ if c.__name__ == "BufferCore")
+
+
+def test_core_deallocated_while_holding_items_releases_them(Buffer: type) -> None:
+    """A core freed with items in its ring and a sealed batch drops their references."""
+    core = _core_class(Buffer)
+
+    class Bare(core):  # type: ignore[misc, valid-type]
+        pass
+
+    item = Sentinel()
+    base = refs(item)
+    wakes: list[int] = []
+    bare = Bare()
+    bare._core_init(2, 10, 0, (lambda: wakes.append(0), lambda: wakes.append(1)))
+    for _ in range(10):
+        assert bare._push(0, item)  # a full batch: sealed, handed to "the flusher"
+    for _ in range(6):
+        assert bare._push(0, item)  # in the ring
+    assert bare._push_many(1, [item] * 4, 0) == 4
+    assert wakes == [0]
+    assert refs(item) == base + 20
+    assert bare._size() == 10
+    ref = weakref.ref(bare)
+    del bare
+    gc.collect()
+    assert ref() is None
+    assert refs(item) == base
+
+
+def test_take_and_dump_on_a_bare_core_hand_over_references(Buffer: type) -> None:
+    core = _core_class(Buffer)
+
+    class Bare(core):  # type: ignore[misc, valid-type]
+        pass
+
+    item = Sentinel()
+    base = refs(item)
+    bare = Bare()
+    bare._core_init(1, 5, 0, (lambda: None,))
+    for _ in range(8):
+        bare._push(0, item)
+    assert refs(item) == base + 8
+    taken = bare._take(0, 0)
+    assert taken is not None
+    batch, by_size, first = taken
+    assert (len(batch), by_size, first) == (5, True, 0)
+    assert refs(item) == base + 8  # moved, not copied
+    del taken, batch
+    assert refs(item) == base + 3
+    bare._finish(0, 5, True)
+    rest = bare._take(0, 8)  # a flush request up to sequence 8
+    assert rest is not None and len(rest[0]) == 3 and rest[1] is False
+    assert refs(item) == base + 3
+    del rest
+    assert refs(item) == base
+    assert bare._take(0, 8) is None
+    del bare
+    gc.collect()
+    assert refs(item) == base
+
+
+def test_buffer_is_freed_after_close(Buffer: type) -> None:
+    fn, counts = _dropper()
+    buf = Buffer(handle_flush=fn, name="freed", partitions=3, max_size=10, flush_interval=BIG)
+    buf.insert_batch(range(25))
+    buf.close()
+    assert sum(counts) == 25
+    assert not [t for t in threading.enumerate() if t.name.startswith("databuffer-freed-")]
+    ref = weakref.ref(buf)
+    del buf
+    gc.collect()
+    assert ref() is None
+    assert gc.garbage == []
+
+
+def _churn(buf: Any, n: int) -> None:
+    chunk = 1000
+    i = 0
+    while i < n:
+        if (i // chunk) % 2:
+            buf.insert_batch([object() for _ in range(chunk)])
+        else:
+            for _ in range(chunk):
+                buf.insert(object())
+        i += chunk
+
+
+def test_traced_memory_returns_to_baseline(Buffer: type, core_name: str) -> None:
+    n = 1_000_000 if core_name == "c" else 300_000
+    fn, counts = _dropper()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        buf = Buffer(handle_flush=fn, name="traced", partitions=4, max_size=1000, flush_interval=BIG)
+        try:
+            _churn(buf, n)
+            during = tracemalloc.get_traced_memory()[0]
+        finally:
+            buf.close(timeout=60)
+        assert sum(counts) == n
+        # Only the flushed batches' sizes stay (the list of counts): the
+        # items themselves are gone.
+        ref = weakref.ref(buf)
+        del buf
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert ref() is None
+    assert gc.garbage == []
+    counts_size = sys.getsizeof(counts) + 64 * len(set(counts))
+    assert after - base < 1024 * 1024 + counts_size, (
+        f"{after - base} bytes still traced after {n} items (peak during run {during - base})"
+    )
