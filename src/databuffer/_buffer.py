@@ -680,21 +680,19 @@ class _BufferLayer:
     def _settle(self, part: _Partition, flight: _Flight, result: Any, error: BaseException | None) -> None:
         """Report a finished batch: telemetry, error handler, counters, waiters."""
         opts = flight.opts
-        end = _monotonic_ns()
-        measurements = {"duration": end - flight.start_ns, "monotonic_time": end}
-        metadata: dict[str, Any] = {
-            "buffer": self._name,
-            "partition": opts.partition,
-            "size": opts.size,
-            "trigger": opts.trigger,
-        }
-        if error is None:
-            if telemetry.has_handlers(telemetry.FLUSH_STOP):
-                telemetry.execute(telemetry.FLUSH_STOP, measurements, metadata)
-        else:
-            if telemetry.has_handlers(telemetry.FLUSH_EXCEPTION):
+        event = telemetry.FLUSH_STOP if error is None else telemetry.FLUSH_EXCEPTION
+        if telemetry.has_handlers(event):
+            end = _monotonic_ns()
+            metadata: dict[str, Any] = {
+                "buffer": self._name,
+                "partition": opts.partition,
+                "size": opts.size,
+                "trigger": opts.trigger,
+            }
+            if error is not None:
                 metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
-                telemetry.execute(telemetry.FLUSH_EXCEPTION, measurements, metadata)
+            telemetry.execute(event, {"duration": end - flight.start_ns, "monotonic_time": end}, metadata)
+        if error is not None:
             try:
                 self._error_fn(flight.batch, opts, error)
             except Exception:
