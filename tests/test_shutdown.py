@@ -195,6 +195,46 @@ def test_close_without_timeout_is_bounded_by_flush_timeout(make_buffer, gates):
     assert buf.info()[0]["failed"] == 2
 
 
+def test_timed_out_flusher_that_cannot_be_replaced_fails_the_rest(make_buffer, gates, monkeypatch):
+    """No new thread (as at interpreter exit on Python 3.12): report, never hang."""
+    release = gates()
+    reported: list[tuple[list[Any], Any, BaseException]] = []
+
+    def fn(batch, opts):
+        release.wait(30)
+
+    buf = make_buffer(
+        handle_flush=fn,
+        handle_flush_error=lambda batch, opts, error: reported.append((list(batch), opts, error)),
+        max_size=2,
+        flush_interval=3600,
+        flush_timeout=0.3,
+        insert_timeout=60,
+    )
+
+    real_start = threading.Thread.start
+
+    def refuse(self):
+        if "-flusher-" in self.name:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    t0 = time.monotonic()
+    buf.insert_batch([0, 1, 2, 3, 4])  # [0, 1] sticks; [2, 3] waits; [4] waits for room
+    # [4] got room when [2, 3] was reported failed, not when its insert_timeout ran out.
+    assert time.monotonic() - t0 < 30
+    closing = Background(buf.close)
+    assert closing.done.wait(15), "close() hung on a partition without a flusher"
+    assert closing.error is None
+    assert [batch for batch, _, _ in reported] == [[0, 1], [2, 3], [4]]
+    assert isinstance(reported[0][2], FlushTimeout)
+    assert all(type(error) is RuntimeError for _, _, error in reported[1:])
+    assert "no thread could replace" in str(reported[1][2])
+    info = buf.info()[0]
+    assert (info["inserted"], info["size"], info["flushed"], info["failed"]) == (5, 0, 0, 5)
+
+
 def test_insert_waiting_during_close_loses_nothing(make_buffer, gates):
     recorder = Recorder()
     buf, release = _stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)

@@ -13,6 +13,7 @@ import logging
 import math
 import numbers
 import random
+import sys
 import threading
 import time
 import weakref
@@ -128,6 +129,11 @@ class _Partition:
         # reads it, and is woken (_wake_timer_before) when it moves earlier.
         self.deadline = math.inf
         self.thread: threading.Thread | None = None
+        # Set (by the timer thread, once) when a flusher timed out and no
+        # thread could replace it (at interpreter shutdown on Python 3.12,
+        # for one): the partition's batches are then reported failed with
+        # this error instead of waiting for a flusher that will not come.
+        self.orphaned: BaseException | None = None
 
 
 def _check_count(option: str, value: object, minimum: int) -> int:
@@ -560,7 +566,10 @@ class _BufferLayer:
             if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
                 part.flush_trigger = trigger
             part.flush_upto = max(part.flush_upto, upto)
-        _wake(part)
+        if part.orphaned is not None:
+            self._fail_buffered(part)
+        else:
+            _wake(part)
 
     def _flush_and_wait(self, trigger: str, deadline: float | None) -> _SyncWaiter:
         """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
@@ -619,9 +628,7 @@ class _BufferLayer:
         while True:
             while True:
                 taken = self._take(p, part.flush_upto)
-                if part.waiters:
-                    with part.room:
-                        part.room.notify_all()
+                _room_freed(part)
                 if taken is None:
                     break
                 if not self._flush_one(part, taken):
@@ -759,9 +766,42 @@ class _BufferLayer:
                 "the call was abandoned"
             )
         )
-        self._start_flusher(part, (flight, error))
-        # The traceback links back to this frame: drop the error from it.
-        error = None  # type: ignore[assignment]
+        try:
+            self._start_flusher(part, (flight, error))
+        except RuntimeError as exc:
+            part.thread = None
+            part.orphaned = _raised(
+                RuntimeError(
+                    f"buffer {self._name!r} partition {part.index}: batch not flushed because the "
+                    f"partition's flusher timed out and no thread could replace it ({exc})"
+                )
+            )
+            logger.error(
+                "buffer %r partition %d: no thread could replace the timed-out flusher (%s); "
+                "its batches are reported failed from now on",
+                self._name,
+                part.index,
+                exc,
+            )
+            self._settle(part, flight, None, error)
+            self._fail_buffered(part)
+        finally:
+            # The traceback links back to this frame: drop the error from it.
+            error = None  # type: ignore[assignment]
+
+    def _fail_buffered(self, part: _Partition) -> None:
+        """Report every batch of an orphaned partition as failed."""
+        error = part.orphaned
+        assert error is not None
+        while (taken := self._take(part.index, sys.maxsize)) is not None:
+            _room_freed(part)
+            batch, by_size, first = taken
+            trigger = "size" if by_size else part.flush_trigger
+            flight = _Flight(
+                batch, FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger), first
+            )
+            flight.start_ns = _monotonic_ns()
+            self._settle(part, flight, None, error)
 
 
 class Buffer(_BufferLayer, BufferCore):
@@ -776,6 +816,13 @@ def _raised(error: BaseException) -> BaseException:
         return error
     finally:
         error = None  # type: ignore[assignment]  # the traceback holds this frame
+
+
+def _room_freed(part: _Partition) -> None:
+    """Let inserts waiting for room in ``part`` try again (after a take)."""
+    if part.waiters:
+        with part.room:
+            part.room.notify_all()
 
 
 def _wake(part: _Partition) -> None:
