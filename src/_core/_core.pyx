@@ -26,6 +26,8 @@ cdef extern from "Python.h":
     Py_ssize_t PySequence_Fast_GET_SIZE(object) noexcept
     ctypedef struct PyListObject:
         PyObject **ob_item
+    void Py_SET_SIZE(object, Py_ssize_t) noexcept
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 
 cdef extern from "_atomic.h" nogil:
@@ -68,6 +70,12 @@ ctypedef struct Part:
     int64_t failed
     PyObject *ready     # owned: a batch sealed by an insert, or NULL
     int64_t ready_seq
+    # Owned: an empty list with room for ``cap`` items, or NULL.  Batches are
+    # moved into it, so that sealing or taking a batch allocates nothing and
+    # so runs no Python code (an allocation can start the cyclic GC, which
+    # runs __del__ methods and callbacks that may switch threads or re-enter
+    # the buffer) between deciding on a batch and moving it.
+    PyObject *spare
 
 
 cdef inline void ring_push(Part *part, PyObject *item) noexcept nogil:
@@ -95,6 +103,32 @@ cdef inline void ring_move(Part *part, PyObject **dest, Py_ssize_t k) noexcept n
         part.head -= part.cap
     db_store(&part.count, part.count - k)
     db_add(&part.taken, k)
+
+
+cdef int ensure_spare(Part *part) except -1:
+    """Give the partition a spare list.  May run Python code: callers re-check."""
+    if part.spare is not NULL:
+        return 0
+    spare = PyList_New(part.cap)
+    Py_SET_SIZE(spare, 0)
+    if part.spare is NULL:
+        Py_INCREF(spare)
+        part.spare = <PyObject *>spare
+    return 0
+
+
+cdef list take_spare(Part *part, Py_ssize_t k):
+    """Move the ``k`` oldest items into the spare list and return it.
+
+    Runs no Python code; the caller has checked that the spare exists.
+    """
+    batch = <list>part.spare
+    Py_DECREF(batch)  # the struct's reference; ``batch`` holds its own
+    part.spare = NULL
+    # The list's slots take over the ring's references: no refcount changes.
+    ring_move(part, (<PyListObject *>batch).ob_item, k)
+    Py_SET_SIZE(batch, k)
+    return batch
 
 
 @cython.final
@@ -153,6 +187,8 @@ cdef class BufferCore:
         part.head = part.tail = 0
         Py_XDECREF(part.ready)
         part.ready = NULL
+        Py_XDECREF(part.spare)
+        part.spare = NULL
 
     def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,
                    Py_ssize_t max_size_jitter, wakers):
@@ -169,6 +205,8 @@ cdef class BufferCore:
         self._max_size = max_size
         self._jitter = max_size_jitter
         self._rng = _Rng(int.from_bytes(os.urandom(8), "little"))
+        if max_size_jitter > (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2 - max_size:
+            raise ValueError(f"max_size + max_size_jitter = {max_size + max_size_jitter} is too large")
         cap = max_size + max_size_jitter
         self._parts = <Part *>malloc(partitions * sizeof(Part))
         if self._parts is NULL:
@@ -178,9 +216,13 @@ cdef class BufferCore:
         for p in range(partitions):
             self._parts[p].ring = <PyObject **>malloc(cap * sizeof(PyObject *))
             if self._parts[p].ring is NULL:
-                raise MemoryError()
+                raise MemoryError(
+                    f"no memory for a ring of {cap} items (max_size + max_size_jitter) "
+                    f"for partition {p}"
+                )
             self._parts[p].cap = cap
             self._parts[p].threshold = self._draw()
+            ensure_spare(&self._parts[p])
 
     cdef inline int64_t _draw(self) noexcept:
         if self._jitter == 0:
@@ -228,7 +270,7 @@ cdef class BufferCore:
             seq = list(self._iterate(items))
         n = PySequence_Fast_GET_SIZE(seq)
         if self._closed:
-            raise self._closed_error()
+            raise self._closed_error(0)
         if n == 0:
             return (-1, 0)
         p = db_round_robin(&self._rr, self._n)
@@ -237,18 +279,45 @@ cdef class BufferCore:
             self._insert_batch_wait(p, seq, done, timeout)
         return (p, n)
 
+    cdef bint _store(self, Py_ssize_t p, object item) except -1:
+        """Store one item unless the partition is full (True when stored).
+
+        Every test is made again after a call that may have run Python code.
+        """
+        cdef Part *part = &self._parts[p]
+        while True:
+            if self._closed:
+                raise self._closed_error(0)
+            if part.count < part.threshold:
+                Py_INCREF(item)
+                ring_push(part, <PyObject *>item)
+                if part.count >= part.threshold and not part.busy:
+                    self._seal(p)
+                return True
+            if part.busy:
+                return False
+            self._seal(p)
+
     cdef Py_ssize_t _store_many(self, Py_ssize_t p, object seq, Py_ssize_t start) except -1:
         """Store ``seq[start:]`` while there is room; index of the first not stored."""
         cdef Part *part = &self._parts[p]
-        cdef PyObject **items = PySequence_Fast_ITEMS(seq)
-        cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
+        cdef PyObject **items
+        cdef Py_ssize_t n
         cdef Py_ssize_t i = start
         cdef Py_ssize_t room, stop, j
-        while i < n:
+        while True:
+            if self._closed:
+                raise self._closed_error(i)
+            # Read again after every seal: it may have run Python code.
+            n = PySequence_Fast_GET_SIZE(seq)
+            if i >= n:
+                return i
             if part.count >= part.threshold:
                 if part.busy:
-                    break
+                    return i
                 self._seal(p)
+                continue
+            items = PySequence_Fast_ITEMS(seq)
             room = <Py_ssize_t>(part.threshold - part.count)
             stop = i + room
             if stop > n:
@@ -259,49 +328,42 @@ cdef class BufferCore:
             i = stop
             if part.count >= part.threshold and not part.busy:
                 self._seal(p)
-        return i
 
     cdef int _seal(self, Py_ssize_t p) except -1:
-        """Hand a full batch to the idle flusher and wake it."""
+        """Hand a full batch to the idle flusher and wake it, if still due.
+
+        Seals nothing when the partition is busy or not full by the time a
+        spare list is at hand; the caller tests the partition again.
+        """
         cdef Part *part = &self._parts[p]
+        cdef Py_ssize_t k
+        while True:
+            if part.busy or part.count < part.threshold:
+                return 0
+            if part.spare is not NULL:
+                break
+            ensure_spare(part)
+        k = <Py_ssize_t>part.threshold
         part.ready_seq = part.taken
-        batch = self._drain(part, part.threshold)
+        batch = take_spare(part, k)
         Py_INCREF(batch)
         part.ready = <PyObject *>batch
         db_store(&part.busy, 1)
+        db_store(&part.threshold, self._draw())
+        # The partition is consistent again: Python code may run from here on.
         try:
             self._wakers[p]()
         except RuntimeError:
             pass  # the waker is a released lock: a wake is pending already
+        ensure_spare(part)
         return 0
-
-    cdef list _drain(self, Part *part, int64_t limit):
-        """Move up to ``limit`` of the oldest items into a new list; redraw the threshold."""
-        cdef Py_ssize_t k = <Py_ssize_t>part.count
-        if k > limit:
-            k = <Py_ssize_t>limit
-        batch = PyList_New(k)
-        # The list's slots take over the ring's references: no refcount changes.
-        ring_move(part, (<PyListObject *>batch).ob_item, k)
-        db_store(&part.threshold, self._draw())
-        return batch
 
     # -- used by the Python layer -----------------------------------------
 
     def _push(self, Py_ssize_t p, item):
         """Store one item in partition ``p`` unless it is full."""
-        cdef Part *part = self._part(p)
-        if self._closed:
-            raise self._closed_error()
-        if part.count >= part.threshold:
-            if part.busy:
-                return False
-            self._seal(p)
-        Py_INCREF(item)
-        ring_push(part, <PyObject *>item)
-        if part.count >= part.threshold and not part.busy:
-            self._seal(p)
-        return True
+        self._part(p)
+        return self._store(p, item)
 
     def _push_many(self, Py_ssize_t p, seq, Py_ssize_t start):
         """Store ``seq[start:]`` (a list or tuple) in partition ``p`` while there is room.
@@ -309,8 +371,6 @@ cdef class BufferCore:
         Returns the index of the first item not stored.
         """
         self._part(p)
-        if self._closed:
-            raise self._closed_error()
         if not isinstance(seq, (list, tuple)):
             raise TypeError("_push_many() needs a list or a tuple")
         if start < 0:
@@ -325,27 +385,36 @@ cdef class BufferCore:
         """Insert a batch without telemetry; returns ``(partition, count)``."""
         return self._insert_many(items, timeout)
 
-    def _take(self, Py_ssize_t p, upto):
+    def _take(self, Py_ssize_t p, int64_t upto):
         """Give the flusher its next batch, or None once it is idle.
 
         Returns ``(batch, by_size, first_seq)``; see the reference core.
         """
         cdef Part *part = self._part(p)
         cdef int64_t first
-        if part.ready is not NULL:
-            batch = <object>part.ready
-            Py_DECREF(batch)
-            part.ready = NULL
-            return (batch, True, part.ready_seq)
-        first = part.taken
-        if part.count > 0 and part.count >= part.threshold:
-            db_store(&part.busy, 1)
-            return (self._drain(part, part.threshold), True, first)
-        if part.count > 0 and first < upto:
-            db_store(&part.busy, 1)
-            return (self._drain(part, part.threshold), False, first)
-        db_store(&part.busy, 0)
-        return None
+        cdef bint by_size
+        while True:
+            if part.ready is not NULL:
+                batch = <object>part.ready
+                Py_DECREF(batch)
+                part.ready = NULL
+                return (batch, True, part.ready_seq)
+            first = part.taken
+            if part.count > 0 and part.count >= part.threshold:
+                by_size = True
+            elif part.count > 0 and first < upto:
+                by_size = False
+            else:
+                db_store(&part.busy, 0)
+                return None
+            if part.spare is not NULL:
+                break
+            ensure_spare(part)
+        batch = take_spare(part, <Py_ssize_t>min(part.count, part.threshold))
+        db_store(&part.busy, 1)
+        db_store(&part.threshold, self._draw())
+        ensure_spare(part)
+        return (batch, by_size, first)
 
     def _finish(self, Py_ssize_t p, int64_t n, bint ok):
         """Count a finished batch of ``n`` items as flushed or failed."""
@@ -410,21 +479,19 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
     cdef Part *part
     if self._parts is NULL:
         raise RuntimeError("Buffer.__init__ was not called")
-    if self._closed:
-        raise self._closed_error()
     if timeout is not None:
         check_timeout(self, timeout)
+    if self._closed:
+        raise self._closed_error(0)
     p = db_round_robin(&self._rr, self._n)
     part = &self._parts[p]
-    if part.count >= part.threshold:
-        if part.busy:
-            self._insert_wait(p, item, timeout)
-            return p
-        self._seal(p)
-    Py_INCREF(item)
-    ring_push(part, <PyObject *>item)
-    if part.count >= part.threshold and not part.busy:
-        self._seal(p)
+    if part.count < part.threshold:
+        Py_INCREF(item)
+        ring_push(part, <PyObject *>item)
+        if part.count >= part.threshold and not part.busy:
+            self._seal(p)
+    elif not self._store(p, item):
+        self._insert_wait(p, item, timeout)
     return p
 
 

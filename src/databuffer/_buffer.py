@@ -31,6 +31,9 @@ logger = logging.getLogger("databuffer")
 _monotonic = time.monotonic
 _monotonic_ns = time.monotonic_ns
 
+# Each partition allocates its ring (a pointer per item) up front.
+_MAX_CAPACITY = sys.maxsize // 16
+
 # A pending flush request is never downgraded by a weaker one.
 _TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
 
@@ -239,6 +242,11 @@ class _BufferLayer:
         self._partitions = _check_count("partitions", partitions, 1)
         self._max_size = _check_count("max_size", max_size, 1)
         self._max_size_jitter = _check_count("max_size_jitter", max_size_jitter, 0)
+        if self._max_size + self._max_size_jitter > _MAX_CAPACITY:
+            raise ValueError(
+                f"max_size + max_size_jitter must be <= {_MAX_CAPACITY}, "
+                f"got {self._max_size} + {self._max_size_jitter}"
+            )
         self._flush_interval = _check_seconds("flush_interval", flush_interval, zero_ok=False)
         self._flush_jitter = _check_seconds("flush_jitter", flush_jitter, zero_ok=True)
         self._flush_timeout = _check_seconds("flush_timeout", flush_timeout, zero_ok=False)
@@ -342,6 +350,7 @@ class _BufferLayer:
         deadline = self._deadline(timeout)
         if self._stopped:
             return []
+        self._refuse_flusher_thread("sync_flush")
         waiter = self._flush_and_wait("manual", deadline)
         errors = [error for errs in waiter.errors for error in errs]
         if errors:
@@ -413,10 +422,10 @@ class _BufferLayer:
         deadline = self._deadline(timeout)
         if self._stopped:
             return
+        self._refuse_flusher_thread("close")
         # Inserts stop at once, even while another thread is in close().
         self._mark_closed()
-        wait = -1 if deadline is None else max(0.0, deadline - _monotonic())
-        if not self._close_lock.acquire(timeout=wait):
+        if not self._close_lock.acquire(timeout=_wait_time(deadline, -1)):
             raise TimeoutError(f"buffer {self._name!r}: another close() is still flushing")
         try:
             if self._stopped:
@@ -433,7 +442,11 @@ class _BufferLayer:
                 self._timer_cond.notify()
             for thread in [part.thread for part in self._parts] + [self._timer]:
                 if thread is not None and thread is not current:
-                    thread.join(None if deadline is None else max(0.0, deadline - _monotonic()))
+                    thread.join(_wait_time(deadline))
+                    if thread.is_alive():
+                        raise TimeoutError(
+                            f"buffer {self._name!r}: its threads did not stop before the timeout ran out"
+                        )
             self._stopped = True
             _open_buffers.discard(self)
         finally:
@@ -454,7 +467,12 @@ class _BufferLayer:
 
     # -- slow paths called by the core ------------------------------------
 
-    def _closed_error(self) -> BufferClosed:
+    def _closed_error(self, stored: int = 0) -> BufferClosed:
+        if stored:
+            return BufferClosed(
+                f"buffer {self._name!r} was closed after {stored} leading items of the batch were stored",
+                stored=stored,
+            )
         return BufferClosed(f"buffer {self._name!r} is closed")
 
     def _check_timeout(self, timeout: object) -> None:
@@ -507,7 +525,7 @@ class _BufferLayer:
                             + (f" with {count} leading items stored" if stored is not None else ""),
                             stored=count,
                         )
-                    part.room.wait(remaining)
+                    part.room.wait(min(remaining, threading.TIMEOUT_MAX))
             finally:
                 part.waiters -= 1
 
@@ -557,12 +575,12 @@ class _BufferLayer:
 
     def _request(self, part: _Partition, trigger: str, upto: int | None = None) -> None:
         """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
-        size, _threshold, _busy, inserted, taken, _flushed, _failed = self._stats(part.index)
-        if upto is None:
-            if size == 0:
-                return
-            upto = inserted
         with part.lock:
+            size, _threshold, _busy, inserted, taken, _flushed, _failed = self._stats(part.index)
+            if upto is None:
+                if size == 0 and part.orphaned is None:
+                    return
+                upto = inserted
             if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
                 part.flush_trigger = trigger
             part.flush_upto = max(part.flush_upto, upto)
@@ -570,6 +588,20 @@ class _BufferLayer:
             self._fail_buffered(part)
         else:
             _wake(part)
+
+    def _refuse_flusher_thread(self, call: str) -> None:
+        """Raise if called from this buffer's own flusher or timer thread.
+
+        Such a call (from ``handle_flush``, ``handle_flush_error`` or a flush
+        telemetry handler) would wait for the flush it is part of.
+        """
+        current = threading.current_thread()
+        if current is self._timer or any(part.thread is current for part in self._parts):
+            raise RuntimeError(
+                f"{call}() of buffer {self._name!r} cannot be called from its own flush callbacks "
+                "(handle_flush, handle_flush_error, telemetry handlers): it would wait for itself; "
+                "use flush(), or call it from another thread"
+            )
 
     def _flush_and_wait(self, trigger: str, deadline: float | None) -> _SyncWaiter:
         """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
@@ -591,7 +623,7 @@ class _BufferLayer:
                         raise TimeoutError(
                             f"buffer {self._name!r}: flushes still running when the timeout ran out"
                         )
-                    self._progress.wait(remaining)
+                    self._progress.wait(_wait_time(deadline))
         finally:
             for part in self._parts:
                 with part.lock:
@@ -623,7 +655,10 @@ class _BufferLayer:
     def _flusher_main(self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None) -> None:
         p = part.index
         if timed_out is not None:
-            self._settle(part, timed_out[0], None, timed_out[1])
+            try:
+                self._settle(part, timed_out[0], None, timed_out[1])
+            except BaseException:
+                self._log_callback_escape(p)
             timed_out = None  # settled: do not hold the batch for the thread's life
         while True:
             while True:
@@ -631,11 +666,21 @@ class _BufferLayer:
                 _room_freed(part)
                 if taken is None:
                     break
-                if not self._flush_one(part, taken):
-                    return
+                try:
+                    if not self._flush_one(part, taken):
+                        return
+                except BaseException:
+                    self._log_callback_escape(p)
             if self._stopping:
                 return
             part.wake.acquire()
+
+    def _log_callback_escape(self, p: int) -> None:
+        # Only a BaseException from a callback gets here (the batch is
+        # already counted); the flusher must outlive it.
+        logger.exception(
+            "buffer %r partition %d: a flush callback raised; the flusher goes on", self._name, p
+        )
 
     def _flush_one(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> bool:
         """Hand one batch to ``handle_flush``; False if it was abandoned."""
@@ -644,11 +689,14 @@ class _BufferLayer:
         opts = FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger)
         flight = _Flight(batch, opts, first)
         if telemetry.has_handlers(telemetry.FLUSH_START):
-            telemetry.execute(
-                telemetry.FLUSH_START,
-                {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
-                {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": trigger},
-            )
+            try:
+                telemetry.execute(
+                    telemetry.FLUSH_START,
+                    {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
+                    {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": trigger},
+                )
+            except BaseException:
+                self._log_callback_escape(part.index)  # the batch must still be flushed
         now = _monotonic()
         flight.deadline = now + self._flush_timeout
         flight.start_ns = _monotonic_ns()
@@ -661,7 +709,7 @@ class _BufferLayer:
         try:
             try:
                 result = self._flush_fn(batch, opts)
-            except Exception as exc:
+            except BaseException as exc:  # any failure of the callback is the batch's failure
                 error = exc
             if not flight.claim.acquire(False):
                 return False  # abandoned by the timer; a new flusher reported it
@@ -687,37 +735,40 @@ class _BufferLayer:
     def _settle(self, part: _Partition, flight: _Flight, result: Any, error: BaseException | None) -> None:
         """Report a finished batch: telemetry, error handler, counters, waiters."""
         opts = flight.opts
-        event = telemetry.FLUSH_STOP if error is None else telemetry.FLUSH_EXCEPTION
-        if telemetry.has_handlers(event):
-            end = _monotonic_ns()
-            metadata: dict[str, Any] = {
-                "buffer": self._name,
-                "partition": opts.partition,
-                "size": opts.size,
-                "trigger": opts.trigger,
-            }
+        try:
+            event = telemetry.FLUSH_STOP if error is None else telemetry.FLUSH_EXCEPTION
+            if telemetry.has_handlers(event):
+                end = _monotonic_ns()
+                metadata: dict[str, Any] = {
+                    "buffer": self._name,
+                    "partition": opts.partition,
+                    "size": opts.size,
+                    "trigger": opts.trigger,
+                }
+                if error is not None:
+                    metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
+                telemetry.execute(event, {"duration": end - flight.start_ns, "monotonic_time": end}, metadata)
             if error is not None:
-                metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
-            telemetry.execute(event, {"duration": end - flight.start_ns, "monotonic_time": end}, metadata)
-        if error is not None:
-            try:
-                self._error_fn(flight.batch, opts, error)
-            except Exception:
-                logger.exception(
-                    "buffer %r partition %d: handle_flush_error raised", self._name, opts.partition
-                )
-        if part.syncs:
-            with part.lock:
-                for waiter in part.syncs:
-                    if waiter.starts[opts.partition] <= flight.first < waiter.targets[opts.partition]:
-                        if error is None:
-                            waiter.results[opts.partition].append(result)
-                        else:
-                            waiter.errors[opts.partition].append(error)
-        self._finish(opts.partition, opts.size, error is None)
-        if self._sync_count:
-            with self._progress:
-                self._progress.notify_all()
+                try:
+                    self._error_fn(flight.batch, opts, error)
+                except Exception:
+                    logger.exception(
+                        "buffer %r partition %d: handle_flush_error raised", self._name, opts.partition
+                    )
+        finally:
+            # Whatever a callback raised, the batch is finished and counted.
+            if part.syncs:
+                with part.lock:
+                    for waiter in part.syncs:
+                        if waiter.starts[opts.partition] <= flight.first < waiter.targets[opts.partition]:
+                            if error is None:
+                                waiter.results[opts.partition].append(result)
+                            else:
+                                waiter.errors[opts.partition].append(error)
+            self._finish(opts.partition, opts.size, error is None)
+            if self._sync_count:
+                with self._progress:
+                    self._progress.notify_all()
 
     # -- timers -----------------------------------------------------------
 
@@ -747,11 +798,15 @@ class _BufferLayer:
                             self._request(part, "interval")
                         for part, flight in overdue:
                             self._abandon(part, flight)
+                    except BaseException:
+                        # The timer enforces flush_timeout: it must outlive
+                        # anything a callback run from here raises.
+                        logger.exception("buffer %r: the timer thread caught an error", self._name)
                     finally:
                         cond.acquire()
                     continue
                 self._timer_wake_at = wake
-                cond.wait(None if wake == math.inf else wake - now)
+                cond.wait(None if wake == math.inf else min(wake - now, threading.TIMEOUT_MAX))
                 self._timer_wake_at = math.inf
 
     def _abandon(self, part: _Partition, flight: _Flight) -> None:
@@ -806,6 +861,13 @@ class _BufferLayer:
 
 class Buffer(_BufferLayer, BufferCore):
     __doc__ = _BufferLayer.__doc__
+
+
+def _wait_time(deadline: float | None, forever: float | None = None) -> float | None:
+    """Seconds left until ``deadline`` for a blocking call (``forever`` if None)."""
+    if deadline is None:
+        return forever
+    return min(max(0.0, deadline - _monotonic()), threading.TIMEOUT_MAX)
 
 
 def _raised(error: BaseException) -> BaseException:

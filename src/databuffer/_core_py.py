@@ -208,7 +208,7 @@ class BufferCore:
         i = start
         with part.lock:
             if self._core_closed:
-                raise self._closed_error()  # type: ignore[attr-defined]
+                raise self._closed_error(start)  # type: ignore[attr-defined]
             while i < n:
                 if not self._store(part, seq[i]):
                     break

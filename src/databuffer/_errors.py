@@ -19,7 +19,16 @@ class BufferFull(TimeoutError):
 
 
 class BufferClosed(RuntimeError):
-    """The buffer is closed: it accepts no more items."""
+    """The buffer is closed: it accepts no more items.
+
+    For an ``insert_batch`` that was waiting for room when the buffer was
+    closed, ``stored`` counts the leading items of the call that were stored
+    (and are flushed by ``close``); otherwise it is 0.
+    """
+
+    def __init__(self, message: str, *, stored: int = 0) -> None:
+        super().__init__(message)
+        self.stored = stored
 
 
 class FlushTimeout(TimeoutError):

@@ -102,8 +102,9 @@ def _rebuild() -> None:
     index: dict[Event, list[_Attached]] = {}
     for att in _order:
         index.setdefault(att.event, []).append(att)
-    _handlers.clear()
-    _handlers.update({event: tuple(atts) for event, atts in index.items()})
+    global _handlers
+    # Rebound, never mutated: emitters read it without the lock.
+    _handlers = {event: tuple(atts) for event, atts in index.items()}
     listening = any(event in _INSERT_EVENTS for event in _handlers)
     for core in LOADED_CORES:
         core.set_insert_telemetry(listening)
