@@ -10,51 +10,13 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import Background, wait_for
 
 from databuffer import FlushTimeout
 
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-def gates(make_buffer):
-    """Events released at teardown (before the buffers are closed)."""
-    made: list[threading.Event] = []
-
-    def new() -> threading.Event:
-        event = threading.Event()
-        made.append(event)
-        return event
-
-    yield new
-    for event in made:
-        event.set()
-
-
-class Background:
-    """Run a call in a daemon thread, keeping its result or exception."""
-
-    def __init__(self, fn, *args, **kwargs) -> None:
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn, args, kwargs) -> None:
-        try:
-            self.result = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def wait(self, timeout: float = 30.0) -> Background:
-        assert self.done.wait(timeout), "background call did not finish in time"
-        return self
 
 
 def assert_at_rest_invariant(buf) -> None:

@@ -53,21 +53,6 @@ class Events:
             return [e for e, _, _, _ in self.seen]
 
 
-@pytest.fixture
-def gates(make_buffer):
-    """Events released at teardown (before the buffers are closed)."""
-    made: list[threading.Event] = []
-
-    def new() -> threading.Event:
-        event = threading.Event()
-        made.append(event)
-        return event
-
-    yield new
-    for event in made:
-        event.set()
-
-
 def loaded_cores(core_name: str) -> list[types.ModuleType]:
     cores = [_core_py]
     if core_name == "c":
