@@ -386,9 +386,9 @@ def test_core_deallocated_while_holding_items_releases_them(Buffer: type) -> Non
     bare = Bare()
     bare._core_init(2, 10, 0, (lambda: wakes.append(0), lambda: wakes.append(1)))
     for _ in range(10):
-        assert bare._push(0, item)  # a full batch: sealed, handed to "the flusher"
+        assert bare._push_many(0, (item,), 0) == 1  # a full batch: sealed, handed to "the flusher"
     for _ in range(6):
-        assert bare._push(0, item)  # in the ring
+        assert bare._push_many(0, (item,), 0) == 1  # in the ring
     assert bare._push_many(1, [item] * 4, 0) == 4
     assert wakes == [0]
     assert refs(item) == base + 20
@@ -411,7 +411,7 @@ def test_take_and_dump_on_a_bare_core_hand_over_references(Buffer: type) -> None
     bare = Bare()
     bare._core_init(1, 5, 0, (lambda: None,))
     for _ in range(8):
-        bare._push(0, item)
+        bare._push_many(0, (item,), 0)
     assert refs(item) == base + 8
     taken = bare._take(0, 0)
     assert taken is not None

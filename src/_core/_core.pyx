@@ -360,11 +360,6 @@ cdef class BufferCore:
 
     # -- used by the Python layer -----------------------------------------
 
-    def _push(self, Py_ssize_t p, item):
-        """Store one item in partition ``p`` unless it is full."""
-        self._part(p)
-        return self._store(p, item)
-
     def _push_many(self, Py_ssize_t p, seq, Py_ssize_t start):
         """Store ``seq[start:]`` (a list or tuple) in partition ``p`` while there is room.
 

@@ -488,25 +488,14 @@ class _BufferLayer:
 
     def _insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
         """Wait for room in partition ``p`` and store ``item`` (backpressure)."""
-        self._wait_for_room(p, timeout, lambda: 1 if self._push(p, item) else 0, 1)
+        self._wait_for_room(p, (item,), 0, timeout, batch=False)
 
     def _insert_batch_wait(self, p: int, seq: Sequence[Any], start: int, timeout: float | None) -> None:
         """Store ``seq[start:]`` in partition ``p``, waiting for room between chunks."""
-        stored = [start]
-
-        def step() -> int:
-            stored[0] = self._push_many(p, seq, stored[0])
-            return stored[0]
-
-        self._wait_for_room(p, timeout, step, len(seq), stored)
+        self._wait_for_room(p, seq, start, timeout, batch=True)
 
     def _wait_for_room(
-        self,
-        p: int,
-        timeout: float | None,
-        step: Callable[[], int],
-        goal: int,
-        stored: list[int] | None = None,
+        self, p: int, seq: Sequence[Any], stored: int, timeout: float | None, *, batch: bool
     ) -> None:
         seconds = self._insert_timeout if timeout is None else float(timeout)
         part = self._parts[p]
@@ -514,16 +503,15 @@ class _BufferLayer:
         with part.room:
             part.waiters += 1
             try:
-                while step() < goal:
+                while (stored := self._push_many(p, seq, stored)) < len(seq):
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
-                        count = stored[0] if stored is not None else 0
                         threshold = self._stats(p)[1]
                         raise BufferFull(
                             f"buffer {self._name!r} partition {p} is full ({threshold} items) "
                             f"while its previous batch is flushing; gave up after {seconds}s"
-                            + (f" with {count} leading items stored" if stored is not None else ""),
-                            stored=count,
+                            + (f" with {stored} leading items stored" if batch else ""),
+                            stored=stored,
                         )
                     part.room.wait(min(remaining, threading.TIMEOUT_MAX))
             finally:

@@ -190,14 +190,6 @@ class BufferCore:
 
     # -- used by the Python layer -----------------------------------------
 
-    def _push(self, p: int, item: Any) -> bool:
-        """Store one item in partition ``p`` unless it is full."""
-        part = self._core_parts[p]
-        with part.lock:
-            if self._core_closed:
-                raise self._closed_error()  # type: ignore[attr-defined]
-            return self._store(part, item)
-
     def _push_many(self, p: int, seq: Sequence[Any], start: int) -> int:
         """Store ``seq[start:]`` in partition ``p`` while there is room.
 
