@@ -115,7 +115,10 @@ class _Partition:
         # anyone (sealing inserts, flush requests, close) releases it.
         self.wake = threading.Lock()
         self.wake.acquire()
-        # Guards flush_upto, flush_trigger and syncs.
+        # Guards the writes of flush_upto, flush_trigger and syncs.  The
+        # flusher reads flush_upto and flush_trigger without it: a stale
+        # read is harmless, since every request also wakes the flusher,
+        # which then reads them again.
         self.lock = threading.Lock()
         # The batch in handle_flush: written by its flusher thread, read by
         # the timer thread; _Flight.claim decides who settles it.
@@ -124,13 +127,16 @@ class _Partition:
         self.flush_trigger = "manual"
         self.syncs: list[_SyncWaiter] = []
         # Inserts waiting for room wait on this condition; waiters is
-        # guarded by it.
+        # written under it (the flusher reads it unlocked, then takes the
+        # lock to notify, so a waiter that registered is never missed).
         self.room = threading.Condition(threading.Lock())
         self.waiters = 0
         # Next timed flush (monotonic seconds).  Re-armed by the flusher
         # when it starts a flush and by the timer when it fires; the timer thread
         # reads it, and is woken (_wake_timer_before) when it moves earlier.
         self.deadline = math.inf
+        # The current flusher thread: replaced by the timer thread after a
+        # timeout (published before it starts), joined by close().
         self.thread: threading.Thread | None = None
         # Set (by the timer thread, once) when a flusher timed out and no
         # thread could replace it (at interpreter shutdown on Python 3.12,
