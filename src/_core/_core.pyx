@@ -279,25 +279,6 @@ cdef class BufferCore:
             self._insert_batch_wait(p, seq, done, timeout)
         return (p, n)
 
-    cdef bint _store(self, Py_ssize_t p, object item) except -1:
-        """Store one item unless the partition is full (True when stored).
-
-        Every test is made again after a call that may have run Python code.
-        """
-        cdef Part *part = &self._parts[p]
-        while True:
-            if self._closed:
-                raise self._closed_error(0)
-            if part.count < part.threshold:
-                Py_INCREF(item)
-                ring_push(part, <PyObject *>item)
-                if part.count >= part.threshold and not part.busy:
-                    self._seal(p)
-                return True
-            if part.busy:
-                return False
-            self._seal(p)
-
     cdef Py_ssize_t _store_many(self, Py_ssize_t p, object seq, Py_ssize_t start) except -1:
         """Store ``seq[start:]`` while there is room; index of the first not stored."""
         cdef Part *part = &self._parts[p]
@@ -485,7 +466,9 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
         ring_push(part, <PyObject *>item)
         if part.count >= part.threshold and not part.busy:
             self._seal(p)
-    elif not self._store(p, item):
+    elif self._store_many(p, (item,), 0) == 0:
+        # Full (or a seal pending): the general path, which re-checks
+        # everything; waits for room if the partition is still flushing.
         self._insert_wait(p, item, timeout)
     return p
 
