@@ -1,13 +1,17 @@
 /*
- * Atomic helpers for the databuffer core.
+ * Atomics and the partition lock of the databuffer core.
  *
  * Counters are read without locks by size()/info() from any thread, so every
  * access goes through __atomic builtins: a reader never sees a torn value.
  *
- * Writers: on a GIL build every write happens with the GIL held, so writers
- * are already serialized and a relaxed load + store is enough (no locked
- * read-modify-write on the insert path).  On a free-threaded build the same
- * helpers use real read-modify-write operations.
+ * The partition lock (db_mutex) guards a partition's ring and fields.
+ *   - GIL build: the GIL already serializes every writer, and the core runs
+ *     no Python code while it holds a partition "locked", so the lock is an
+ *     empty struct and db_lock/db_unlock compile to nothing.  db_add is then
+ *     a relaxed load + store (no locked read-modify-write on the insert path).
+ *   - Free-threaded build (Py_GIL_DISABLED): a PyMutex, which detaches the
+ *     thread state while it waits (so a stop-the-world pause or a GC cannot
+ *     deadlock on it), and real read-modify-write atomics.
  */
 #ifndef DATABUFFER_ATOMIC_H
 #define DATABUFFER_ATOMIC_H
@@ -17,6 +21,18 @@
 
 #if !defined(__GNUC__) && !defined(__clang__)
 #error "databuffer's core needs GCC or Clang __atomic builtins"
+#endif
+
+#ifdef Py_GIL_DISABLED
+#define DB_FREE_THREADED 1
+typedef PyMutex db_mutex;
+static inline void db_lock(db_mutex *m) { PyMutex_Lock(m); }
+static inline void db_unlock(db_mutex *m) { PyMutex_Unlock(m); }
+#else
+#define DB_FREE_THREADED 0
+typedef struct { char unused; } db_mutex;
+static inline void db_lock(db_mutex *m) { (void)m; }
+static inline void db_unlock(db_mutex *m) { (void)m; }
 #endif
 
 static inline int64_t
@@ -29,6 +45,13 @@ static inline void
 db_store(int64_t *p, int64_t v)
 {
     __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+/* Publish a flag that other threads read without a lock (closing). */
+static inline void
+db_store_seq_cst(int64_t *p, int64_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
 }
 
 /* Add v to *p; return the new value. */

@@ -1,20 +1,26 @@
-# cython: language_level=3, embedsignature=True
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
 """Compiled core of databuffer: a ring of object pointers per partition.
 
 Same interface as ``databuffer._core_py`` (the reference implementation, whose
 docstring describes the protocol with the Python layer).
 
-Thread-safety: every field of ``BufferCore`` and of its ``Part`` structs is
-written only with the GIL held, which serializes writers; counters read by
-``size()``/``info()`` go through the atomic helpers of ``_atomic.h`` so that no
-reader sees a torn value.  The module is not declared free-threading
-compatible: on a free-threaded interpreter CPython keeps the GIL enabled for it.
+Thread-safety.  Each partition's ring and fields are guarded by the
+partition's lock (``Part.lock``, see ``_atomic.h``): a ``PyMutex`` on a
+free-threaded build, nothing on a GIL build, where the GIL serializes the
+writers.  The core never runs Python code (no allocation, no decref that
+could run ``__del__``, no callback) while it holds a partition: batch lists
+are allocated before the lock is taken and the decision re-checked under it.
+Counters read without the lock by ``size()``/``info()`` go through the
+atomic helpers, so no reader sees a torn value.  ``BufferCore`` fields other
+than ``_parts``' contents are written once in ``_core_init`` (before the
+buffer is shared), except ``_rr`` (atomic) and ``_closed`` (atomic; see
+``_mark_closed``).
 """
 
 cimport cython
 from cpython.list cimport PyList_New
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -26,56 +32,59 @@ cdef extern from "Python.h":
     Py_ssize_t PySequence_Fast_GET_SIZE(object) noexcept
     ctypedef struct PyListObject:
         PyObject **ob_item
-    void Py_SET_SIZE(object, Py_ssize_t) noexcept
     const Py_ssize_t PY_SSIZE_T_MAX
 
 
 cdef extern from "_atomic.h" nogil:
+    const bint DB_FREE_THREADED
+    ctypedef struct db_mutex:
+        pass
+    void db_lock(db_mutex *m)
+    void db_unlock(db_mutex *m)
     int64_t db_load(const int64_t *p)
     void db_store(int64_t *p, int64_t v)
+    void db_store_seq_cst(int64_t *p, int64_t v)
     int64_t db_add(int64_t *p, int64_t v)
     Py_ssize_t db_round_robin(int64_t *counter, Py_ssize_t n)
 
 
 __all__ = ("BufferCore", "insert_telemetry", "set_insert_telemetry")
 
-# Whether any telemetry handler listens to insert events.  Written by
-# databuffer.telemetry (GIL held), read by every insert.
-cdef bint _insert_events = False
+# Whether any telemetry handler listens to insert events (0 or 1).  Written
+# by databuffer.telemetry under its registry lock, read by every insert
+# (atomically: a stale read only delays the switch by one call).
+cdef int64_t _insert_events = 0
 
 
 def set_insert_telemetry(bint enabled):
     """Route inserts through the instrumented path (True) or the plain one."""
-    global _insert_events
-    _insert_events = enabled
+    db_store(&_insert_events, 1 if enabled else 0)
 
 
 def insert_telemetry():
     """Whether inserts currently emit telemetry events."""
-    return _insert_events
+    return db_load(&_insert_events) != 0
 
 
 ctypedef struct Part:
+    # Every field is guarded by ``lock``; the counters are also read without
+    # it, through the atomic helpers.
+    db_mutex lock
     # Ring of owned references: items ring[head], ring[head+1], ... (mod cap).
     PyObject **ring
     Py_ssize_t cap
     Py_ssize_t head
     Py_ssize_t tail
-    int64_t count       # items in the ring (atomic: read by size()/info())
-    int64_t threshold   # the current flush size (atomic)
+    int64_t count       # items in the ring
+    int64_t threshold   # the current flush size
     int64_t busy        # 1 while a batch is handed to the flusher, unfinished
-    int64_t inserted    # atomic counters, in items
+    int64_t inserted    # counters, in items
     int64_t taken
-    int64_t flushed
+    int64_t flushed     # written by whichever thread settles a batch (atomic add)
     int64_t failed
     PyObject *ready     # owned: a batch sealed by an insert, or NULL
     int64_t ready_seq
-    # Owned: an empty list with room for ``cap`` items, or NULL.  Batches are
-    # moved into it, so that sealing or taking a batch allocates nothing and
-    # so runs no Python code (an allocation can start the cyclic GC, which
-    # runs __del__ methods and callbacks that may switch threads or re-enter
-    # the buffer) between deciding on a batch and moving it.
-    PyObject *spare
+    uint64_t rng        # xorshift64* state for the size jitter
 
 
 cdef inline void ring_push(Part *part, PyObject *item) noexcept nogil:
@@ -105,47 +114,13 @@ cdef inline void ring_move(Part *part, PyObject **dest, Py_ssize_t k) noexcept n
     db_add(&part.taken, k)
 
 
-cdef int ensure_spare(Part *part) except -1:
-    """Give the partition a spare list.  May run Python code: callers re-check."""
-    if part.spare is not NULL:
-        return 0
-    spare = PyList_New(part.cap)
-    Py_SET_SIZE(spare, 0)
-    if part.spare is NULL:
-        Py_INCREF(spare)
-        part.spare = <PyObject *>spare
-    return 0
-
-
-cdef list take_spare(Part *part, Py_ssize_t k):
-    """Move the ``k`` oldest items into the spare list and return it.
-
-    Runs no Python code; the caller has checked that the spare exists.
-    """
-    batch = <list>part.spare
-    Py_DECREF(batch)  # the struct's reference; ``batch`` holds its own
-    part.spare = NULL
-    # The list's slots take over the ring's references: no refcount changes.
-    ring_move(part, (<PyListObject *>batch).ob_item, k)
-    Py_SET_SIZE(batch, k)
-    return batch
-
-
-@cython.final
-cdef class _Rng:
-    """xorshift64* for the size jitter; owned by one BufferCore (GIL held)."""
-    cdef uint64_t state
-
-    def __cinit__(self, uint64_t seed):
-        self.state = seed | 1
-
-    cdef inline uint64_t next(self) noexcept:
-        cdef uint64_t x = self.state
-        x ^= x >> 12
-        x ^= x << 25
-        x ^= x >> 27
-        self.state = x
-        return x * <uint64_t>0x2545F4914F6CDD1D
+cdef inline uint64_t rng_next(Part *part) noexcept nogil:
+    cdef uint64_t x = part.rng
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    part.rng = x
+    return x * <uint64_t>0x2545F4914F6CDD1D
 
 
 cdef class BufferCore:
@@ -154,10 +129,9 @@ cdef class BufferCore:
     cdef Part *_parts
     cdef Py_ssize_t _n
     cdef int64_t _rr            # round-robin counter (atomic helper)
-    cdef bint _closed
+    cdef int64_t _closed        # 0 or 1 (atomic helper; see _mark_closed)
     cdef int64_t _max_size
     cdef int64_t _jitter
-    cdef _Rng _rng
     cdef tuple _wakers          # per partition: releases the lock its flusher sleeps on
 
     def __cinit__(self, *args, **kwargs):
@@ -165,30 +139,26 @@ cdef class BufferCore:
         self._n = 0
 
     def __dealloc__(self):
-        cdef Py_ssize_t p
+        # No other thread can reach the object any more: no locks needed.
+        cdef Py_ssize_t p, _i, idx
+        cdef Part *part
         if self._parts is NULL:
             return
         for p in range(self._n):
-            self._release(&self._parts[p])
-            free(self._parts[p].ring)
+            part = &self._parts[p]
+            idx = part.head
+            for _i in range(<Py_ssize_t>part.count):
+                Py_DECREF(<object>part.ring[idx])
+                idx += 1
+                if idx == part.cap:
+                    idx = 0
+            part.count = 0
+            if part.ready is not NULL:
+                Py_DECREF(<object>part.ready)
+                part.ready = NULL
+            free(part.ring)
         free(self._parts)
         self._parts = NULL
-
-    cdef void _release(self, Part *part) noexcept:
-        cdef Py_ssize_t _i
-        cdef Py_ssize_t k = <Py_ssize_t>part.count
-        cdef Py_ssize_t idx = part.head
-        for _i in range(k):
-            Py_DECREF(<object>part.ring[idx])
-            idx += 1
-            if idx == part.cap:
-                idx = 0
-        part.count = 0
-        part.head = part.tail = 0
-        Py_XDECREF(part.ready)
-        part.ready = NULL
-        Py_XDECREF(part.spare)
-        part.spare = NULL
 
     def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,
                    Py_ssize_t max_size_jitter, wakers):
@@ -204,16 +174,17 @@ cdef class BufferCore:
             raise ValueError("one waker per partition is needed")
         self._max_size = max_size
         self._jitter = max_size_jitter
-        self._rng = _Rng(int.from_bytes(os.urandom(8), "little"))
         if max_size_jitter > (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2 - max_size:
             raise ValueError(f"max_size + max_size_jitter = {max_size + max_size_jitter} is too large")
         cap = max_size + max_size_jitter
+        seeds = [int.from_bytes(os.urandom(8), "little") | 1 for _ in range(partitions)]
         self._parts = <Part *>malloc(partitions * sizeof(Part))
         if self._parts is NULL:
             raise MemoryError()
         memset(self._parts, 0, partitions * sizeof(Part))
         self._n = partitions
         for p in range(partitions):
+            self._parts[p].rng = seeds[p]
             self._parts[p].ring = <PyObject **>malloc(cap * sizeof(PyObject *))
             if self._parts[p].ring is NULL:
                 raise MemoryError(
@@ -221,13 +192,13 @@ cdef class BufferCore:
                     f"for partition {p}"
                 )
             self._parts[p].cap = cap
-            self._parts[p].threshold = self._draw()
-            ensure_spare(&self._parts[p])
+            self._parts[p].threshold = self._draw(&self._parts[p])
 
-    cdef inline int64_t _draw(self) noexcept:
+    cdef inline int64_t _draw(self, Part *part) noexcept nogil:
+        """A new flush size for ``part`` (under its lock)."""
         if self._jitter == 0:
             return self._max_size
-        return self._max_size + <int64_t>(self._rng.next() % <uint64_t>(self._jitter + 1))
+        return self._max_size + <int64_t>(rng_next(part) % <uint64_t>(self._jitter + 1))
 
     # -- hot path ---------------------------------------------------------
 
@@ -239,7 +210,7 @@ cdef class BufferCore:
         the buffer's ``insert_timeout``), then raises ``BufferFull`` having
         stored nothing.  Raises ``BufferClosed`` after ``close()``.
         """
-        if _insert_events:
+        if db_load(&_insert_events):
             self._insert_instrumented(item, timeout)
             return
         insert_one(self, item, timeout)
@@ -253,7 +224,7 @@ cdef class BufferCore:
         raises ``BufferFull`` whose ``stored`` counts the leading items
         stored.
         """
-        if _insert_events:
+        if db_load(&_insert_events):
             self._insert_batch_instrumented(items, timeout)
             return
         self._insert_many(items, timeout)
@@ -264,12 +235,16 @@ cdef class BufferCore:
             raise RuntimeError("Buffer.__init__ was not called")
         if timeout is not None:
             check_timeout(self, timeout)
-        if type(items) is list or type(items) is tuple:
+        if type(items) is tuple or (type(items) is list and not DB_FREE_THREADED):
             seq = items
+        elif type(items) is list:
+            # Another thread may resize a list while its items are copied:
+            # take a snapshot (thread-safe) on a free-threaded build.
+            seq = tuple(<list>items)
         else:
             seq = list(self._iterate(items))
         n = PySequence_Fast_GET_SIZE(seq)
-        if self._closed:
+        if db_load(&self._closed):
             raise self._closed_error(0)
         if n == 0:
             return (-1, 0)
@@ -280,63 +255,82 @@ cdef class BufferCore:
         return (p, n)
 
     cdef Py_ssize_t _store_many(self, Py_ssize_t p, object seq, Py_ssize_t start) except -1:
-        """Store ``seq[start:]`` while there is room; index of the first not stored."""
+        """Store ``seq[start:]`` while there is room; index of the first not stored.
+
+        ``seq`` is a tuple, or a list no other thread can resize.
+        """
         cdef Part *part = &self._parts[p]
         cdef PyObject **items
         cdef Py_ssize_t n
         cdef Py_ssize_t i = start
         cdef Py_ssize_t room, stop, j
+        cdef bint full, seal
         while True:
-            if self._closed:
+            if db_load(&self._closed):
                 raise self._closed_error(i)
             # Read again after every seal: it may have run Python code.
             n = PySequence_Fast_GET_SIZE(seq)
             if i >= n:
                 return i
-            if part.count >= part.threshold:
-                if part.busy:
-                    return i
-                self._seal(p)
+            db_lock(&part.lock)
+            if db_load(&self._closed):
+                db_unlock(&part.lock)
                 continue
-            items = PySequence_Fast_ITEMS(seq)
-            room = <Py_ssize_t>(part.threshold - part.count)
-            stop = i + room
-            if stop > n:
-                stop = n
-            for j in range(i, stop):
-                Py_INCREF(<object>items[j])
-                ring_push(part, items[j])
-            i = stop
-            if part.count >= part.threshold and not part.busy:
+            full = part.count >= part.threshold
+            if full:
+                seal = not part.busy
+            else:
+                items = PySequence_Fast_ITEMS(seq)
+                room = <Py_ssize_t>(part.threshold - part.count)
+                stop = i + room
+                if stop > n:
+                    stop = n
+                for j in range(i, stop):
+                    Py_INCREF(<object>items[j])
+                    ring_push(part, items[j])
+                i = stop
+                seal = part.count >= part.threshold and not part.busy
+            db_unlock(&part.lock)
+            if seal:
                 self._seal(p)
+            elif full:
+                return i
 
     cdef int _seal(self, Py_ssize_t p) except -1:
         """Hand a full batch to the idle flusher and wake it, if still due.
 
-        Seals nothing when the partition is busy or not full by the time a
-        spare list is at hand; the caller tests the partition again.
+        Seals nothing when the partition is busy or not full by the time the
+        batch list is allocated; the caller tests the partition again.
         """
         cdef Part *part = &self._parts[p]
         cdef Py_ssize_t k
+        cdef bint sealed = False
         while True:
+            k = <Py_ssize_t>db_load(&part.threshold)
+            # Allocating may run Python code (the cyclic GC): do it before
+            # taking the lock, then check that the decision still holds.
+            batch = PyList_New(k)
+            db_lock(&part.lock)
             if part.busy or part.count < part.threshold:
-                return 0
-            if part.spare is not NULL:
+                db_unlock(&part.lock)
                 break
-            ensure_spare(part)
-        k = <Py_ssize_t>part.threshold
-        part.ready_seq = part.taken
-        batch = take_spare(part, k)
-        Py_INCREF(batch)
-        part.ready = <PyObject *>batch
-        db_store(&part.busy, 1)
-        db_store(&part.threshold, self._draw())
-        # The partition is consistent again: Python code may run from here on.
-        try:
-            self._wakers[p]()
-        except RuntimeError:
-            pass  # the waker is a released lock: a wake is pending already
-        ensure_spare(part)
+            if part.threshold == k:
+                part.ready_seq = part.taken
+                # The list's slots take over the ring's references.
+                ring_move(part, (<PyListObject *>batch).ob_item, k)
+                Py_INCREF(batch)
+                part.ready = <PyObject *>batch
+                db_store(&part.busy, 1)
+                db_store(&part.threshold, self._draw(part))
+                sealed = True
+            db_unlock(&part.lock)
+            if sealed:
+                break
+        if sealed:
+            try:
+                self._wakers[p]()
+            except RuntimeError:
+                pass  # the waker is a released lock: a wake is pending already
         return 0
 
     # -- used by the Python layer -----------------------------------------
@@ -351,6 +345,8 @@ cdef class BufferCore:
             raise TypeError("_push_many() needs a list or a tuple")
         if start < 0:
             raise ValueError("start must be >= 0")
+        if DB_FREE_THREADED and type(seq) is not tuple:
+            seq = tuple(seq)
         return self._store_many(p, seq, start)
 
     def _insert_raw(self, item, timeout):
@@ -367,14 +363,25 @@ cdef class BufferCore:
         Returns ``(batch, by_size, first_seq)``; see the reference core.
         """
         cdef Part *part = self._part(p)
-        cdef int64_t first
+        cdef int64_t first, count, threshold
+        cdef Py_ssize_t k
+        cdef PyObject *ready
         cdef bint by_size
         while True:
-            if part.ready is not NULL:
-                batch = <object>part.ready
-                Py_DECREF(batch)
+            count = db_load(&part.count)
+            threshold = db_load(&part.threshold)
+            k = <Py_ssize_t>(count if count < threshold else threshold)
+            # Allocated before the lock (it may run Python code), checked under it.
+            batch = PyList_New(k)
+            db_lock(&part.lock)
+            ready = part.ready
+            if ready is not NULL:
                 part.ready = NULL
-                return (batch, True, part.ready_seq)
+                first = part.ready_seq
+                db_unlock(&part.lock)
+                sealed = <object>ready
+                Py_DECREF(sealed)  # the struct's reference
+                return (sealed, True, first)
             first = part.taken
             if part.count > 0 and part.count >= part.threshold:
                 by_size = True
@@ -382,15 +389,15 @@ cdef class BufferCore:
                 by_size = False
             else:
                 db_store(&part.busy, 0)
+                db_unlock(&part.lock)
                 return None
-            if part.spare is not NULL:
-                break
-            ensure_spare(part)
-        batch = take_spare(part, <Py_ssize_t>min(part.count, part.threshold))
-        db_store(&part.busy, 1)
-        db_store(&part.threshold, self._draw())
-        ensure_spare(part)
-        return (batch, by_size, first)
+            if k == (part.count if part.count < part.threshold else part.threshold):
+                ring_move(part, (<PyListObject *>batch).ob_item, k)
+                db_store(&part.busy, 1)
+                db_store(&part.threshold, self._draw(part))
+                db_unlock(&part.lock)
+                return (batch, by_size, first)
+            db_unlock(&part.lock)
 
     def _finish(self, Py_ssize_t p, int64_t n, bint ok):
         """Count a finished batch of ``n`` items as flushed or failed."""
@@ -401,11 +408,20 @@ cdef class BufferCore:
             db_add(&part.failed, n)
 
     def _is_closed(self):
-        return self._closed
+        return db_load(&self._closed) != 0
 
     def _mark_closed(self):
-        """Refuse every later insert."""
-        self._closed = True
+        """Refuse every later insert.
+
+        Inserts read ``_closed`` under the partition's lock: passing through
+        every lock after publishing the flag means that an insert either
+        finished storing before this returns, or sees the flag.
+        """
+        cdef Py_ssize_t p
+        db_store_seq_cst(&self._closed, 1)
+        for p in range(self._n):
+            db_lock(&self._parts[p].lock)
+            db_unlock(&self._parts[p].lock)
 
     def _stats(self, Py_ssize_t p):
         """``(size, threshold, busy, inserted, taken, flushed, failed)``."""
@@ -428,17 +444,30 @@ cdef class BufferCore:
         return total
 
     def _dump(self):
-        cdef Py_ssize_t p, _i, idx
+        cdef Py_ssize_t p, i, idx, k
         cdef Part *part
+        cdef PyObject **dest
         out = []
         for p in range(self._n):
             part = &self._parts[p]
-            idx = part.head
-            for _i in range(<Py_ssize_t>part.count):
-                out.append(<object>part.ring[idx])
-                idx += 1
-                if idx == part.cap:
-                    idx = 0
+            while True:
+                k = <Py_ssize_t>db_load(&part.count)
+                # Allocated before the lock (it may run Python code), checked under it.
+                chunk = PyList_New(k)
+                db_lock(&part.lock)
+                if part.count == k:
+                    dest = (<PyListObject *>chunk).ob_item
+                    idx = part.head
+                    for i in range(k):
+                        Py_INCREF(<object>part.ring[idx])
+                        dest[i] = part.ring[idx]
+                        idx += 1
+                        if idx == part.cap:
+                            idx = 0
+                    db_unlock(&part.lock)
+                    break
+                db_unlock(&part.lock)
+            out += chunk
         return out
 
     cdef Part *_part(self, Py_ssize_t p) except NULL:
@@ -453,20 +482,28 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
     """The insert hot path: a plain function so the C compiler can inline it."""
     cdef Py_ssize_t p
     cdef Part *part
+    cdef bint stored = False
+    cdef bint seal = False
     if self._parts is NULL:
         raise RuntimeError("Buffer.__init__ was not called")
     if timeout is not None:
         check_timeout(self, timeout)
-    if self._closed:
-        raise self._closed_error(0)
     p = db_round_robin(&self._rr, self._n)
     part = &self._parts[p]
-    if part.count < part.threshold:
+    db_lock(&part.lock)
+    if part.count < part.threshold and not db_load(&self._closed):
         Py_INCREF(item)
         ring_push(part, <PyObject *>item)
-        if part.count >= part.threshold and not part.busy:
+        stored = True
+        seal = part.count >= part.threshold and not part.busy
+    db_unlock(&part.lock)
+    if stored:
+        if seal:
             self._seal(p)
-    elif self._store_many(p, (item,), 0) == 0:
+        return p
+    if db_load(&self._closed):
+        raise self._closed_error(0)
+    if self._store_many(p, (item,), 0) == 0:
         # Full (or a seal pending): the general path, which re-checks
         # everything; waits for room if the partition is still flushing.
         self._insert_wait(p, item, timeout)
