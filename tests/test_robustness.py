@@ -229,7 +229,10 @@ def test_base_exceptions_from_callbacks_do_not_wedge_the_partition(make_buffer: 
     buf.insert(2)  # the partition still flushes
     buf.sync_flush(timeout=30)
     assert buf.info()[0]["inserted"] == buf.info()[0]["flushed"] + buf.info()[0]["failed"] == 3
-    assert results == [1]  # [0] was handed to the flusher before sync_flush
+    # [0] was handed to the flusher before sync_flush, so its result is never
+    # there; [1] was sealed by its own insert if the flusher was idle by then
+    # (threads really run in parallel without the GIL), else by sync_flush.
+    assert results in ([1], [])
 
 
 def test_insert_with_any_real_timeout_after_close_raises(make_buffer: Any) -> None:
