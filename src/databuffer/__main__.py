@@ -1,9 +1,12 @@
-"""Command line of databuffer: ``python -m databuffer demo``.
+"""Command line of databuffer: ``python -m databuffer demo`` and ``bench``.
 
 ``demo`` streams synthetic events, one ``insert`` each, through a partitioned
 :class:`~databuffer.Buffer` into an SQLite table (one ``executemany``
 transaction per batch), shows its progress on stderr, prints what it measured
 and checks that the table holds exactly the events inserted.
+
+``bench`` times databuffer against baselines measured in the same run and
+prints the ratios (see :mod:`databuffer._bench`).
 
 Exit status: 0 when the check passes, 1 when it fails (or the demo could not
 run), 2 for a bad command line.
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import USING_EXTENSION, Buffer, BufferFull, FlushOpts, __version__
+from . import USING_EXTENSION, Buffer, BufferFull, FlushOpts, __version__, _bench
 
 __all__ = (
     "DEFAULT_EVENTS",
@@ -500,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
         "created anew (default: a file in a temporary directory, removed afterwards)",
     )
     demo.set_defaults(handler=_demo_command)
+    bench = commands.add_parser(
+        "bench",
+        help="time databuffer against baselines measured in the same run, print the ratios",
+        description=_bench.DESCRIPTION,
+    )
+    _bench.add_arguments(bench)
+    bench.set_defaults(handler=_bench.run_command)
     return parser
 
 

@@ -1,0 +1,197 @@
+"""Per-call cost of ``insert`` and ``insert_batch`` beside baselines, per item.
+
+Every benchmark is ``ROUNDS`` rounds (plus warm-up rounds) of one loop
+compiled from the same source (see ``_bench.make_loop``); a round makes
+``CALLS`` calls of ``insert``-like methods with one reused item, or
+``BATCH_CALLS`` calls with one reused ``BATCH_LEN``-item list, and the
+figures are the round times divided by the items of a round.  Baselines and
+subjects of one table are measured next to each other (tests run in the
+order of ``CASES``).
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _bench import (
+    BATCH_CALLS,
+    BATCH_LEN,
+    CALLS,
+    COMPILED,
+    STYLES,
+    SUBJECT,
+    SUBJECT_LABEL,
+    TIMEOUT,
+    FlushCounter,
+    PyBuffer,
+    Results,
+    new_buffer,
+    otel_batch_processor,
+    run_loop_rounds,
+)
+
+from databuffer import telemetry
+
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+ITEM = ("tick", 1)  # one small object, reused: the figure is the call, not an allocation
+PARTITIONS = (1, 4)
+MAX_SIZE = 1000
+
+INSERT_SUBJECTS = ["deque.append", "SimpleQueue.put", "otel.emit", "pure-core", "databuffer", "telemetry"]
+CASES = [
+    pytest.param(style, p, subject, id=f"{style}-p{p}-{subject}")
+    for style in STYLES
+    for p in PARTITIONS
+    for subject in INSERT_SUBJECTS
+    if not (subject == "pure-core" and not COMPILED)  # the subject itself is the pure core then
+]
+
+
+def insert_title(style: str, partitions: int) -> str:
+    return f"insert, {partitions} partition(s), max_size={MAX_SIZE}, {STYLES[style]}"
+
+
+def telemetry_title(style: str, partitions: int) -> str:
+    return f"insert with one telemetry handler on insert/stop, {partitions} partition(s), {STYLES[style]}"
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Any]]:
+    """Buffers (or OTel processors) appended here are shut down at teardown."""
+    made: list[Any] = []
+    yield made
+    for obj in made:
+        if hasattr(obj, "close"):
+            obj.close(timeout=60)
+        else:
+            obj.shutdown()
+
+
+@pytest.fixture
+def insert_handler() -> Iterator[list[int]]:
+    """A telemetry handler on insert/stop that counts its calls; detached at teardown."""
+    calls = [0]
+
+    def handler(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls[0] += 1
+
+    telemetry.attach("bench", ("data_buffer", "insert", "stop"), handler)
+    yield calls
+    telemetry.detach("bench")
+
+
+@pytest.mark.parametrize(("style", "partitions", "subject"), CASES)
+def test_insert(
+    benchmark: Any,
+    results: Results,
+    closing: list[Any],
+    request: pytest.FixtureRequest,
+    style: str,
+    partitions: int,
+    subject: str,
+) -> None:
+    benchmark.group = insert_title(style, partitions)
+    title = insert_title(style, partitions)
+    if subject in ("deque.append", "SimpleQueue.put"):
+        if subject == "deque.append":
+            d: collections.deque[Any] = collections.deque()
+
+            def get_target() -> Any:
+                d.clear()  # outside the timing
+                return d
+
+            method = "append"
+        else:
+            get_target, method = queue.SimpleQueue, "put"  # a fresh queue each round
+        run_loop_rounds(benchmark, style=style, method=method, get_target=get_target, item=ITEM, calls=CALLS)
+        results.add(benchmark, CALLS, (title, subject, "baseline"))
+        return
+
+    if subject == "otel.emit":
+        proc, exporter = otel_batch_processor(batch_size=MAX_SIZE, queue_size=1 << 23)
+        closing.append(proc)
+        emitted = run_loop_rounds(
+            benchmark, style=style, method="emit", get_target=lambda: proc, item=ITEM, calls=CALLS
+        )
+        assert proc.force_flush()
+        assert exporter.items == emitted, "the OTel queue dropped items: make it larger"
+        results.add(benchmark, CALLS, (title, "OTel BatchProcessor.emit", "baseline"))
+        return
+
+    counter = FlushCounter()
+    cls = PyBuffer if subject == "pure-core" else SUBJECT
+    buf = new_buffer(cls, counter, partitions=partitions, max_size=MAX_SIZE)
+    closing.append(buf)
+    handler_calls = request.getfixturevalue("insert_handler") if subject == "telemetry" else None
+    inserted = run_loop_rounds(
+        benchmark, style=style, method="insert", get_target=lambda: buf, item=ITEM, calls=CALLS
+    )
+    buf.sync_flush()
+    assert counter.items == inserted
+    assert sum(p["inserted"] for p in buf.info()) == inserted
+    if subject == "pure-core":
+        results.add(benchmark, CALLS, (title, "pure-Python core", "baseline"))
+    elif subject == "databuffer":
+        # The subject of the insert table, and the baseline of the telemetry table.
+        results.add(
+            benchmark,
+            CALLS,
+            (title, SUBJECT_LABEL, "subject"),
+            (telemetry_title(style, partitions), f"{SUBJECT_LABEL}, no handler", "baseline"),
+        )
+    else:
+        assert handler_calls is not None and handler_calls[0] == inserted
+        results.add(
+            benchmark, CALLS, (telemetry_title(style, partitions), f"{SUBJECT_LABEL} + handler", "subject")
+        )
+
+
+BATCH_CASES = [
+    pytest.param(p, subject, id=f"p{p}-{subject}")
+    for p in PARTITIONS
+    for subject in ("list.extend", "pure-core", "databuffer")
+    if not (subject == "pure-core" and not COMPILED)
+]
+
+
+@pytest.mark.parametrize(("partitions", "subject"), BATCH_CASES)
+def test_insert_batch(
+    benchmark: Any, results: Results, closing: list[Any], partitions: int, subject: str
+) -> None:
+    title = (
+        f"insert_batch of a {BATCH_LEN}-item list, {partitions} partition(s), max_size={MAX_SIZE}, "
+        f"{BATCH_CALLS} calls per round, per item"
+    )
+    benchmark.group = title
+    batch = [ITEM] * BATCH_LEN
+    per_round = BATCH_CALLS * BATCH_LEN
+    if subject == "list.extend":
+        target: list[Any] = []
+
+        def get_target() -> Any:
+            target.clear()  # outside the timing
+            return target
+
+        run_loop_rounds(
+            benchmark, style="local", method="extend", get_target=get_target, item=batch, calls=BATCH_CALLS
+        )
+        results.add(benchmark, per_round, (title, "list.extend", "baseline"))
+        return
+    counter = FlushCounter()
+    cls = PyBuffer if subject == "pure-core" else SUBJECT
+    buf = new_buffer(cls, counter, partitions=partitions, max_size=MAX_SIZE)
+    closing.append(buf)
+    calls = run_loop_rounds(
+        benchmark, style="local", method="insert_batch", get_target=lambda: buf, item=batch, calls=BATCH_CALLS
+    )
+    buf.sync_flush()
+    assert counter.items == calls * BATCH_LEN
+    if subject == "pure-core":
+        results.add(benchmark, per_round, (title, "pure-Python core", "baseline"))
+    else:
+        results.add(benchmark, per_round, (title, SUBJECT_LABEL, "subject"))

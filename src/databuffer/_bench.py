@@ -1,0 +1,944 @@
+"""``python -m databuffer bench``: a quick benchmark against baselines measured in the same run.
+
+Every figure is a ratio to a baseline timed (or weighed) in the same process,
+interleaved with it, so that the figures mean something on the machine they
+were measured on, however fast or noisy it is:
+
+* ``insert`` of one small object on a running buffer, versus
+  ``collections.deque.append`` and versus the same insert on the pure-Python
+  core: the best block of calls (the cost of one call) and the amortized mean
+  (all the time, the buffer's flushing share included, over all the calls);
+* ``insert_batch`` of a 1,000-item list, per item, versus ``list.extend`` of
+  the same list into a list cleared each time;
+* end to end: N items through a 4-partition buffer into a counting
+  ``handle_flush``, by ``insert_batch`` and by ``insert``, until all are
+  flushed (and counted), versus a ``deque.append`` loop of the same N;
+* memory: bytes per buffered ``None`` (tracemalloc), versus a list.
+
+Only the standard library is used.  Each ``bench_*`` function returns a result
+dataclass; :func:`run` runs them all, :func:`format_table` shows a
+:class:`BenchReport`, and :func:`main` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import math
+import platform
+import struct
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from . import USING_EXTENSION, Buffer, __version__, _buffer, _core_py, telemetry
+
+__all__ = (
+    "BLOCK",
+    "DEFAULT_ITEMS",
+    "DEFAULT_MEMORY_ITEMS",
+    "DEFAULT_REPEAT",
+    "DEFAULT_ROUNDS",
+    "BatchResult",
+    "BenchReport",
+    "EndToEndResult",
+    "InsertResult",
+    "MemoryResult",
+    "Row",
+    "Timing",
+    "add_arguments",
+    "bench_end_to_end",
+    "bench_insert",
+    "bench_insert_batch",
+    "bench_memory",
+    "environment",
+    "format_table",
+    "main",
+    "run",
+    "run_command",
+)
+
+#: Calls per timed block of ``insert`` (and items per ``insert_batch`` call).
+BLOCK = 1000
+#: Blocks per chunk: a subject runs a chunk of blocks, then the next subject.
+#: 100,000 calls: 25 full batches per partition, so a chunk ends with every
+#: batch sealed, and its drain (``sync_flush``) finds no partial one.
+CHUNK_BLOCKS = 100
+#: The pure-Python core is several times slower: shorter chunks.
+PURE_CHUNK_BLOCKS = 20
+#: ``insert_batch`` calls per timed block: one per partition.
+BATCH_CALLS = 4
+#: ``insert_batch`` blocks per chunk: 100,000 items too.
+BATCH_CHUNK_BLOCKS = 25
+
+DEFAULT_ROUNDS = 400
+DEFAULT_REPEAT = 5
+DEFAULT_ITEMS = 2_000_000
+DEFAULT_MEMORY_ITEMS = 1_000_000
+MIN_MEMORY_ITEMS = 10_000
+
+# The buffers timed: 4 partitions of 1,000, no timed flush during a run (a
+# long flush_interval, no jitter), and no insert giving up on a slow machine.
+PARTITIONS = 4
+MAX_SIZE = 1000
+_OPTIONS: dict[str, Any] = {
+    "partitions": PARTITIONS,
+    "max_size": MAX_SIZE,
+    "flush_interval": 3600.0,
+    "flush_jitter": 0.0,
+    "insert_timeout": 60.0,
+}
+
+# One small object, inserted again and again: the figures are the cost of
+# the calls, not of making and freeing items.
+_ITEM = ("tick", 1)
+
+
+class _PyBuffer(_buffer._BufferLayer, _core_py.BufferCore):
+    """``Buffer`` over the pure-Python core (the default may be the compiled one)."""
+
+
+class _Counter:
+    """A ``handle_flush`` that counts items and batches, per partition.
+
+    Each partition's batches reach ``handle_flush`` one at a time, so
+    per-partition counters need no lock (a shared ``+=`` could lose counts).
+    """
+
+    def __init__(self, partitions: int) -> None:
+        self.items = [0] * partitions
+        self.batches = [0] * partitions
+
+    def handle_flush(self, batch: list[Any], opts: Any) -> None:
+        self.items[opts.partition] += len(batch)
+        self.batches[opts.partition] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.items)
+
+    @property
+    def flushes(self) -> int:
+        return sum(self.batches)
+
+
+def _count_problem(what: str, counted: int, expected: int) -> list[str]:
+    if counted == expected:
+        return []
+    return [f"{what}: handle_flush got {counted:,} items, expected {expected:,}"]
+
+
+# -- timing ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One subject timed in blocks of calls.
+
+    Attributes:
+        name: what was timed.
+        items: items per block (calls times items per call).
+        best: seconds of the fastest block.
+        total: seconds of all blocks, and of waiting for the flushes they
+            started (for a buffer).
+        total_items: items over all blocks.
+    """
+
+    name: str
+    items: int
+    best: float
+    total: float
+    total_items: int
+
+    @property
+    def call_ns(self) -> float:
+        """Nanoseconds per item in the fastest block: the cost of a call."""
+        return self.best / self.items * 1e9
+
+    @property
+    def amortized_ns(self) -> float:
+        """Nanoseconds per item over everything, flushing included."""
+        return self.total / self.total_items * 1e9
+
+
+class _Subject:
+    """A callable timed in blocks: ``fn(arg)`` ``calls`` times per block."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        calls: int,
+        items_per_call: int,
+        *,
+        blocks: int,
+        drain: Callable[[], Any] | None = None,
+        reset: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.chunk_blocks = blocks
+        self.fn = fn
+        self.arg = arg
+        self.calls = calls
+        self.items_per_call = items_per_call
+        self.drain = drain
+        self.reset = reset
+        self.best = math.inf
+        self.total = 0.0
+        self.blocks = 0
+        self.items = 0  # every item handed over, warm-up included
+
+    def chunk(self, blocks: int, *, record: bool = True) -> None:
+        """Time ``blocks`` blocks, then (timed) the drain, then (untimed) the reset."""
+        perf = time.perf_counter
+        fn = self.fn
+        arg = self.arg
+        calls = range(self.calls)
+        best = math.inf
+        total = 0.0
+        # The same loop for every subject: only fn and arg differ.
+        for _ in range(blocks):
+            t0 = perf()
+            for _ in calls:
+                fn(arg)
+            dt = perf() - t0
+            total += dt
+            if dt < best:
+                best = dt
+        if self.drain is not None:
+            # Wait for the flushes this chunk started: the amortized figure
+            # charges them to the buffer, not to whatever runs next.
+            t0 = perf()
+            self.drain()
+            total += perf() - t0
+        if self.reset is not None:
+            self.reset()
+        self.items += blocks * self.calls * self.items_per_call
+        if record:
+            self.best = min(self.best, best)
+            self.total += total
+            self.blocks += blocks
+
+    def timing(self) -> Timing:
+        per_block = self.calls * self.items_per_call
+        return Timing(self.name, per_block, self.best, self.total, self.blocks * per_block)
+
+
+def _interleave(subjects: Sequence[_Subject], rounds: int) -> None:
+    """A short warm-up chunk each, then ``rounds`` rounds of one chunk each, order rotating."""
+    for subject in subjects:
+        subject.chunk(max(1, subject.chunk_blocks // 10), record=False)
+    for r in range(rounds):
+        k = r % len(subjects)
+        for subject in (*subjects[k:], *subjects[:k]):
+            subject.chunk(subject.chunk_blocks)
+
+
+def _buffer_subject(
+    name: str, cls: type, counter: _Counter, method: str, arg: Any, calls: int, per_call: int, blocks: int
+) -> tuple[_Subject, Any]:
+    buf = cls(handle_flush=counter.handle_flush, name=f"bench-{name}", **_OPTIONS)
+    subject = _Subject(name, getattr(buf, method), arg, calls, per_call, blocks=blocks, drain=buf.sync_flush)
+    return subject, buf
+
+
+# -- 1. insert ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """``insert`` of one small object, versus ``deque.append`` and the pure-Python core.
+
+    Attributes:
+        buffer: the default ``Buffer`` (its core per ``USING_EXTENSION``).
+        deque: ``collections.deque.append``.
+        pure: ``insert`` on the pure-Python core; ``None`` when the default
+            core is the pure-Python one.
+        problems: items not flushed exactly once; empty if none.
+    """
+
+    buffer: Timing
+    deque: Timing
+    pure: Timing | None
+    problems: list[str] = field(default_factory=list)
+
+
+def bench_insert(
+    rounds: int = DEFAULT_ROUNDS,
+    blocks: int = CHUNK_BLOCKS,
+    *,
+    pure: bool | None = None,
+    pure_blocks: int = PURE_CHUNK_BLOCKS,
+) -> InsertResult:
+    """Time ``insert`` against ``deque.append`` (and the pure-Python core), interleaved.
+
+    Each subject runs ``blocks`` blocks of :data:`BLOCK` calls in a row (a
+    chunk), then the next subject; ``rounds`` rounds.  After each chunk the
+    buffer is flushed and waited for (``sync_flush``), timed as part of its
+    amortized total; the deque is cleared, untimed.
+
+    Args:
+        rounds: chunks per subject.
+        blocks: blocks per chunk.
+        pure: also time the pure-Python core; by default, when the default
+            core is the compiled one.
+        pure_blocks: blocks per chunk of the pure-Python core, several times
+            slower: fewer, so that the others get more blocks in the same time.
+    """
+    if pure is None:
+        pure = USING_EXTENSION
+    counter = _Counter(PARTITIONS)
+    d: collections.deque[Any] = collections.deque()
+    subjects = [_Subject("deque.append", d.append, _ITEM, BLOCK, 1, blocks=blocks, reset=d.clear)]
+    buffers = []
+    classes: list[tuple[str, type, int]] = [("insert", Buffer, blocks)]
+    if pure:
+        classes.append(("insert (pure-Python core)", _PyBuffer, pure_blocks))
+    try:
+        for name, cls, n in classes:
+            subject, buf = _buffer_subject(name, cls, counter, "insert", _ITEM, BLOCK, 1, n)
+            subjects.append(subject)
+            buffers.append(buf)
+        gc.collect()
+        _interleave(subjects, rounds)
+    finally:
+        for buf in buffers:
+            buf.close()
+    expected = sum(s.items for s in subjects[1:])
+    return InsertResult(
+        buffer=subjects[1].timing(),
+        deque=subjects[0].timing(),
+        pure=subjects[2].timing() if pure else None,
+        problems=_count_problem("insert", counter.total, expected),
+    )
+
+
+# -- 2. insert_batch ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """``insert_batch`` of a :data:`BLOCK`-item list versus ``list.extend``, per item.
+
+    Attributes:
+        buffer: ``insert_batch`` on the default ``Buffer``.
+        extend: ``list.clear()`` then ``list.extend()`` of the same list.
+        problems: items not flushed exactly once; empty if none.
+    """
+
+    buffer: Timing
+    extend: Timing
+    problems: list[str] = field(default_factory=list)
+
+
+def bench_insert_batch(rounds: int = DEFAULT_ROUNDS, blocks: int = BATCH_CHUNK_BLOCKS) -> BatchResult:
+    """Time ``insert_batch`` against ``list.extend``, interleaved as in :func:`bench_insert`.
+
+    A block is :data:`BATCH_CALLS` calls (one per partition) with the same
+    list of :data:`BLOCK` references to one small object.
+    """
+    batch = [_ITEM] * BLOCK
+    target: list[Any] = []
+    clear = target.clear
+    extend = target.extend
+
+    def extend_cleared(items: list[Any]) -> None:
+        clear()
+        extend(items)
+
+    counter = _Counter(PARTITIONS)
+    baseline = _Subject("list.extend", extend_cleared, batch, BATCH_CALLS, BLOCK, blocks=blocks, reset=clear)
+    subject, buf = _buffer_subject(
+        "insert_batch", Buffer, counter, "insert_batch", batch, BATCH_CALLS, BLOCK, blocks
+    )
+    try:
+        gc.collect()
+        _interleave([baseline, subject], rounds)
+    finally:
+        buf.close()
+    return BatchResult(
+        buffer=subject.timing(),
+        extend=baseline.timing(),
+        problems=_count_problem("insert_batch", counter.total, subject.items),
+    )
+
+
+# -- 4. end to end --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndToEndResult:
+    """N items through a buffer until all are flushed, versus a ``deque.append`` loop.
+
+    Attributes:
+        mode: ``"insert_batch"`` (lists of :data:`BLOCK`) or ``"insert"``.
+        items: N.
+        seconds: best wall time from the first insert until ``close()``
+            returned (every batch flushed).
+        flushes: ``handle_flush`` calls in that run.
+        flushed: items that reached ``handle_flush`` in the worst run.
+        baseline_seconds: best wall time of the ``deque.append`` loop.
+        problems: runs in which ``flushed`` was not N; empty if none.
+    """
+
+    mode: str
+    items: int
+    seconds: float
+    flushes: int
+    flushed: int
+    baseline_seconds: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds
+
+    @property
+    def flushes_per_second(self) -> float:
+        return self.flushes / self.seconds
+
+    @property
+    def baseline_items_per_second(self) -> float:
+        return self.items / self.baseline_seconds
+
+
+def _deque_loop(items: int) -> float:
+    d: collections.deque[Any] = collections.deque()
+    append = d.append
+    item = _ITEM
+    t0 = time.perf_counter()
+    for _ in range(items):
+        append(item)
+    seconds = time.perf_counter() - t0
+    d.clear()
+    return seconds
+
+
+def _buffer_run(mode: str, items: int, buffer_class: type) -> tuple[float, _Counter]:
+    counter = _Counter(PARTITIONS)
+    buf = buffer_class(handle_flush=counter.handle_flush, name=f"bench-{mode}", **_OPTIONS)
+    try:
+        item = _ITEM
+        if mode == "insert":
+            insert = buf.insert
+            t0 = time.perf_counter()
+            for _ in range(items):
+                insert(item)
+        else:
+            insert_batch = buf.insert_batch
+            chunk = [item] * BLOCK
+            full, rest = divmod(items, BLOCK)
+            t0 = time.perf_counter()
+            for _ in range(full):
+                insert_batch(chunk)
+            if rest:
+                insert_batch(chunk[:rest])
+        buf.close()
+        seconds = time.perf_counter() - t0
+    finally:
+        buf.close()
+    return seconds, counter
+
+
+def bench_end_to_end(
+    mode: str, items: int = DEFAULT_ITEMS, repeat: int = DEFAULT_REPEAT, *, buffer_class: type = Buffer
+) -> EndToEndResult:
+    """Push ``items`` items through a 4-partition buffer and close it; best of ``repeat``.
+
+    Each repetition times a ``deque.append`` loop of the same length, then
+    the buffer (built before the clock starts).  Every run checks that
+    ``handle_flush`` got exactly ``items`` items.
+
+    Args:
+        mode: ``"insert_batch"`` (lists of :data:`BLOCK` items) or ``"insert"``.
+        items: N, >= 1.
+        repeat: runs of each; the fastest counts.
+        buffer_class: the ``Buffer`` class to run.
+    """
+    if mode not in ("insert", "insert_batch"):
+        raise ValueError(f"mode must be 'insert' or 'insert_batch', got {mode!r}")
+    if items < 1 or repeat < 1:
+        raise ValueError(f"items and repeat must be >= 1, got {items!r} and {repeat!r}")
+    best = math.inf
+    flushes = 0
+    baseline = math.inf
+    flushed = items
+    problems: list[str] = []
+    for _ in range(repeat):
+        gc.collect()
+        baseline = min(baseline, _deque_loop(items))
+        gc.collect()
+        seconds, counter = _buffer_run(mode, items, buffer_class)
+        if counter.total != items:
+            flushed = counter.total
+            problems = _count_problem(f"end to end ({mode})", counter.total, items)
+        if seconds < best:
+            best, flushes = seconds, counter.flushes
+    return EndToEndResult(mode, items, best, flushes, flushed, baseline, problems)
+
+
+# -- 6. memory ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    """Bytes per buffered ``None``, versus a list of as many ``None`` s.
+
+    Attributes:
+        items: N.
+        traced_bytes: what tracemalloc saw the buffer allocate, from before
+            its construction until N items were buffered.
+        untraced_ring_bytes: the compiled core's rings, allocated with C
+            ``malloc`` where tracemalloc does not see them: ``partitions *
+            (max_size + max_size_jitter)`` pointers (see README); 0 when
+            tracemalloc saw them (the pure-Python core).
+        list_bytes: what tracemalloc saw a list grow by, appending N ``None``.
+        problems: items not buffered, or not flushed by ``close()``.
+    """
+
+    items: int
+    traced_bytes: int
+    untraced_ring_bytes: int
+    list_bytes: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.traced_bytes + self.untraced_ring_bytes
+
+    @property
+    def bytes_per_item(self) -> float:
+        return self.buffer_bytes / self.items
+
+    @property
+    def list_bytes_per_item(self) -> float:
+        return self.list_bytes / self.items
+
+
+def _traced() -> int:
+    return tracemalloc.get_traced_memory()[0]
+
+
+def bench_memory(items: int = DEFAULT_MEMORY_ITEMS, *, buffer_class: type = Buffer) -> MemoryResult:
+    """Measure the memory of ``items`` buffered ``None`` s (partitions=1, max_size=items + 1).
+
+    Args:
+        items: N; at least :data:`MIN_MEMORY_ITEMS`, so that the buffer's
+            fixed cost (threads, locks) does not swamp the per-item figure.
+        buffer_class: the ``Buffer`` class to weigh.
+    """
+    if items < MIN_MEMORY_ITEMS:
+        raise ValueError(f"items must be >= {MIN_MEMORY_ITEMS}, got {items!r}")
+    counter = _Counter(1)
+    max_size = items + 1  # N items stay buffered: none reaches the threshold
+    problems: list[str] = []
+    started = not tracemalloc.is_tracing()
+    gc.collect()
+    if started:
+        tracemalloc.start()
+    try:
+        before = _traced()
+        target: list[Any] = []
+        append = target.append
+        for _ in range(items):
+            append(None)
+        list_bytes = _traced() - before
+        del target, append
+        gc.collect()
+
+        # From before the construction: the compiled core allocates its ring
+        # (and a spare list to move a batch into) up front.
+        before = _traced()
+        buf = buffer_class(
+            handle_flush=counter.handle_flush,
+            name="bench-memory",
+            partitions=1,
+            max_size=max_size,
+            flush_interval=3600.0,
+            flush_jitter=0.0,
+        )
+        try:
+            constructed = _traced() - before
+            insert = buf.insert
+            for _ in range(items):
+                insert(None)
+            traced_bytes = _traced() - before
+            if buf.size() != items:
+                problems.append(f"memory: {buf.size():,} items buffered, expected {items:,}")
+        finally:
+            buf.close()
+    finally:
+        if started:
+            tracemalloc.stop()
+    problems += _count_problem("memory", counter.total, items)
+    ring = max_size * struct.calcsize("P")
+    # The compiled core mallocs its ring; tracemalloc sees only its spare
+    # list (as many pointers) and the fixed cost.  Should the ring be traced
+    # one day, construction would show both: then nothing is added.
+    untraced = ring if _is_compiled(buffer_class) and constructed < 2 * ring else 0
+    return MemoryResult(items, traced_bytes, untraced, list_bytes, problems)
+
+
+def _is_compiled(buffer_class: type) -> bool:
+    return not issubclass(buffer_class, _core_py.BufferCore)
+
+
+# -- the report -----------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """Where the figures were measured: Python, platform, core, GIL."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return {
+        "databuffer": __version__,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "using_extension": USING_EXTENSION,
+        # Before Python 3.13 there is no free-threaded build: the GIL is on.
+        "gil_enabled": bool(is_gil_enabled()) if is_gil_enabled is not None else True,
+        "telemetry_handlers": len(telemetry.list_handlers()),
+    }
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: ``ratio`` is ``databuffer / baseline``, in ``unit``."""
+
+    figure: str
+    unit: str
+    databuffer: float
+    baseline: float
+    versus: str
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.databuffer / self.baseline
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one run measured."""
+
+    env: dict[str, Any]
+    settings: dict[str, Any]
+    insert: InsertResult | None = None
+    insert_batch: BatchResult | None = None
+    end_to_end: list[EndToEndResult] = field(default_factory=list)
+    memory: MemoryResult | None = None
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        for result in (self.insert, self.insert_batch, *self.end_to_end, self.memory):
+            if result is not None:
+                found += result.problems
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def rows(self) -> list[Row]:
+        rows: list[Row] = []
+        if self.insert is not None:
+            r = self.insert
+            b, d = r.buffer, r.deque
+            rows.append(Row("insert: call (best block)", "ns/item", b.call_ns, d.call_ns, "deque.append"))
+            rows.append(Row("insert: amortized", "ns/item", b.amortized_ns, d.amortized_ns, "deque.append"))
+            if r.pure is not None:
+                p = r.pure
+                vs = "same, pure-Python core"
+                rows.append(Row("insert: call (best block)", "ns/item", b.call_ns, p.call_ns, vs))
+                rows.append(Row("insert: amortized", "ns/item", b.amortized_ns, p.amortized_ns, vs))
+        if self.insert_batch is not None:
+            b, e = self.insert_batch.buffer, self.insert_batch.extend
+            vs = "list.clear + list.extend"
+            fig = f"insert_batch({BLOCK:,})"
+            rows.append(Row(f"{fig}: call (best block)", "ns/item", b.call_ns, e.call_ns, vs))
+            rows.append(Row(f"{fig}: amortized", "ns/item", b.amortized_ns, e.amortized_ns, vs))
+        for e2e in self.end_to_end:
+            fig = f"end to end, {e2e.mode}" + (f"({BLOCK:,})" if e2e.mode == "insert_batch" else "")
+            note = f"{e2e.flushes:,} flushes, {e2e.flushes_per_second:,.0f}/s"
+            vs = "deque.append loop"
+            rows.append(Row(fig, "items/s", e2e.items_per_second, e2e.baseline_items_per_second, vs, note))
+        if self.memory is not None:
+            m = self.memory
+            diff = m.bytes_per_item - m.list_bytes_per_item
+            note = f"{diff:+.2f} B/item"
+            if m.untraced_ring_bytes:
+                note += f"; incl. {_size(m.untraced_ring_bytes)} ring not seen by tracemalloc"
+            rows.append(
+                Row(
+                    f"memory, {m.items:,} buffered Nones",
+                    "bytes/item",
+                    m.bytes_per_item,
+                    m.list_bytes_per_item,
+                    "list.append",
+                    note,
+                )
+            )
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        if self.insert is not None:
+            results["insert"] = asdict(self.insert)
+        if self.insert_batch is not None:
+            results["insert_batch"] = asdict(self.insert_batch)
+        results["end_to_end"] = [
+            {
+                **asdict(r),
+                "items_per_second": r.items_per_second,
+                "flushes_per_second": r.flushes_per_second,
+                "baseline_items_per_second": r.baseline_items_per_second,
+            }
+            for r in self.end_to_end
+        ]
+        if self.memory is not None:
+            m = self.memory
+            results["memory"] = {
+                **asdict(m),
+                "bytes_per_item": m.bytes_per_item,
+                "list_bytes_per_item": m.list_bytes_per_item,
+            }
+        rows = [{**asdict(row), "ratio": row.ratio} for row in self.rows()]
+        return _finite(
+            {
+                "environment": self.env,
+                "settings": self.settings,
+                "rows": rows,
+                "results": results,
+                "ok": self.ok,
+                "problems": self.problems,
+                "seconds": self.seconds,
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with infinities and NaNs as ``None``: strict JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024 or unit == "MB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _number(value: float) -> str:
+    if value >= 10_000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.2f}"
+
+
+def format_table(report: BenchReport) -> str:
+    """The report: a header line, a fixed-width table, and what the ratio means."""
+    env = report.env
+    core = "compiled (Cython)" if env["using_extension"] else "pure Python"
+    lines = [
+        f"databuffer {env['databuffer']} bench: {env['implementation']} {env['python']} "
+        f"on {env['platform']}; "
+        f"core: {core} (USING_EXTENSION={env['using_extension']}); "
+        f"GIL {'enabled' if env['gil_enabled'] else 'disabled'}",
+    ]
+    s = report.settings
+    lines.append(
+        f"settings: {s['rounds']} rounds of {CHUNK_BLOCKS} blocks x {BLOCK} calls, "
+        f"end to end N={s['items']:,} best of {s['repeat']}, memory N={s['memory_items']:,}; "
+        f"buffers: partitions={PARTITIONS}, max_size={MAX_SIZE}"
+    )
+    if env["telemetry_handlers"]:
+        lines.append(f"warning: {env['telemetry_handlers']} telemetry handler(s) attached")
+    header = ("figure", "unit", "databuffer", "baseline", "ratio", "baseline is / note")
+    table = [
+        (
+            row.figure,
+            row.unit,
+            _number(row.databuffer),
+            _number(row.baseline),
+            f"{row.ratio:.2f}x",
+            row.versus + (f"; {row.note}" if row.note else ""),
+        )
+        for row in report.rows()
+    ]
+    widths = [max(len(cells[i]) for cells in (header, *table)) for i in range(len(header) - 1)]
+    align = ("<", "<", ">", ">", ">")
+    rule = "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1])
+    lines.append("")
+    for n, cells in enumerate((header, *table)):
+        lines.append(
+            "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=False))
+            + "  "
+            + cells[-1]
+        )
+        if n == 0:
+            lines.append(rule)
+    lines.append("")
+    if report.insert is not None and report.insert.pure is None:
+        lines.append(
+            "insert vs the pure-Python core: skipped, the default core is the pure-Python one "
+            "(databuffer.USING_EXTENSION is False)"
+        )
+    lines.append(
+        "ratio = databuffer / baseline in the row's unit (ns/item, bytes/item: above 1x costs more; "
+        "items/s: below 1x is slower)"
+    )
+    lines.append(
+        "call = fastest block of calls; amortized = all time, waiting for the buffer's flushes "
+        "included, over all calls"
+    )
+    lines.append("check: " + ("OK, every item flushed exactly once" if report.ok else "FAILED"))
+    lines.append(f"time: {report.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def run(
+    *,
+    rounds: int = DEFAULT_ROUNDS,
+    items: int = DEFAULT_ITEMS,
+    repeat: int = DEFAULT_REPEAT,
+    memory_items: int = DEFAULT_MEMORY_ITEMS,
+    progress: TextIO | None = None,
+) -> BenchReport:
+    """Run every figure and return the report.
+
+    Args:
+        rounds: interleaved rounds of the ``insert`` and ``insert_batch``
+            figures.
+        items: N of the end-to-end figures.
+        repeat: runs of each end-to-end figure; the fastest counts.
+        memory_items: N of the memory figure.
+        progress: where to say which figure runs; ``None`` says nothing.
+    """
+    start = time.perf_counter()
+
+    def say(what: str) -> None:
+        if progress is not None:
+            elapsed = time.perf_counter() - start
+            print(f"databuffer bench: {what} ({elapsed:.1f} s)", file=progress, flush=True)
+
+    settings = {"rounds": rounds, "items": items, "repeat": repeat, "memory_items": memory_items}
+    say("insert")
+    insert = bench_insert(rounds)
+    say("insert_batch")
+    batch = bench_insert_batch(rounds)
+    end_to_end = []
+    for mode in ("insert_batch", "insert"):
+        say(f"end to end, {mode}")
+        end_to_end.append(bench_end_to_end(mode, items, repeat))
+    say("memory")
+    memory = bench_memory(memory_items)
+    return BenchReport(
+        env=environment(),
+        settings=settings,
+        insert=insert,
+        insert_batch=batch,
+        end_to_end=end_to_end,
+        memory=memory,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# -- the command line -----------------------------------------------------
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:,}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``bench`` to ``parser``."""
+    parser.add_argument(
+        "--items",
+        type=_int_at_least(1),
+        default=DEFAULT_ITEMS,
+        metavar="N",
+        help="items pushed through the buffer in the end-to-end figures (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-items",
+        type=_int_at_least(MIN_MEMORY_ITEMS),
+        default=DEFAULT_MEMORY_ITEMS,
+        metavar="N",
+        help=f"buffered Nones weighed by the memory figure, at least {MIN_MEMORY_ITEMS:,} "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_int_at_least(1),
+        default=DEFAULT_ROUNDS,
+        metavar="N",
+        help=f"interleaved rounds of the insert and insert_batch figures, each of {CHUNK_BLOCKS} "
+        f"blocks of {BLOCK} calls per subject (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_int_at_least(1),
+        default=DEFAULT_REPEAT,
+        metavar="N",
+        help="runs of each end-to-end figure, the fastest counts (default: %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+
+
+DESCRIPTION = (
+    "Time databuffer against baselines measured in the same run and print the ratios: "
+    "insert vs deque.append (and vs the pure-Python core), insert_batch vs list.extend, "
+    "N items end to end until flushed vs a deque.append loop, and bytes per buffered item "
+    "vs a list. Progress goes to stderr, the table (or JSON) to stdout. The exit status is 1 "
+    "if an item was not flushed exactly once."
+)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``bench`` with parsed options; return the exit status."""
+    report = run(
+        rounds=args.rounds,
+        items=args.items,
+        repeat=args.repeat,
+        memory_items=args.memory_items,
+        progress=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, allow_nan=False), flush=True)
+    else:
+        print(format_table(report), flush=True)
+    for problem in report.problems:
+        print(f"databuffer bench: check failed: {problem}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bench`` on its own: parse ``argv`` (``sys.argv[1:]`` by default) and run."""
+    parser = argparse.ArgumentParser(prog="python -m databuffer bench", description=DESCRIPTION)
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
