@@ -114,14 +114,16 @@ def test_gc_callbacks_switching_threads_lose_nothing(make_buffer: Any) -> None:
 
 
 def test_telemetry_churn_loses_no_event_of_a_steady_handler(make_buffer: Any) -> None:
-    seen = [0]
-    flushes = [0]
+    # Called from both partitions' flusher threads at once: count with
+    # list.append, which is atomic (``+= 1`` is not, without the GIL).
+    seen: list[int] = []
+    flushes: list[int] = []
 
     def handler(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-        seen[0] += 1
+        seen.append(1)
 
     def sink(batch: list[Any], opts: Any) -> None:
-        flushes[0] += 1
+        flushes.append(1)
 
     telemetry.attach("steady", telemetry.FLUSH_STOP, handler)
     stop = threading.Event()
@@ -144,8 +146,8 @@ def test_telemetry_churn_loses_no_event_of_a_steady_handler(make_buffer: Any) ->
     finally:
         stop.set()
         churner.join(30)
-    assert flushes[0] == 3000
-    assert seen[0] == flushes[0]
+    assert len(flushes) == 3000
+    assert len(seen) == len(flushes)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
+import sysconfig
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -388,3 +390,15 @@ def test_four_producers_a_million_inserts_each(make_buffer: Any, core_name: str)
     buf.close(timeout=120)
     _check_delivery(rec, per_producer, producers, MAX_SIZE)
     _check_counters(buf, producers * per_producer)
+
+
+@pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="needs a free-threaded CPython build"
+)
+def test_the_compiled_core_keeps_the_gil_disabled() -> None:
+    """The core declares itself free-threading compatible: importing it leaves the GIL off."""
+    code = "import sys, databuffer._core; print(sys._is_gil_enabled())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False", proc.stderr
+    assert "GIL" not in proc.stderr

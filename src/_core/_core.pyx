@@ -424,17 +424,24 @@ cdef class BufferCore:
             db_unlock(&self._parts[p].lock)
 
     def _stats(self, Py_ssize_t p):
-        """``(size, threshold, busy, inserted, taken, flushed, failed)``."""
+        """``(size, threshold, busy, inserted, taken, flushed, failed)``.
+
+        One consistent snapshot: read under the partition's lock, so that
+        ``inserted == size + taken``, and ``flushed + failed <= taken``
+        (batches are counted as finished only after they were taken).
+        """
         cdef Part *part = self._part(p)
-        return (
-            db_load(&part.count),
-            db_load(&part.threshold),
-            db_load(&part.busy) != 0,
-            db_load(&part.inserted),
-            db_load(&part.taken),
-            db_load(&part.flushed),
-            db_load(&part.failed),
-        )
+        cdef int64_t count, threshold, busy, inserted, taken, flushed, failed
+        db_lock(&part.lock)
+        count = part.count
+        threshold = part.threshold
+        busy = part.busy
+        inserted = part.inserted
+        taken = part.taken
+        flushed = db_load(&part.flushed)
+        failed = db_load(&part.failed)
+        db_unlock(&part.lock)
+        return (count, threshold, busy != 0, inserted, taken, flushed, failed)
 
     def _size(self):
         cdef Py_ssize_t p
