@@ -697,7 +697,11 @@ class _BufferLayer:
         part.flight = flight
         # The flush happens now: the partition's next timed flush counts from here.
         part.deadline = now + self._next_interval()
-        self._wake_timer_before(min(flight.deadline, part.deadline))
+        # No wake for flight.deadline: the timer never sleeps longer than
+        # flush_timeout, so it is awake by the deadline of any flush started
+        # after it went to sleep.  Waking it for every batch cost a thread
+        # switch per batch.
+        self._wake_timer_before(part.deadline)
         result: Any = None
         error: BaseException | None = None
         try:
@@ -771,7 +775,9 @@ class _BufferLayer:
         with cond:
             while not self._stopping:
                 now = _monotonic()
-                wake = math.inf
+                # Flushes that start while the timer sleeps do not wake it
+                # (_flush_one): it rescans after at most flush_timeout.
+                wake = now + self._flush_timeout
                 due: list[_Partition] = []
                 overdue: list[tuple[_Partition, _Flight]] = []
                 for part in self._parts:
