@@ -4,7 +4,8 @@
 Same interface as ``databuffer._core_py`` (the reference implementation, whose
 docstring describes the protocol with the Python layer).
 
-Thread-safety.  Each partition's ring and fields are guarded by the
+Thread-safety.  Each partition's ring and fields (``Part``, in ``_part.h``:
+cache-line aligned, so partitions never share a cache line) are guarded by the
 partition's lock (``Part.lock``, see ``_atomic.h``): a ``PyMutex`` on a
 free-threaded build, nothing on a GIL build, where the GIL serializes the
 writers.  The core never runs Python code (no allocation, no decref that
@@ -23,7 +24,6 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
 
 
 cdef extern from "Python.h":
@@ -66,25 +66,25 @@ def insert_telemetry():
     return db_load(&_insert_events) != 0
 
 
-ctypedef struct Part:
-    # Every field is guarded by ``lock``; the counters are also read without
-    # it, through the atomic helpers.
-    db_mutex lock
-    # Ring of owned references: items ring[head], ring[head+1], ... (mod cap).
-    PyObject **ring
-    Py_ssize_t cap
-    Py_ssize_t head
-    Py_ssize_t tail
-    int64_t count       # items in the ring
-    int64_t threshold   # the current flush size
-    int64_t busy        # 1 while a batch is handed to the flusher, unfinished
-    int64_t inserted    # counters, in items
-    int64_t taken
-    int64_t flushed     # written by whichever thread settles a batch (atomic add)
-    int64_t failed
-    PyObject *ready     # owned: a batch sealed by an insert, or NULL
-    int64_t ready_seq
-    uint64_t rng        # xorshift64* state for the size jitter
+cdef extern from "_part.h" nogil:
+    # One partition; see _part.h (cache-line aligned, so written as C).
+    ctypedef struct Part:
+        db_mutex lock
+        PyObject **ring
+        Py_ssize_t cap
+        Py_ssize_t head
+        Py_ssize_t tail
+        int64_t count
+        int64_t threshold
+        int64_t busy
+        int64_t inserted
+        int64_t taken
+        int64_t flushed
+        int64_t failed
+        PyObject *ready
+        int64_t ready_seq
+        uint64_t rng
+    Part *db_parts_new(Py_ssize_t n)
 
 
 cdef inline void ring_push(Part *part, PyObject *item) noexcept nogil:
@@ -178,10 +178,9 @@ cdef class BufferCore:
             raise ValueError(f"max_size + max_size_jitter = {max_size + max_size_jitter} is too large")
         cap = max_size + max_size_jitter
         seeds = [int.from_bytes(os.urandom(8), "little") | 1 for _ in range(partitions)]
-        self._parts = <Part *>malloc(partitions * sizeof(Part))
+        self._parts = db_parts_new(partitions)
         if self._parts is NULL:
             raise MemoryError()
-        memset(self._parts, 0, partitions * sizeof(Part))
         self._n = partitions
         for p in range(partitions):
             self._parts[p].rng = seeds[p]
