@@ -64,9 +64,9 @@ class _Ring(deque):  # type: ignore[type-arg]
         "busy",
         "failed",
         "flushed",
-        "index",
         "limit",
         "lock",
+        "partition",
         "ready",
         "ready_seq",
         "taken",
@@ -74,9 +74,10 @@ class _Ring(deque):  # type: ignore[type-arg]
         "wake",
     )
 
-    def __init__(self, index: int, threshold: int, wake: Callable[[], object]) -> None:
+    def __init__(self, partition: int, threshold: int, wake: Callable[[], object]) -> None:
         super().__init__()
-        self.index = index
+        # Not "index": that would hide deque.index().
+        self.partition = partition
         self.lock = threading.Lock()
         self.threshold = threshold
         self.limit = threshold
@@ -182,14 +183,14 @@ class BufferCore:
                 raise self._closed_error()  # type: ignore[attr-defined]
             if self._store(ring, item):
                 return
-        self._insert_wait(ring.index, item, timeout)  # type: ignore[attr-defined]
+        self._insert_wait(ring.partition, item, timeout)  # type: ignore[attr-defined]
 
     def _insert_raw(self, item: Any, timeout: float | None) -> int:
         if timeout is not None:
             self._check_timeout(timeout)  # type: ignore[attr-defined]
         ring = self._core_next()
         self._store_locked(ring, item, timeout)
-        return ring.index
+        return ring.partition
 
     def _insert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
         if timeout is not None:
@@ -200,7 +201,7 @@ class BufferCore:
             raise self._closed_error()  # type: ignore[attr-defined]
         if n == 0:
             return -1, 0
-        p = self._core_next().index
+        p = self._core_next().partition
         done = self._push_many(p, seq, 0)
         if done < n:
             self._insert_batch_wait(p, seq, done, timeout)  # type: ignore[attr-defined]
