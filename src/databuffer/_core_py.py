@@ -10,7 +10,18 @@ core calls back into the layer through four methods that the layer defines:
 
 Per partition the items move ring -> batch (handed to the flusher) ->
 finished.  Sequence counters count items, in insertion order:
-``taken`` items have left the ring, ``flushed + failed`` have finished.
+``taken`` items have been handed to the flusher, ``flushed + failed`` have
+finished.
+
+Re-entrancy: while a partition's lock is held, this module creates no object
+the cyclic GC tracks (no list, tuple, iterator, bound method or exception),
+except in ``_snapshot``; objects are made before the lock is taken, and what
+was decided with them is checked again under it, as the compiled core does.
+Up to Python 3.11 that keeps the GC, whose ``__del__`` methods and weakref
+callbacks may insert into the same buffer, out of those sections.  From 3.12
+the GC can run at any call or loop in Python code, so an insert that finds
+its thread already holding the partition's lock only appends (see
+``_reentrant_store``).
 """
 
 from __future__ import annotations
@@ -50,24 +61,30 @@ _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class _Ring(deque):  # type: ignore[type-arg]
-    """One partition: its buffered items (the deque itself) and its fields.
+    """One partition: its items (the deque itself) and its fields.
 
-    Appends need no lock: ``deque.append`` is atomic, and ``insert`` appends
-    first and checks afterwards (see ``BufferCore.insert``).  Items leave
-    only from the left, and only under ``lock``, which also guards every
-    other field.  ``limit`` (``threshold``, or 0 once the buffer is closed)
-    is read without the lock as a hint; every decision made on it is taken
-    again under the lock.
+    The deque holds the partition's items in insertion order; its first
+    ``ready_count`` items form a batch that was sealed by an insert and that
+    the flusher has not taken out yet (they are no longer counted as
+    buffered).  Appends need no lock: ``deque.append`` is atomic, and
+    ``insert`` appends first and checks afterwards (see
+    ``BufferCore.insert``).  Items leave only from the left, and only under
+    ``lock``, which also guards every other field.  ``limit`` (the number
+    of items at which the partition is full: ``ready_count + threshold``; 0
+    once the buffer is closed, and while a locked section must not see
+    lock-free appends) is read without the lock as a hint; every decision
+    made on it is taken again under the lock.
     """
 
     __slots__ = (
         "busy",
         "failed",
         "flushed",
+        "hold",
         "limit",
         "lock",
         "partition",
-        "ready",
+        "ready_count",
         "ready_seq",
         "taken",
         "threshold",
@@ -78,13 +95,19 @@ class _Ring(deque):  # type: ignore[type-arg]
         super().__init__()
         # Not "index": that would hide deque.index().
         self.partition = partition
-        self.lock = threading.Lock()
+        # An RLock, so that an insert run by the GC inside a section holding
+        # it can tell (_is_owned) and only append (see _reentrant_store).
+        self.lock = threading.RLock()
         self.threshold = threshold
         self.limit = threshold
+        # How many locked sections (nested, in one thread) append item by
+        # item (_push_many) or copy the ring (_snapshot): while any does,
+        # the limit stays 0.
+        self.hold = 0
         # A batch has been handed to the flusher and has not finished.
         self.busy = False
-        # A batch sealed by an insert, waiting for the flusher to take it.
-        self.ready: list[Any] | None = None
+        # A batch sealed by an insert: its size and first sequence number.
+        self.ready_count = 0
         self.ready_seq = 0
         self.taken = 0
         self.flushed = 0
@@ -161,29 +184,38 @@ class BufferCore:
 
     def _appended(self, ring: _Ring, item: Any) -> None:
         """After a lock-free append: undo it if the buffer closed, seal a full ring."""
+        if ring.lock._is_owned():  # type: ignore[attr-defined]
+            return  # re-entered (see _reentrant_store): the append is all
+        refused = False
         with ring.lock:
             if self._core_closed:
                 # _mark_closed ran after the append, or before it: the item
-                # is either still in the ring (take it back out and refuse
-                # it) or already taken by the closing flush (it is stored).
+                # is either still buffered (take it back out and refuse it)
+                # or already handed to the closing flush (it is stored).
                 # Only this call's own append can be the identical object
                 # appended after the closing flush, so removing the last
                 # occurrence by identity is exact.
-                for i in range(len(ring) - 1, -1, -1):
+                for i in range(len(ring) - 1, ring.ready_count - 1, -1):
                     if ring[i] is item:
                         del ring[i]
-                        raise self._closed_error()  # type: ignore[attr-defined]
-                return
-            if len(ring) >= ring.threshold and not ring.busy:
+                        refused = True
+                        break
+            elif len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
                 self._seal(ring)
+        if refused:
+            raise self._closed_error()  # type: ignore[attr-defined]
 
     def _store_locked(self, ring: _Ring, item: Any, timeout: float | None) -> None:
+        if ring.lock._is_owned():  # type: ignore[attr-defined]
+            _reentrant_store(ring, (item,), 0)
+            return
         with ring.lock:
-            if self._core_closed:
-                raise self._closed_error()  # type: ignore[attr-defined]
-            if self._store(ring, item):
-                return
-        self._insert_wait(ring.partition, item, timeout)  # type: ignore[attr-defined]
+            closed = self._core_closed
+            stored = not closed and self._store(ring, item)
+        if closed:
+            raise self._closed_error()  # type: ignore[attr-defined]
+        if not stored:
+            self._insert_wait(ring.partition, item, timeout)  # type: ignore[attr-defined]
 
     def _insert_raw(self, item: Any, timeout: float | None) -> int:
         if timeout is not None:
@@ -209,34 +241,32 @@ class BufferCore:
 
     def _store(self, ring: _Ring, item: Any) -> bool:
         """Append under ``ring.lock``; False when the partition is full."""
-        if len(ring) >= ring.threshold:
+        if len(ring) - ring.ready_count >= ring.threshold:
             if ring.busy:
                 return False
             self._seal(ring)
         ring.append(item)
-        if len(ring) >= ring.threshold and not ring.busy:
+        if len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
             self._seal(ring)
         return True
 
     def _seal(self, ring: _Ring) -> None:
-        """Hand a full batch to the idle flusher (under ``ring.lock``)."""
+        """Hand a full batch to the idle flusher (under ``ring.lock``).
+
+        The items stay at the head of the ring until the flusher takes
+        them out (``_take``), so that sealing allocates nothing.
+        """
+        k = ring.threshold
         ring.ready_seq = ring.taken
-        ring.ready = self._drain(ring, ring.threshold)
+        ring.ready_count = k
+        ring.taken += k
         ring.busy = True
+        ring.threshold = self._draw()
+        self._set_limit(ring)
         try:
             ring.wake()
         except RuntimeError:
             pass  # the waker is a released lock: a wake is pending already
-
-    def _drain(self, ring: _Ring, limit: int) -> list[Any]:
-        """Move the ``limit`` oldest items (or all) out of the ring (under ``ring.lock``)."""
-        k = min(len(ring), limit)
-        batch = list(itertools.islice(iter(ring.popleft, _NEVER), k))
-        ring.taken += k
-        ring.threshold = self._draw()
-        if not self._core_closed:
-            ring.limit = ring.threshold
-        return batch
 
     # -- used by the Python layer -----------------------------------------
 
@@ -247,24 +277,40 @@ class BufferCore:
         """
         ring = self._core_parts[p]
         n = len(seq)
+        if ring.lock._is_owned():  # type: ignore[attr-defined]
+            _reentrant_store(ring, seq, start)
+            return n
         i = start
+        closed = False
         with ring.lock:
-            if self._core_closed:
-                raise self._closed_error(start)  # type: ignore[attr-defined]
-            while i < n:
-                room = ring.threshold - len(ring)
-                if room <= 0:
-                    if ring.busy:
+            # The items go in one at a time (a loop allocates nothing, see the
+            # module docstring): meanwhile, send lock-free appends to the
+            # locked path, so that they neither overfill the partition nor
+            # land between the items of this call.
+            ring.hold += 1
+            ring.limit = 0
+            try:
+                while i < n:
+                    if self._core_closed:
+                        closed = True
                         break
-                    self._seal(ring)
-                    continue
-                # One extend per chunk: atomic against lock-free appends,
-                # so a chunk stays contiguous in the ring.
-                stop = min(n, i + room)
-                ring.extend(seq[i:stop])
-                i = stop
-                if len(ring) >= ring.threshold and not ring.busy:
-                    self._seal(ring)
+                    room = ring.threshold - (len(ring) - ring.ready_count)
+                    if room <= 0:
+                        if ring.busy:
+                            break
+                        self._seal(ring)
+                        continue
+                    stop = min(n, i + room)
+                    for j in range(i, stop):
+                        ring.append(seq[j])
+                    i = stop
+                    if len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
+                        self._seal(ring)
+            finally:
+                ring.hold -= 1
+                self._set_limit(ring)
+        if closed:
+            raise self._closed_error(i)  # type: ignore[attr-defined]
         return i
 
     def _take(self, p: int, upto: int) -> tuple[list[Any], bool, int] | None:
@@ -275,20 +321,40 @@ class BufferCore:
         number ``upto`` (a flush request) are still in the ring.
         """
         ring = self._core_parts[p]
-        with ring.lock:
-            if ring.ready is not None:
-                batch, ring.ready = ring.ready, None
-                return batch, True, ring.ready_seq
-            size = len(ring)
-            first = ring.taken
-            if size and size >= ring.threshold:
-                ring.busy = True
-                return self._drain(ring, ring.threshold), True, first
-            if size and first < upto:
-                ring.busy = True
-                return self._drain(ring, ring.threshold), False, first
-            ring.busy = False
-            return None
+        while True:
+            # Made before the lock is taken (see the module docstring), for
+            # the size read here; used only if that is still the size due.
+            k = ring.ready_count or min(len(ring) - ring.ready_count, ring.threshold)
+            batch: list[Any] = []
+            pops = itertools.islice(iter(ring.popleft, _NEVER), k)
+            with ring.lock:
+                if ring.ready_count:
+                    due, by_size, first = ring.ready_count, True, ring.ready_seq
+                else:
+                    size = len(ring)
+                    first = ring.taken
+                    if size and size >= ring.threshold:
+                        by_size = True
+                    elif size and first < upto:
+                        by_size = False
+                    else:
+                        ring.busy = False
+                        return None
+                    due = min(size, ring.threshold)
+                if due == k:
+                    # Lock-free appends compare the length with the limit:
+                    # while the length drops, send them to the locked path.
+                    ring.limit = 0
+                    batch.extend(pops)  # C-level pops, allocating nothing the GC tracks
+                    if ring.ready_count:
+                        ring.ready_count = 0
+                    else:
+                        ring.taken += k
+                        ring.busy = True
+                        ring.threshold = self._draw()
+                    self._set_limit(ring)
+                    break
+        return batch, by_size, first
 
     def _finish(self, p: int, n: int, ok: bool) -> None:
         """Count a finished batch of ``n`` items as flushed or failed."""
@@ -309,7 +375,7 @@ class BufferCore:
         try:
             self._core_closed = True
             for ring in self._core_parts:
-                ring.limit = 0
+                self._set_limit(ring)
         finally:
             for ring in self._core_parts:
                 ring.lock.release()
@@ -322,39 +388,73 @@ class BufferCore:
         """
         ring = self._core_parts[p]
         with ring.lock:
-            size = len(ring)
-            return (
-                size,
-                ring.threshold,
-                ring.busy,
-                ring.taken + size,
-                ring.taken,
-                ring.flushed,
-                ring.failed,
-            )
+            size = len(ring) - ring.ready_count
+            threshold = ring.threshold
+            busy = ring.busy
+            taken = ring.taken
+            flushed = ring.flushed
+            failed = ring.failed
+        return size, threshold, busy, taken + size, taken, flushed, failed
 
     def _size(self) -> int:
-        return sum(len(ring) for ring in self._core_parts)
+        total = 0
+        for ring in self._core_parts:
+            with ring.lock:
+                total += len(ring) - ring.ready_count
+        return total
+
+    def _snapshot(self, ring: _Ring) -> list[Any]:
+        """The buffered items of ``ring`` (those not sealed into a batch), in order."""
+        with ring.lock:
+            # Inserts that check the limit from now on take the locked path
+            # and wait for this lock; one that checked it before may still
+            # append, which makes the copy raise RuntimeError: copy again.
+            # An insert run by the GC meanwhile (from a __del__) only appends
+            # (_reentrant_store), which also makes the copy start again.
+            ring.hold += 1
+            ring.limit = 0
+            try:
+                while True:
+                    try:
+                        copy = list(ring)
+                        break
+                    except RuntimeError:
+                        continue
+                skip = ring.ready_count
+            finally:
+                ring.hold -= 1
+                self._set_limit(ring)
+        del copy[:skip]
+        return copy
+
+    def _set_limit(self, ring: _Ring) -> None:
+        """Recompute ``ring.limit`` (under ``ring.lock``)."""
+        if self._core_closed or ring.hold:
+            ring.limit = 0
+        else:
+            ring.limit = ring.ready_count + ring.threshold
 
     def _dump(self) -> list[Any]:
         out: list[Any] = []
         for ring in self._core_parts:
-            with ring.lock:
-                out.extend(_snapshot(ring))
+            out.extend(self._snapshot(ring))
         return out
 
 
-def _snapshot(ring: _Ring) -> list[Any]:
-    """The items of ``ring``, while other threads may append to it.
+def _reentrant_store(ring: _Ring, seq: Sequence[Any], start: int) -> None:
+    """Store ``seq[start:]`` from code run while this thread holds ``ring.lock``.
 
-    Copying iterates the deque, which raises RuntimeError when an append
-    lands mid-copy (another thread, or a __del__ run by the GC): try again.
+    From Python 3.12 the cyclic GC, and so ``__del__`` methods and weakref
+    callbacks, can run at any call or loop in Python code, including a
+    section of this module that holds the partition's lock.  An insert from
+    there must neither wait for room (the flusher needs that lock to make
+    room: it would wait for nothing) nor change the partition's fields under
+    the interrupted section: it only appends, as a lock-free insert does,
+    beyond the flush size if need be.  The flusher takes such items with the
+    next batches; no batch exceeds its flush size.
     """
-    while True:
-        try:
-            return list(ring)
-        except RuntimeError:
-            continue
+    for i in range(start, len(seq)):
+        ring.append(seq[i])
 
 
 def _locked(step: Callable[[], _Ring]) -> Callable[[], _Ring]:
