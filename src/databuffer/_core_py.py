@@ -68,7 +68,7 @@ class _Ring(deque):  # type: ignore[type-arg]
     the flusher has not taken out yet (they are no longer counted as
     buffered).  Appends need no lock: ``deque.append`` is atomic, and
     ``insert`` appends first and checks afterwards (see
-    ``BufferCore.insert``).  Items leave only from the left, and only under
+    ``BufferCore._appended``).  Items leave only from the left, and only under
     ``lock``, which also guards every other field.  ``limit`` (the number
     of items at which the partition is full: ``ready_count + threshold``; 0
     once the buffer is closed, and while a locked section must not see
@@ -160,14 +160,11 @@ class BufferCore:
         if timeout is not None:
             self._check_timeout(timeout)  # type: ignore[attr-defined]
         ring = self._core_next()
-        if len(ring) < ring.limit:
-            # Append first, check afterwards: a full ring or a close (limit
-            # 0) seen after the append is dealt with under the lock.
-            ring.append(item)
-            if len(ring) >= ring.limit:
-                self._appended(ring, item)
-            return
-        self._store_locked(ring, item, timeout)
+        # Append first, check afterwards: a full ring or a close (limit 0)
+        # seen after the append is dealt with under the lock.
+        ring.append(item)
+        if len(ring) >= ring.limit:
+            self._appended(ring, item, timeout)
 
     def insert_batch(self, items: Iterable[Any], timeout: float | None = None) -> None:
         """Store every item of an iterable, in order, in one partition.
@@ -182,28 +179,32 @@ class BufferCore:
             return
         self._insert_batch_raw(items, timeout)
 
-    def _appended(self, ring: _Ring, item: Any) -> None:
-        """After a lock-free append: undo it if the buffer closed, seal a full ring."""
+    def _appended(self, ring: _Ring, item: Any, timeout: float | None) -> None:
+        """After a lock-free append: seal a full ring, or undo the append.
+
+        The append is undone when the buffer closed, and when the partition
+        was already full while its previous batch is flushing: the insert
+        then waits for room like any other (backpressure).
+        """
         if ring.lock._is_owned():  # type: ignore[attr-defined]
             return  # re-entered (see _reentrant_store): the append is all
-        refused = False
+        refused = full = False
         with ring.lock:
             if self._core_closed:
                 # _mark_closed ran after the append, or before it: the item
                 # is either still buffered (take it back out and refuse it)
                 # or already handed to the closing flush (it is stored).
-                # Only this call's own append can be the identical object
-                # appended after the closing flush, so removing the last
-                # occurrence by identity is exact.
-                for i in range(len(ring) - 1, ring.ready_count - 1, -1):
-                    if ring[i] is item:
-                        del ring[i]
-                        refused = True
-                        break
-            elif len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
-                self._seal(ring)
+                refused = _take_back(ring, item)
+            else:
+                size = len(ring) - ring.ready_count
+                if size > ring.threshold and ring.busy:
+                    full = _take_back(ring, item)
+                elif size >= ring.threshold and not ring.busy:
+                    self._seal(ring)
         if refused:
             raise self._closed_error()  # type: ignore[attr-defined]
+        if full:
+            self._store_locked(ring, item, timeout)
 
     def _store_locked(self, ring: _Ring, item: Any, timeout: float | None) -> None:
         if ring.lock._is_owned():  # type: ignore[attr-defined]
@@ -439,6 +440,21 @@ class BufferCore:
         for ring in self._core_parts:
             out.extend(self._snapshot(ring))
         return out
+
+
+def _take_back(ring: _Ring, item: Any) -> bool:
+    """Remove ``item``, appended by the caller, if it is still buffered (under the lock).
+
+    Only the unsealed items are searched, from the newest.  If the same
+    object was appended by several calls, each removes one: which one does
+    not matter.  False when the item was sealed or taken into a batch
+    already (it is stored).
+    """
+    for i in range(len(ring) - 1, ring.ready_count - 1, -1):
+        if ring[i] is item:
+            del ring[i]
+            return True
+    return False
 
 
 def _reentrant_store(ring: _Ring, seq: Sequence[Any], start: int) -> None:
