@@ -285,9 +285,10 @@ class BufferCore:
         closed = False
         with ring.lock:
             # The items go in one at a time (a loop allocates nothing, see the
-            # module docstring): meanwhile, send lock-free appends to the
-            # locked path, so that they neither overfill the partition nor
-            # land between the items of this call.
+            # module docstring): meanwhile, inserts in other threads find the
+            # limit at 0 and wait for this lock before they count, so they
+            # cannot overfill the partition (an item they appended may land
+            # between the items of this call: the calls are concurrent).
             ring.hold += 1
             ring.limit = 0
             try:
