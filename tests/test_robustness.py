@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import Background, wait_for
 
 from databuffer import BufferClosed, FlushTimeout, telemetry
 
@@ -306,3 +306,37 @@ def test_buffer_closed_during_insert_batch_says_how_many_were_stored(make_buffer
     assert len(outcome) == 1 and isinstance(outcome[0], BufferClosed)
     assert outcome[0].stored == 6
     assert got == list(range(6))
+
+
+def test_close_does_not_wait_for_an_append_taken_back(make_buffer: Any, core_name: str, gates: Any) -> None:
+    """The pure-Python core appends before it checks: a close racing that append ends.
+
+    close() reads how many items were inserted and waits until that many are
+    flushed; an append it counted and that the insert then took back out
+    (because the buffer closed) is never flushed, and must not be waited for.
+    """
+    if core_name != "py":
+        pytest.skip("only the pure-Python core appends an item before it checks the partition")
+    release = gates()
+    delivered: list[list[Any]] = []
+
+    def flush(batch: list[Any], opts: Any) -> None:
+        release.wait(30)
+        delivered.append(list(batch))
+
+    buf = make_buffer(handle_flush=flush, max_size=2, flush_interval=BIG)
+    buf.insert(1)
+    buf.insert(2)  # sealed: the flusher holds [1, 2] until released
+    wait_for(lambda: buf.info()[0]["flushing"])
+    ring = buf._core_parts[0]
+    ring.append("in flight")  # an insert between its append and its check
+    closing = Background(buf.close, timeout=20)
+    wait_for(lambda: buf._parts[0].syncs)  # close() has read its target
+    with pytest.raises(BufferClosed):
+        buf._appended(ring, "in flight", None)  # the insert's check: closed, take it back
+    release.set()
+    closing.wait(30)
+    assert closing.error is None, closing.error
+    assert delivered == [[1, 2]]
+    info = buf.info()[0]
+    assert info["inserted"] == info["flushed"] == 2
