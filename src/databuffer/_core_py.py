@@ -209,15 +209,8 @@ class BufferCore:
             self._store_locked(ring, item, timeout)
 
     def _store_locked(self, ring: _Ring, item: Any, timeout: float | None) -> None:
-        if ring.lock._is_owned():  # type: ignore[attr-defined]
-            _reentrant_store(ring, (item,), 0)
-            return
-        with ring.lock:
-            closed = self._core_closed
-            stored = not closed and self._store(ring, item)
-        if closed:
-            raise self._closed_error()  # type: ignore[attr-defined]
-        if not stored:
+        """Store ``item`` under the partition's lock, or wait for room (backpressure)."""
+        if self._push_many(ring.partition, (item,), 0) == 0:
             self._insert_wait(ring.partition, item, timeout)  # type: ignore[attr-defined]
 
     def _insert_raw(self, item: Any, timeout: float | None) -> int:
@@ -241,17 +234,6 @@ class BufferCore:
         if done < n:
             self._insert_batch_wait(p, seq, done, timeout)  # type: ignore[attr-defined]
         return p, n
-
-    def _store(self, ring: _Ring, item: Any) -> bool:
-        """Append under ``ring.lock``; False when the partition is full."""
-        if len(ring) - ring.ready_count >= ring.threshold:
-            if ring.busy:
-                return False
-            self._seal(ring)
-        ring.append(item)
-        if len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
-            self._seal(ring)
-        return True
 
     def _seal(self, ring: _Ring) -> None:
         """Hand a full batch to the idle flusher (under ``ring.lock``).
