@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +137,20 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m databuffer ARGS`` with the given core (``"c"``, ``"py"``)."""
+    env = dict(os.environ)
+    env.pop("DATABUFFER_NO_EXTENSIONS", None)
+    if core == "py":
+        env["DATABUFFER_NO_EXTENSIONS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "databuffer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=100,
+        check=False,
+    )

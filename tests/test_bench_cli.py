@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 from typing import Any
 
 import pytest
+from conftest import run_cli
 
 from databuffer import _bench
 from databuffer.__main__ import build_parser, main
@@ -32,22 +31,6 @@ ROW = re.compile(
     r"^(?P<figure>.+?)\s{2,}(?P<unit>ns/item|items/s|bytes/item)\s+(?P<databuffer>[\d,.]+)\s+"
     r"(?P<baseline>[\d,.]+)\s+(?P<ratio>[\d.]+)x\s+(?P<versus>.+)$"
 )
-
-
-def run_cli(*args: str, core: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m databuffer ARGS`` with the given core (``"c"``, ``"py"``)."""
-    env = dict(os.environ)
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
-    if core == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "databuffer", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=100,
-        check=False,
-    )
 
 
 def table_rows(stdout: str) -> list[dict[str, str]]:
@@ -142,32 +125,6 @@ def test_help_lists_the_commands_and_options(argv: list[str], capsys: pytest.Cap
         for option in ("--items", "--memory-items", "--rounds", "--repeat", "--json"):
             assert option in out
         assert "default: 2000000" in out
-
-
-def test_bad_option_is_an_argparse_error() -> None:
-    proc = run_cli("bench", "--items", "0")
-    assert proc.returncode == 2
-    assert "argument --items" in proc.stderr
-    assert proc.stdout == ""
-
-
-@pytest.mark.parametrize(
-    ("argv", "option"),
-    [
-        (["bench", "--items", "0"], "--items"),
-        (["bench", "--items", "many"], "--items"),
-        (["bench", "--memory-items", "100"], "--memory-items"),
-        (["bench", "--rounds", "-1"], "--rounds"),
-        (["bench", "--repeat", "1.5"], "--repeat"),
-        (["bench", "--json=yes"], "--json"),
-        (["bench", "--no-such-option"], "--no-such-option"),
-    ],
-)
-def test_bad_values_name_the_option(argv: list[str], option: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(argv)
-    assert exc.value.code == 2
-    assert option in capsys.readouterr().err
 
 
 def test_bench_functions_with_tiny_sizes() -> None:

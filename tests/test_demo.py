@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 
 from databuffer import FlushOpts
 from databuffer.__main__ import (
     TABLE,
     Progress,
     SQLiteSink,
-    build_parser,
     check_table,
     generate_events,
     main,
@@ -27,23 +24,6 @@ from databuffer.__main__ import (
 )
 
 EVENTS = 20_000
-
-
-def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m databuffer ARGS`` with the given core (``"c"``, ``"py"``)."""
-    env = dict(os.environ)
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
-    if core == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "databuffer", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=100,
-        check=False,
-    )
 
 
 def report_value(stdout: str, label: str) -> str:
@@ -105,31 +85,6 @@ def test_help_explains_the_commands_and_options() -> None:
     for option in ("--events", "--partitions", "--max-size", "--db"):
         assert option in demo.stdout
     assert "default: 1000000" in demo.stdout
-
-
-def test_bad_option_is_an_argparse_error() -> None:
-    proc = run_cli("demo", "--events", "0")
-    assert proc.returncode == 2
-    assert "argument --events" in proc.stderr
-    assert proc.stdout == ""
-
-
-@pytest.mark.parametrize(
-    ("argv", "option"),
-    [
-        (["demo", "--events", "0"], "--events"),
-        (["demo", "--events", "-5"], "--events"),
-        (["demo", "--events", "1e6"], "--events"),
-        (["demo", "--partitions", "0"], "--partitions"),
-        (["demo", "--max-size", "many"], "--max-size"),
-        ([], "COMMAND"),
-    ],
-)
-def test_bad_values_name_the_option(argv: list[str], option: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(argv)
-    assert exc.value.code == 2
-    assert option in capsys.readouterr().err
 
 
 def test_run_demo_in_process(tmp_path: Path) -> None:
