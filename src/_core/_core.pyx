@@ -362,16 +362,13 @@ cdef class BufferCore:
         Returns ``(batch, by_size, first_seq)``; see the reference core.
         """
         cdef Part *part = self._part(p)
-        cdef int64_t first, count, threshold
-        cdef Py_ssize_t k
+        cdef int64_t first
+        cdef Py_ssize_t due
+        cdef Py_ssize_t k = -1
         cdef PyObject *ready
         cdef bint by_size
+        batch = None
         while True:
-            count = db_load(&part.count)
-            threshold = db_load(&part.threshold)
-            k = <Py_ssize_t>(count if count < threshold else threshold)
-            # Allocated before the lock (it may run Python code), checked under it.
-            batch = PyList_New(k)
             db_lock(&part.lock)
             ready = part.ready
             if ready is not NULL:
@@ -390,13 +387,18 @@ cdef class BufferCore:
                 db_store(&part.busy, 0)
                 db_unlock(&part.lock)
                 return None
-            if k == (part.count if part.count < part.threshold else part.threshold):
+            due = <Py_ssize_t>(part.count if part.count < part.threshold else part.threshold)
+            if batch is not None and due == k:
                 ring_move(part, (<PyListObject *>batch).ob_item, k)
                 db_store(&part.busy, 1)
                 db_store(&part.threshold, self._draw(part))
                 db_unlock(&part.lock)
                 return (batch, by_size, first)
             db_unlock(&part.lock)
+            # A batch is due: allocate its list without the lock (it may run
+            # Python code), then check under the lock that it is still due.
+            k = due
+            batch = PyList_New(k)
 
     def _finish(self, Py_ssize_t p, int64_t n, bint ok):
         """Count a finished batch of ``n`` items as flushed or failed."""
