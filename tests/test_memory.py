@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 
-from databuffer import FlushTimeout, _buffer
+from databuffer import FlushTimeout
 
 BIG = 3600.0  # flush_interval: no timed flushes during a test
 
@@ -45,7 +45,7 @@ def wait_refs(obj: object, expected: int, buf: Any, timeout: float = 10.0) -> No
             return True
         if GIL_DISABLED:
             for part in buf._parts:
-                _buffer._wake(part)
+                buf._wake(part.index)
         return False
 
     try:
@@ -395,15 +395,17 @@ def test_core_deallocated_while_holding_items_releases_them(Buffer: type) -> Non
 
     item = Sentinel()
     base = refs(item)
-    wakes: list[int] = []
     bare = Bare()
-    bare._core_init(2, 10, 0, (lambda: wakes.append(0), lambda: wakes.append(1)))
+    bare._core_init(2, 10, 0)
     for _ in range(10):
         assert bare._push_many(0, (item,), 0) == 1  # a full batch: sealed, handed to "the flusher"
     for _ in range(6):
         assert bare._push_many(0, (item,), 0) == 1  # in the ring
     assert bare._push_many(1, [item] * 4, 0) == 4
-    assert wakes == [0]
+    # Sealing woke partition 0's flusher, once; nothing woke partition 1's.
+    assert bare._wait_wake(0, 0.0) is True
+    assert bare._wait_wake(0, 0.0) is False
+    assert bare._wait_wake(1, 0.0) is False
     assert refs(item) == base + 20
     assert bare._size() == 10
     ref = weakref.ref(bare)
@@ -422,7 +424,7 @@ def test_take_and_dump_on_a_bare_core_hand_over_references(Buffer: type) -> None
     item = Sentinel()
     base = refs(item)
     bare = Bare()
-    bare._core_init(1, 5, 0, (lambda: None,))
+    bare._core_init(1, 5, 0)
     for _ in range(8):
         bare._push_many(0, (item,), 0)
     assert refs(item) == base + 8

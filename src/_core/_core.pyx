@@ -12,7 +12,9 @@ writers.  The core never runs Python code (no allocation, no decref that
 could run ``__del__``, no callback) while it holds a partition: batch lists
 are allocated before the lock is taken and the decision re-checked under it.
 Counters read without the lock by ``size()``/``info()`` go through the
-atomic helpers, so no reader sees a torn value.  ``BufferCore`` fields other
+atomic helpers, so no reader sees a torn value.  A partition's flusher sleeps on
+its wake event (``Part.wake``, see ``_event.h``), which has a mutex of its
+own and is set by sealing inserts without the GIL being given up.  ``BufferCore`` fields other
 than ``_parts``' contents are written once in ``_core_init`` (before the
 buffer is shared), except ``_rr`` (atomic) and ``_closed`` (atomic; see
 ``_mark_closed``).
@@ -66,6 +68,16 @@ def insert_telemetry():
     return db_load(&_insert_events) != 0
 
 
+cdef extern from "_event.h" nogil:
+    # The flusher's wake-up event; see _event.h.
+    ctypedef struct db_event:
+        pass
+    int db_event_init(db_event *e)
+    void db_event_destroy(db_event *e)
+    void db_event_set(db_event *e)
+    int db_event_wait(db_event *e, double seconds)
+
+
 cdef extern from "_part.h" nogil:
     # One partition; see _part.h (cache-line aligned, so written as C).
     ctypedef struct Part:
@@ -84,6 +96,7 @@ cdef extern from "_part.h" nogil:
         PyObject *ready
         int64_t ready_seq
         uint64_t rng
+        db_event wake
     Part *db_parts_new(Py_ssize_t n)
 
 
@@ -132,11 +145,12 @@ cdef class BufferCore:
     cdef int64_t _closed        # 0 or 1 (atomic helper; see _mark_closed)
     cdef int64_t _max_size
     cdef int64_t _jitter
-    cdef tuple _wakers          # per partition: releases the lock its flusher sleeps on
+    cdef Py_ssize_t _events     # partitions whose wake event is initialised
 
     def __cinit__(self, *args, **kwargs):
         self._parts = NULL
         self._n = 0
+        self._events = 0
 
     def __dealloc__(self):
         # No other thread can reach the object any more: no locks needed.
@@ -157,21 +171,21 @@ cdef class BufferCore:
                 Py_DECREF(<object>part.ready)
                 part.ready = NULL
             free(part.ring)
+            if p < self._events:
+                db_event_destroy(&part.wake)
         free(self._parts)
         self._parts = NULL
 
     def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,
-                   Py_ssize_t max_size_jitter, wakers):
+                   Py_ssize_t max_size_jitter):
         """Allocate the rings (capacity ``max_size + max_size_jitter``)."""
         cdef Py_ssize_t p, cap
+        cdef int err
         import os
         if self._parts is not NULL:
             raise RuntimeError("the buffer core is already initialised")
         if partitions < 1 or max_size < 1 or max_size_jitter < 0:
             raise ValueError("bad core sizes")
-        self._wakers = tuple(wakers)
-        if len(self._wakers) != partitions:
-            raise ValueError("one waker per partition is needed")
         self._max_size = max_size
         self._jitter = max_size_jitter
         if max_size_jitter > (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2 - max_size:
@@ -184,6 +198,10 @@ cdef class BufferCore:
         self._n = partitions
         for p in range(partitions):
             self._parts[p].rng = seeds[p]
+            err = db_event_init(&self._parts[p].wake)
+            if err:
+                raise OSError(err, f"cannot create the wake event of partition {p}")
+            self._events = p + 1
             self._parts[p].ring = <PyObject **>malloc(cap * sizeof(PyObject *))
             if self._parts[p].ring is NULL:
                 raise MemoryError(
@@ -326,10 +344,7 @@ cdef class BufferCore:
             if sealed:
                 break
         if sealed:
-            try:
-                self._wakers[p]()
-            except RuntimeError:
-                pass  # the waker is a released lock: a wake is pending already
+            db_event_set(&part.wake)
         return 0
 
     # -- used by the Python layer -----------------------------------------
@@ -347,6 +362,27 @@ cdef class BufferCore:
         if DB_FREE_THREADED and type(seq) is not tuple:
             seq = tuple(seq)
         return self._store_many(p, seq, start)
+
+    def _wake(self, Py_ssize_t p):
+        """Wake the flusher of partition ``p``; wakes before it runs count once."""
+        db_event_set(&self._part(p).wake)
+
+    def _wait_wake(self, Py_ssize_t p, timeout=None):
+        """Sleep until partition ``p``'s flusher is woken (the flusher only).
+
+        Consumes the wake and returns True; False if ``timeout`` seconds
+        (``None``: no limit) passed first.
+        """
+        cdef Part *part = self._part(p)
+        cdef double seconds = -1.0
+        cdef int got
+        if timeout is not None:
+            seconds = timeout
+            if not seconds >= 0.0:
+                raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        with nogil:
+            got = db_event_wait(&part.wake, seconds)
+        return got != 0
 
     def _insert_raw(self, item, timeout):
         """Insert without telemetry; returns the partition used."""

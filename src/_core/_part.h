@@ -1,7 +1,7 @@
 /*
  * One partition of the databuffer core (see _core.pyx for the protocol).
  *
- * Every field is guarded by `lock`; the counters are also read without it,
+ * Every field but `wake` is guarded by `lock`; the counters are also read without it,
  * through the atomic helpers of _atomic.h.  Partitions are cache-line
  * aligned, so that threads working on different partitions of a buffer (or
  * on different buffers) never write to the same cache line.
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "_atomic.h"
+#include "_event.h"
 
 #define DB_CACHE_LINE 64
 
@@ -34,6 +35,7 @@ typedef struct {
     PyObject *ready;    /* owned: a batch sealed by an insert, or NULL */
     int64_t ready_seq;
     uint64_t rng;       /* xorshift64* state for the size jitter */
+    db_event wake;      /* wakes the flusher; guarded by its own mutex */
 } __attribute__((aligned(DB_CACHE_LINE))) Part;
 
 /* An array of n zeroed partitions, or NULL. */

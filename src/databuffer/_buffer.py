@@ -110,11 +110,6 @@ class _Partition:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        # Wakes the flusher thread: a lock used as a binary semaphore.
-        # Unlocked means a wake is pending; only the flusher acquires it,
-        # anyone (sealing inserts, flush requests, close) releases it.
-        self.wake = threading.Lock()
-        self.wake.acquire()
         # Guards the writes of flush_upto, flush_trigger and syncs.  The
         # flusher reads flush_upto and flush_trigger without it: a stale
         # read is harmless, since every request also wakes the flusher,
@@ -269,7 +264,6 @@ class _BufferLayer:
             self._partitions,
             self._max_size,
             self._max_size_jitter,
-            tuple(part.wake.release for part in self._parts),
         )
 
         # Lifecycle: _close_lock serializes close(); _stopping is set once
@@ -443,7 +437,7 @@ class _BufferLayer:
             self._stopping = True
             current = threading.current_thread()
             for part in self._parts:
-                _wake(part)
+                self._wake(part.index)
             with self._timer_cond:
                 self._timer_cond.notify()
             for thread in [part.thread for part in self._parts] + [self._timer]:
@@ -581,7 +575,7 @@ class _BufferLayer:
         if part.orphaned is not None:
             self._fail_buffered(part)
         else:
-            _wake(part)
+            self._wake(part.index)
 
     def _refuse_flusher_thread(self, call: str) -> None:
         """Raise if called from this buffer's own flusher or timer thread.
@@ -659,20 +653,25 @@ class _BufferLayer:
             except BaseException:
                 self._log_callback_escape(p)
             timed_out = None  # settled: do not hold the batch for the thread's life
+        # Bound once: this loop runs once per batch.
+        take, flush_one, wait_wake = self._take, self._flush_one, self._wait_wake
         while True:
             while True:
-                taken = self._take(p, part.flush_upto)
-                _room_freed(part)
+                taken = take(p, part.flush_upto)
+                if part.waiters:
+                    _room_freed(part)
                 if taken is None:
                     break
                 try:
-                    if not self._flush_one(part, taken):
+                    if not flush_one(part, taken):
                         return
                 except BaseException:
                     self._log_callback_escape(p)
             if self._stopping:
                 return
-            part.wake.acquire()
+            # The core's wake event: set by sealing inserts, flush
+            # requests and close.
+            wait_wake(p)
 
     def _log_callback_escape(self, p: int) -> None:
         # Only a BaseException from a callback gets here (the batch is
@@ -890,14 +889,6 @@ def _room_freed(part: _Partition) -> None:
     if part.waiters:
         with part.room:
             part.room.notify_all()
-
-
-def _wake(part: _Partition) -> None:
-    """Wake a partition's flusher; several wakes before it runs count once."""
-    try:
-        part.wake.release()
-    except RuntimeError:
-        pass  # a wake is pending already
 
 
 # Buffers that are open, closed at interpreter exit.  Weak: the registry keeps

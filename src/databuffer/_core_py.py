@@ -8,6 +8,10 @@ core calls back into the layer through four methods that the layer defines:
 ``_insert_batch_instrumented``, ``_closed_error``, ``_check_timeout`` and
 ``_iterate``.
 
+The core also owns each partition's wake-up of its flusher thread: the
+layer's flusher sleeps in ``_wait_wake(p)``; a sealing insert, and the layer
+itself (flush requests, close), wake it with ``_wake(p)``.
+
 Per partition the items move ring -> batch (handed to the flusher) ->
 finished.  Sequence counters count items, in insertion order:
 ``taken`` items have been handed to the flusher, ``flushed + failed`` have
@@ -31,7 +35,7 @@ import random
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 __all__ = ("BufferCore", "insert_telemetry", "set_insert_telemetry")
@@ -91,7 +95,7 @@ class _Ring(deque):  # type: ignore[type-arg]
         "wake",
     )
 
-    def __init__(self, partition: int, threshold: int, wake: Callable[[], object]) -> None:
+    def __init__(self, partition: int, threshold: int) -> None:
         super().__init__()
         # Not "index": that would hide deque.index().
         self.partition = partition
@@ -112,7 +116,11 @@ class _Ring(deque):  # type: ignore[type-arg]
         self.taken = 0
         self.flushed = 0
         self.failed = 0
-        self.wake = wake
+        # Wakes the flusher: a lock used as a binary semaphore.  Unlocked
+        # means a wake is pending; only the flusher acquires it (_wait_wake),
+        # anyone releases it (_wake).
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class BufferCore:
@@ -127,7 +135,6 @@ class BufferCore:
         partitions: int,
         max_size: int,
         max_size_jitter: int,
-        wakers: Sequence[Callable[[], object]],
     ) -> None:
         if self._core_parts:
             raise RuntimeError("the buffer core is already initialised")
@@ -135,7 +142,7 @@ class BufferCore:
         self._core_jitter = max_size_jitter
         self._core_random = random.Random()
         self._core_n = partitions
-        self._core_parts = tuple(_Ring(p, self._draw(), wakers[p]) for p in range(partitions))
+        self._core_parts = tuple(_Ring(p, self._draw()) for p in range(partitions))
         # The round-robin dispatcher, advanced with next(): calling a stored
         # cycle.__next__ (a method-wrapper) costs about twice as much.
         self._core_rr: Iterator[_Ring] = itertools.cycle(self._core_parts)
@@ -248,12 +255,26 @@ class BufferCore:
         ring.busy = True
         ring.threshold = self._draw()
         self._set_limit(ring)
-        try:
-            ring.wake()
-        except RuntimeError:
-            pass  # the waker is a released lock: a wake is pending already
+        _release(ring.wake)
 
     # -- used by the Python layer -----------------------------------------
+
+    def _wake(self, p: int) -> None:
+        """Wake the flusher of partition ``p``; wakes before it runs count once."""
+        _release(self._core_parts[p].wake)
+
+    def _wait_wake(self, p: int, timeout: float | None = None) -> bool:
+        """Sleep until partition ``p``'s flusher is woken (the flusher only).
+
+        Consumes the wake and returns True; False if ``timeout`` seconds
+        (``None``: no limit) passed first.
+        """
+        wake = self._core_parts[p].wake
+        if timeout is None:
+            return wake.acquire()
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        return wake.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
 
     def _push_many(self, p: int, seq: Sequence[Any], start: int) -> int:
         """Store ``seq[start:]`` in partition ``p`` while there is room.
@@ -458,6 +479,14 @@ def _reentrant_store(ring: _Ring, seq: Sequence[Any], start: int) -> None:
         ring.append(seq[i])
 
 
+def _release(wake: Any) -> None:
+    """Make a wake pending (a lock used as a binary semaphore)."""
+    try:
+        wake.release()
+    except RuntimeError:
+        pass  # released already: a wake is pending
+
+
 class _LockedCycle:
     """``itertools.cycle`` over the partitions, safe to advance from several threads."""
 
@@ -473,3 +502,4 @@ class _LockedCycle:
     def __next__(self) -> _Ring:
         with self._lock:
             return self._next()
+
