@@ -66,6 +66,83 @@ def test_insert_rotates_round_robin_one_step_per_call(make_buffer):
     assert buf.dump() == by_partition[0] + by_partition[1] + by_partition[2]
 
 
+def test_dispatch_round_robin_is_the_default(make_buffer):
+    buf = make_buffer(handle_flush=Recorder(), partitions=2, max_size=100, flush_interval=3600)
+    explicit = make_buffer(
+        handle_flush=Recorder(), partitions=2, max_size=100, flush_interval=3600, dispatch="round_robin"
+    )
+    for b in (buf, explicit):
+        b.insert(1)
+        b.insert(2)
+        assert [p["size"] for p in b.info()] == [1, 1]
+
+
+def test_dispatch_thread_keeps_one_thread_in_one_partition(make_buffer):
+    recorder = Recorder()
+    buf = make_buffer(
+        handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600, dispatch="thread"
+    )
+    for i in range(5):
+        buf.insert(i)
+    buf.insert_batch([5, 6])
+    buf.insert_batch(iter([7]))
+    sizes = [p["size"] for p in buf.info()]
+    home = first_partition(buf)
+    assert sizes[home] == 8 and sum(sizes) == 8
+    assert buf.dump() == list(range(8))
+    buf.sync_flush(timeout=30)
+    assert set(recorder.partition_of().values()) == {home}
+
+
+def test_dispatch_thread_gives_threads_homes_round_robin(make_buffer):
+    """Threads get partitions in the order they first insert; each keeps its own."""
+    buf = make_buffer(
+        handle_flush=Recorder(), partitions=3, max_size=100, flush_interval=3600, dispatch="thread"
+    )
+    buf.insert(("main", 0))
+    main_home = first_partition(buf)
+    turns = [threading.Event() for _ in range(5)]
+    done = threading.Event()
+
+    def worker(t: int) -> None:
+        assert turns[t].wait(30)
+        for i in range(t + 1):
+            buf.insert((t, i))
+        turns[t + 1].set()
+        # Stay alive until every thread has inserted: ended threads' idents
+        # may be reused, and a reused ident takes over its home.
+        assert done.wait(30)
+
+    workers = [Background(worker, t) for t in range(4)]
+    turns[0].set()
+    assert turns[4].wait(30)
+    buf.insert(("main", 1))
+    done.set()
+    for w in workers:
+        assert w.wait().error is None
+    homes = {"main": main_home} | {t: (main_home + 1 + t) % 3 for t in range(4)}
+    inserted = [("main", 0)] + [(t, i) for t in range(4) for i in range(t + 1)] + [("main", 1)]
+    expected = [item for p in range(3) for item in inserted if homes[item[0]] == p]
+    assert buf.dump() == expected
+
+
+def test_dispatch_thread_home_survives_many_buffers(make_buffer):
+    """One thread alternating over more buffers than its home cache holds keeps every home."""
+    bufs = [
+        make_buffer(
+            handle_flush=Recorder(), partitions=4, max_size=100, flush_interval=3600, dispatch="thread"
+        )
+        for _ in range(20)
+    ]
+    for round_ in range(3):
+        for b in bufs:
+            b.insert(round_)
+    for b in bufs:
+        sizes = [p["size"] for p in b.info()]
+        assert sorted(sizes) == [0, 0, 0, 3], sizes
+        assert b.dump() == [0, 1, 2]
+
+
 def test_insert_batch_takes_one_round_robin_step(make_buffer):
     recorder = Recorder()
     buf = make_buffer(handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600)

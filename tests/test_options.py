@@ -27,6 +27,7 @@ BAD_TYPES = (
         for value in ("1.0", "1", None, [1.0], b"1", complex(1, 0), object())
     ]
     + [("name", 3), ("name", b"name"), ("name", ["name"])]
+    + [("dispatch", v) for v in (None, 1, b"thread", ["thread"])]
 )
 
 BAD_VALUES = (
@@ -37,6 +38,7 @@ BAD_VALUES = (
         for option in ("flush_interval", "flush_timeout", "insert_timeout")
         for value in (0, 0.0, -1, -0.001, math.nan, math.inf, -math.inf)
     ]
+    + [("dispatch", v) for v in ("", "threads", "THREAD", "round-robin", "roundrobin")]
 )
 
 
@@ -87,6 +89,16 @@ def test_boundary_values_are_accepted_and_seconds_may_be_ints(make_buffer):
     assert info["flush_jitter"] == 0.0
     assert info["flush_timeout"] == 7.0
     assert isinstance(info["flush_interval"], (int, float))
+
+
+@pytest.mark.parametrize("value", ["", "threads", "round-robin"])
+def test_bad_dispatch_names_the_value_and_the_choices(make_buffer, value):
+    with pytest.raises(ValueError) as info:
+        make_buffer(handle_flush=noop, flush_interval=3600, dispatch=value)
+    message = str(info.value)
+    assert "dispatch" in message
+    assert repr(value) in message
+    assert "'round_robin'" in message and "'thread'" in message
 
 
 def test_defaults(make_buffer):

@@ -392,6 +392,43 @@ def test_four_producers_a_million_inserts_each(make_buffer: Any, core_name: str)
     _check_counters(buf, producers * per_producer)
 
 
+@pytest.mark.parametrize("producers", [PARTITIONS, 2 * PARTITIONS + 1])
+def test_thread_dispatch_keeps_each_producer_in_one_partition(
+    make_buffer: Any, core_name: str, producers: int
+) -> None:
+    """dispatch="thread": exactly once, each producer in one partition, homes spread evenly."""
+    per_producer = _per_core(core_name, 100_000, 50_000)
+    rec = Recorder()
+    buf = make_buffer(
+        handle_flush=rec,
+        name="homes",
+        partitions=PARTITIONS,
+        max_size=MAX_SIZE,
+        flush_interval=3600.0,
+        insert_timeout=120.0,
+        dispatch="thread",
+    )
+    barrier = threading.Barrier(producers + 1)
+    targets = [
+        (lambda p=p: _produce(buf, p, per_producer, random.Random(2000 + p))) for p in range(producers)
+    ]
+    errors = _run_threads(targets, barrier)
+    assert errors == [], errors
+    buf.close(timeout=120)
+    _check_delivery(rec, per_producer, producers, MAX_SIZE)
+    _check_counters(buf, producers * per_producer)
+    partitions_of: dict[int, set[int]] = defaultdict(set)
+    for partition, batch, _trigger in rec.calls:
+        for item in batch:
+            partitions_of[item // STRIDE].add(partition)
+    assert all(len(parts) == 1 for parts in partitions_of.values()), dict(partitions_of)
+    # All threads were alive at once (distinct idents): homes go round-robin.
+    load = Counter(next(iter(parts)) for parts in partitions_of.values())
+    assert sorted(load.values()) == sorted(
+        producers // PARTITIONS + (1 if i < producers % PARTITIONS else 0) for i in range(PARTITIONS)
+    ), load
+
+
 @pytest.mark.skipif(
     not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="needs a free-threaded CPython build"
 )

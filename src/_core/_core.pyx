@@ -98,6 +98,16 @@ cdef extern from "_part.h" nogil:
         uint64_t rng
         db_event wake
     Part *db_parts_new(Py_ssize_t n)
+    Py_ssize_t db_home_get(uint64_t serial)
+    void db_home_set(uint64_t serial, Py_ssize_t partition)
+
+
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident()
+
+
+# Serial numbers of buffer cores (atomic): keys of the threads' home caches.
+cdef int64_t _serials = 0
 
 
 cdef inline void ring_push(Part *part, PyObject *item) noexcept nogil:
@@ -142,6 +152,10 @@ cdef class BufferCore:
     cdef Part *_parts
     cdef Py_ssize_t _n
     cdef int64_t _rr            # round-robin counter (atomic helper)
+    cdef bint _by_thread        # dispatch="thread": each thread has a home partition
+    cdef uint64_t _serial       # this core's key in the threads' home caches
+    cdef int64_t _homes_rr      # round-robin over threads (atomic helper)
+    cdef dict _homes            # thread ident -> home partition (dict ops are atomic)
     cdef int64_t _closed        # 0 or 1 (atomic helper; see _mark_closed)
     cdef int64_t _max_size
     cdef int64_t _jitter
@@ -177,8 +191,13 @@ cdef class BufferCore:
         self._parts = NULL
 
     def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,
-                   Py_ssize_t max_size_jitter):
-        """Allocate the rings (capacity ``max_size + max_size_jitter``)."""
+                   Py_ssize_t max_size_jitter, bint by_thread=False):
+        """Allocate the rings (capacity ``max_size + max_size_jitter``).
+
+        ``by_thread``: dispatch by thread (each thread inserts into a home
+        partition, assigned round-robin to threads as they first insert)
+        instead of round-robin per insert call.
+        """
         cdef Py_ssize_t p, cap
         cdef int err
         import os
@@ -188,6 +207,9 @@ cdef class BufferCore:
             raise ValueError("bad core sizes")
         self._max_size = max_size
         self._jitter = max_size_jitter
+        self._by_thread = by_thread
+        self._homes = {}
+        self._serial = <uint64_t>db_add(&_serials, 1)
         if max_size_jitter > (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2 - max_size:
             raise ValueError(f"max_size + max_size_jitter = {max_size + max_size_jitter} is too large")
         cap = max_size + max_size_jitter
@@ -265,7 +287,7 @@ cdef class BufferCore:
             raise self._closed_error(0)
         if n == 0:
             return (-1, 0)
-        p = db_round_robin(&self._rr, self._n)
+        p = next_partition(self)
         done = self._store_many(p, seq, 0)
         if done < n:
             self._insert_batch_wait(p, seq, done, timeout)
@@ -522,6 +544,29 @@ cdef class BufferCore:
         return &self._parts[p]
 
 
+cdef inline Py_ssize_t next_partition(BufferCore self) except -1:
+    """The partition of the next insert call: round-robin, or the thread's home."""
+    cdef Py_ssize_t p
+    if not self._by_thread:
+        return db_round_robin(&self._rr, self._n)
+    p = db_home_get(self._serial)
+    if p >= 0:
+        return p
+    return home_partition(self)
+
+
+cdef Py_ssize_t home_partition(BufferCore self) except -1:
+    """The calling thread's home partition, from the buffer's table (cache miss)."""
+    ident = PyThread_get_thread_ident()
+    home = self._homes.get(ident)
+    if home is None:
+        # A thread ident is only reused after its thread ended: a new
+        # thread with it takes over that thread's home.
+        home = self._homes.setdefault(ident, db_round_robin(&self._homes_rr, self._n))
+    db_home_set(self._serial, <Py_ssize_t>home)
+    return <Py_ssize_t>home
+
+
 cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) except -1:
     """The insert hot path: a plain function so the C compiler can inline it."""
     cdef Py_ssize_t p
@@ -532,7 +577,7 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
         raise RuntimeError("Buffer.__init__ was not called")
     if timeout is not None:
         check_timeout(self, timeout)
-    p = db_round_robin(&self._rr, self._n)
+    p = next_partition(self)
     part = &self._parts[p]
     db_lock(&part.lock)
     if part.count < part.threshold and not db_load(&self._closed):

@@ -50,4 +50,43 @@ db_parts_new(Py_ssize_t n)
     return parts;
 }
 
+/*
+ * Thread dispatch ("dispatch='thread'"): each thread inserts into a home
+ * partition of its own.  A thread finds its home in a small cache of its
+ * own (thread-local, so never shared: no lock), keyed by the buffer's
+ * serial number (unique for the life of the process, so a cache entry can
+ * never point into another buffer).  On a miss the buffer's home table (a
+ * dict, see _core.pyx) decides, and the entry is filled.
+ */
+#define DB_HOME_CACHE 8
+
+#if defined(_MSC_VER)
+#define DB_THREAD_LOCAL __declspec(thread)
+#else
+#define DB_THREAD_LOCAL __thread
+#endif
+
+typedef struct {
+    uint64_t serial;    /* 0: empty */
+    Py_ssize_t partition;
+} db_home;
+
+static DB_THREAD_LOCAL db_home db_homes[DB_HOME_CACHE];
+
+/* This thread's home partition in the buffer `serial`, or -1 if unknown. */
+static inline Py_ssize_t
+db_home_get(uint64_t serial)
+{
+    db_home *h = &db_homes[serial % DB_HOME_CACHE];
+    return h->serial == serial ? h->partition : -1;
+}
+
+static inline void
+db_home_set(uint64_t serial, Py_ssize_t partition)
+{
+    db_home *h = &db_homes[serial % DB_HOME_CACHE];
+    h->serial = serial;
+    h->partition = partition;
+}
+
 #endif /* DATABUFFER_PART_H */

@@ -36,6 +36,7 @@ _MAX_CAPACITY = sys.maxsize // 16
 
 # A pending flush request is never downgraded by a weaker one.
 _TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
+_DISPATCH = ("round_robin", "thread")
 
 
 class FlushOpts:
@@ -185,7 +186,15 @@ class _BufferLayer:
         name: label used in telemetry, logs, thread names and ``info()``;
             the class name by default.
         partitions: independent partitions, chosen round-robin per insert
-            call (default 1).
+            call (default 1; see ``dispatch``).
+        dispatch: how an insert call chooses its partition.
+            ``"round_robin"`` (default): the next partition, per call,
+            whichever thread calls.  ``"thread"``: each thread inserts
+            into a home partition of its own, assigned round-robin to
+            threads in the order they first insert (a thread's items stay
+            in order in one partition; threads on different partitions
+            never contend, which lets inserts scale on a free-threaded
+            build).
         max_size: items in a partition that trigger a flush (default 5000).
         max_size_jitter: a random 0..n (inclusive) added to ``max_size``,
             drawn anew after every flush of that partition (default 0).
@@ -211,6 +220,7 @@ class _BufferLayer:
         handle_flush_error: Callable[[list[Any], FlushOpts, BaseException], Any] | None = None,
         name: str | None = None,
         partitions: int = 1,
+        dispatch: str = "round_robin",
         max_size: int = 5000,
         max_size_jitter: int = 0,
         flush_interval: float = 10.0,
@@ -241,6 +251,11 @@ class _BufferLayer:
             raise TypeError(f"name must be a str, not {type(name).__name__} {name!r}")
         self._name = name
         self._partitions = _check_count("partitions", partitions, 1)
+        if not isinstance(dispatch, str):
+            raise TypeError(f"dispatch must be a str, not {type(dispatch).__name__} {dispatch!r}")
+        if dispatch not in _DISPATCH:
+            raise ValueError(f"dispatch must be one of {', '.join(map(repr, _DISPATCH))}, got {dispatch!r}")
+        self._dispatch = dispatch
         self._max_size = _check_count("max_size", max_size, 1)
         self._max_size_jitter = _check_count("max_size_jitter", max_size_jitter, 0)
         if self._max_size + self._max_size_jitter > _MAX_CAPACITY:
@@ -264,6 +279,7 @@ class _BufferLayer:
             self._partitions,
             self._max_size,
             self._max_size_jitter,
+            dispatch == "thread",
         )
 
         # Lifecycle: _close_lock serializes close(); _stopping is set once

@@ -135,6 +135,7 @@ class BufferCore:
         partitions: int,
         max_size: int,
         max_size_jitter: int,
+        by_thread: bool = False,
     ) -> None:
         if self._core_parts:
             raise RuntimeError("the buffer core is already initialised")
@@ -146,7 +147,9 @@ class BufferCore:
         # The round-robin dispatcher, advanced with next(): calling a stored
         # cycle.__next__ (a method-wrapper) costs about twice as much.
         self._core_rr: Iterator[_Ring] = itertools.cycle(self._core_parts)
-        if _GIL_DISABLED:
+        if by_thread:
+            self._core_rr = _ThreadHomes(self._core_parts)
+        elif _GIL_DISABLED:
             self._core_rr = _LockedCycle(self._core_parts)
 
     def _draw(self) -> int:
@@ -503,3 +506,37 @@ class _LockedCycle:
         with self._lock:
             return self._next()
 
+
+class _ThreadHomes:
+    """Dispatch by thread: ``next()`` gives the calling thread's home partition.
+
+    Homes are assigned round-robin to threads as they first insert, and kept
+    in a table keyed by thread ident (a reused ident takes over the home of
+    the ended thread that had it).  The table is guarded by ``_lock``; each
+    thread also caches its home in ``_local``, which only it reads.
+    """
+
+    __slots__ = ("_homes", "_local", "_lock", "_next", "_parts")
+
+    def __init__(self, parts: Sequence[_Ring]) -> None:
+        self._parts = tuple(parts)
+        self._lock = threading.Lock()
+        self._next = itertools.cycle(self._parts).__next__
+        self._homes: dict[int, _Ring] = {}
+        self._local = threading.local()
+
+    def __iter__(self) -> _ThreadHomes:
+        return self
+
+    def __next__(self) -> _Ring:
+        try:
+            return self._local.home  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
+        ident = threading.get_ident()
+        with self._lock:
+            home = self._homes.get(ident)
+            if home is None:
+                home = self._homes[ident] = self._next()
+        self._local.home = home
+        return home
