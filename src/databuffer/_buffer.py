@@ -575,7 +575,8 @@ class _BufferLayer:
         return None if seconds is None else _monotonic() + seconds
 
     def _next_interval(self) -> float:
-        return self._flush_interval + self._random.uniform(0.0, self._flush_jitter)
+        # uniform(0, jitter) as random.uniform computes it, without its frame.
+        return self._flush_interval + self._flush_jitter * self._random.random()
 
     def _request(self, part: _Partition, trigger: str, upto: int | None = None) -> None:
         """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
@@ -711,17 +712,20 @@ class _BufferLayer:
                 )
             except BaseException:
                 self._log_callback_escape(part.index)  # the batch must still be flushed
-        now = _monotonic()
+        # One clock read (time.monotonic() is the same clock, in seconds).
+        flight.start_ns = start_ns = _monotonic_ns()
+        now = start_ns * 1e-9
         flight.deadline = now + self._flush_timeout
-        flight.start_ns = _monotonic_ns()
         part.flight = flight
-        # The flush happens now: the partition's next timed flush counts from here.
-        part.deadline = now + self._next_interval()
+        # The flush happens now: the partition's next timed flush counts
+        # from here (as _next_interval(), inlined: this runs once per batch).
+        part.deadline = deadline = now + self._flush_interval + self._flush_jitter * self._random.random()
         # No wake for flight.deadline: the timer never sleeps longer than
         # flush_timeout, so it is awake by the deadline of any flush started
         # after it went to sleep.  Waking it for every batch cost a thread
         # switch per batch.
-        self._wake_timer_before(part.deadline)
+        if deadline < self._timer_wake_at:
+            self._wake_timer_before(deadline)
         result: Any = None
         error: BaseException | None = None
         try:
