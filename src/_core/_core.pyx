@@ -116,8 +116,11 @@ cdef inline void ring_push(Part *part, PyObject *item) noexcept nogil:
     part.tail += 1
     if part.tail == part.cap:
         part.tail = 0
+    # Writers hold the partition's lock: a plain store is enough (no locked
+    # read-modify-write on the free-threaded insert path); lock-free
+    # readers still see whole values.
     db_store(&part.count, part.count + 1)
-    db_add(&part.inserted, 1)
+    db_store(&part.inserted, part.inserted + 1)
 
 
 cdef inline void ring_move(Part *part, PyObject **dest, Py_ssize_t k) noexcept nogil:
@@ -134,7 +137,7 @@ cdef inline void ring_move(Part *part, PyObject **dest, Py_ssize_t k) noexcept n
     if part.head >= part.cap:
         part.head -= part.cap
     db_store(&part.count, part.count - k)
-    db_add(&part.taken, k)
+    db_store(&part.taken, part.taken + k)
 
 
 cdef inline uint64_t rng_next(Part *part) noexcept nogil:
