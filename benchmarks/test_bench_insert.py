@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from _bench import (
     BATCH_LEN,
     CALLS,
     COMPILED,
+    ROUNDS,
     STYLES,
     SUBJECT,
     SUBJECT_LABEL,
@@ -195,3 +197,88 @@ def test_insert_batch(
         results.add(benchmark, per_round, (title, "pure-Python core", "baseline"))
     else:
         results.add(benchmark, per_round, (title, SUBJECT_LABEL, "subject"))
+
+
+HANDOFF_TRIPS = 200  # round trips per round
+
+
+class _HandOff:
+    """Two threads passing control back and forth through two locks.
+
+    ``trip()`` wakes the partner thread and waits until it has woken this
+    one in turn: one round trip, the least a flush costs a producer on a GIL
+    build (the flusher must get the interpreter lock, run, and give it back).
+    """
+
+    def __init__(self) -> None:
+        self._go = threading.Lock()
+        self._back = threading.Lock()
+        self._go.acquire()
+        self._back.acquire()
+        self._stop = False
+        self._thread = threading.Thread(target=self._partner, name="bench-hand-off", daemon=True)
+        self._thread.start()
+
+    def _partner(self) -> None:
+        while True:
+            self._go.acquire()
+            if self._stop:
+                return
+            self._back.release()
+
+    def trip(self, _item: Any = None) -> None:
+        self._go.release()
+        self._back.acquire()
+
+    def close(self) -> None:
+        self._stop = True
+        self._go.release()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+
+HANDOFF_TITLE = (
+    f"thread hand-off round trip, per item of a {MAX_SIZE}-item batch (a flush's least cost to a "
+    "producer on a GIL build), beside deque.append"
+)
+
+
+@pytest.mark.parametrize("subject", ["deque.append", "hand-off"])
+def test_hand_off(benchmark: Any, results: Results, subject: str) -> None:
+    """How much of ``insert``'s amortized cost flushing must add under the GIL, at least.
+
+    Each batch's flush runs on a flusher thread, which has to take the
+    interpreter lock from the producer and hand it back: one round trip per
+    ``MAX_SIZE`` items at the least.  Its cost divided by ``MAX_SIZE``, added to
+    the ``insert`` call's cost, is a floor for the amortized figure.
+    """
+    benchmark.group = HANDOFF_TITLE
+    if subject == "deque.append":
+        d: collections.deque[Any] = collections.deque()
+
+        def get_target() -> Any:
+            d.clear()
+            return d
+
+        run_loop_rounds(
+            benchmark, style="local", method="append", get_target=get_target, item=ITEM, calls=CALLS
+        )
+        results.add(benchmark, CALLS, (HANDOFF_TITLE, "deque.append", "baseline"), kind="per-item")
+        return
+    hand_off = _HandOff()
+    try:
+        run_loop_rounds(
+            benchmark,
+            style="local",
+            method="trip",
+            get_target=lambda: hand_off,
+            item=None,
+            calls=HANDOFF_TRIPS,
+            rounds=max(10, ROUNDS // 20),
+        )
+    finally:
+        hand_off.close()
+    # Per item of a batch: one round trip per MAX_SIZE items.
+    results.add(
+        benchmark, HANDOFF_TRIPS * MAX_SIZE, (HANDOFF_TITLE, "1 hand-off round trip / batch", "subject")
+    )

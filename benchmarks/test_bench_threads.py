@@ -8,7 +8,10 @@ untimed, ``close()`` and assert that ``handle_flush`` (which only counts)
 got exactly every item.
 
 Variants: 1, 2 and 4 threads on 4 partitions, and 1 and 2 threads on 2
-partitions (the free-threaded target is 2 threads >= 1.6x 1 thread).  The
+partitions (the free-threaded target is 2 threads >= 1.6x 1 thread), each
+with the default ``dispatch="round_robin"`` (every thread writes to every
+partition) and with ``dispatch="thread"`` (each thread has a home
+partition).  The
 floor is the same threads each appending to a deque of its own, same loop:
 how much parallelism the interpreter and the machine give at all (on a GIL
 build, none).
@@ -40,11 +43,16 @@ from _bench import (
 
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
+IMPLS = {
+    "floor": None,
+    "databuffer": "round_robin",
+    "databuffer-thread": "thread",
+}
 CASES = [
     pytest.param(p, t, impl, id=f"p{p}-t{t}-{impl}")
     for p, counts in ((4, (1, 2, 4)), (2, (1, 2)))
     for t in counts
-    for impl in ("floor", "databuffer")
+    for impl in IMPLS
 ]
 
 
@@ -58,6 +66,7 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
     total = threads * THREAD_ITEMS
     state: dict[str, Any] = {}
     method = "append" if impl == "floor" else "insert"
+    dispatch = IMPLS[impl]
 
     def producer(index: int, barrier: threading.Barrier, errors: list[BaseException]) -> None:
         try:
@@ -76,7 +85,7 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
             barrier.abort()
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if impl == "databuffer":
+        if impl != "floor":
             state["counter"] = FlushCounter()
             state["buf"] = new_buffer(
                 SUBJECT,
@@ -84,6 +93,7 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
                 partitions=partitions,
                 max_size=THREAD_MAX_SIZE,
                 insert_timeout=60.0,
+                dispatch=dispatch,
             )
         state["deques"] = []
         barrier = threading.Barrier(threads + 1, timeout=120)
@@ -103,7 +113,7 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
         barrier.wait()
         for w in workers:
             w.join()
-        if impl == "databuffer":
+        if impl != "floor":
             state["buf"].sync_flush()
 
     def teardown(*args: Any) -> None:
@@ -125,7 +135,11 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
         buf = state.pop("buf", None)
         if buf is not None:
             buf.close(timeout=60)
-    label = "deque.append floor (own deque per thread)" if impl == "floor" else SUBJECT_LABEL
+    if impl == "floor":
+        label = "deque.append floor (own deque per thread)"
+    else:
+        label = f'{SUBJECT_LABEL}, dispatch="{dispatch}"'
+
     results.add(
         benchmark,
         total,
