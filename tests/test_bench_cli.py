@@ -18,9 +18,11 @@ ITEMS = 20_000
 # The smallest run: one round of each interleaved figure, one end-to-end run.
 TINY = ["--items", str(ITEMS), "--memory-items", str(ITEMS), "--rounds", "1", "--repeat", "1"]
 
+HANDOFF = "thread hand-off per 1,000-item batch"
 FIGURES = [
     "insert: call (best block)",
     "insert: amortized",
+    HANDOFF,
     "insert_batch(1,000): call (best block)",
     "insert_batch(1,000): amortized",
     "end to end, insert_batch(1,000)",
@@ -54,8 +56,8 @@ def test_bench_prints_the_table(core_name: str) -> None:
     figures = [row["figure"] for row in rows]
     if core_name == "c":
         # The compiled core is also compared with the pure-Python one.
-        expected = FIGURES[:2] + FIGURES[:2] + FIGURES[2:]
-        assert [row["versus"] for row in rows[2:4]] == ["same, pure-Python core"] * 2
+        expected = FIGURES[:3] + FIGURES[:2] + FIGURES[3:]
+        assert [row["versus"] for row in rows[3:5]] == ["same, pure-Python core"] * 2
         assert "ring not seen by tracemalloc" in rows[-1]["versus"]
         assert "skipped" not in out
     else:
@@ -66,6 +68,7 @@ def test_bench_prints_the_table(core_name: str) -> None:
         for column in ("databuffer", "baseline", "ratio"):
             assert positive_finite(float(row[column].replace(",", ""))), row
     assert rows[0]["versus"] == "deque.append"
+    assert rows[2]["versus"].startswith("deque.append; with the GIL")
     assert "flushes" in rows[-2]["versus"]
     assert "check: OK, every item flushed exactly once" in out
     # Progress went to stderr, one line per figure.
@@ -131,6 +134,10 @@ def test_bench_functions_with_tiny_sizes() -> None:
     insert = _bench.bench_insert(rounds=1, blocks=4, pure=True, pure_blocks=4)
     assert insert.problems == []
     assert insert.pure is not None
+    assert insert.handoff is not None
+    # A round trip counts as one batch of MAX_SIZE items.
+    assert insert.handoff.items == _bench.HANDOFF_TRIPS * _bench.MAX_SIZE
+    assert 0 < insert.handoff.best <= insert.handoff.total
     for timing in (insert.buffer, insert.deque, insert.pure):
         assert timing.items == _bench.BLOCK
         assert timing.total_items == 4 * _bench.BLOCK

@@ -8,6 +8,8 @@ were measured on, however fast or noisy it is:
   ``collections.deque.append`` and versus the same insert on the pure-Python
   core: the best block of calls (the cost of one call) and the amortized mean
   (all the time, the buffer's flushing share included, over all the calls);
+  beside them, a thread hand-off round trip per item of a 1,000-item batch:
+  with the GIL, each batch's flush costs the producer at least that much;
 * ``insert_batch`` of a 1,000-item list, per item, versus ``list.extend`` of
   the same list into a list cleared each time;
 * end to end: N items through a 4-partition buffer into a counting
@@ -30,6 +32,7 @@ import math
 import platform
 import struct
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -71,6 +74,9 @@ BLOCK = 1000
 CHUNK_BLOCKS = 100
 #: The pure-Python core is several times slower: shorter chunks.
 PURE_CHUNK_BLOCKS = 20
+#: Thread hand-off round trips per timed block, and blocks per chunk.
+HANDOFF_TRIPS = 20
+HANDOFF_CHUNK_BLOCKS = 5
 #: ``insert_batch`` calls per timed block: one per partition.
 BATCH_CALLS = 4
 #: ``insert_batch`` blocks per chunk: 100,000 items too.
@@ -260,13 +266,51 @@ class InsertResult:
         deque: ``collections.deque.append``.
         pure: ``insert`` on the pure-Python core; ``None`` when the default
             core is the pure-Python one.
+        handoff: thread hand-off round trips, counted as :data:`MAX_SIZE`
+            items each (so ``call_ns`` is per item of a batch); ``None`` if
+            not timed.
         problems: items not flushed exactly once; empty if none.
     """
 
     buffer: Timing
     deque: Timing
     pure: Timing | None
+    handoff: Timing | None = None
     problems: list[str] = field(default_factory=list)
+
+
+class _HandOff:
+    """Two threads passing control back and forth through two locks.
+
+    ``trip()`` wakes the partner thread and waits until the partner has
+    woken it in turn.  With the GIL, a batch's flush needs at least that:
+    the flusher thread takes the interpreter lock, runs, and gives it back.
+    """
+
+    def __init__(self) -> None:
+        self._go = threading.Lock()
+        self._back = threading.Lock()
+        self._go.acquire()
+        self._back.acquire()
+        self._stop = False
+        self._thread = threading.Thread(target=self._partner, name="databuffer-bench-hand-off", daemon=True)
+        self._thread.start()
+
+    def _partner(self) -> None:
+        while True:
+            self._go.acquire()
+            if self._stop:
+                return
+            self._back.release()
+
+    def trip(self, _arg: Any = None) -> None:
+        self._go.release()
+        self._back.acquire()
+
+    def close(self) -> None:
+        self._stop = True
+        self._go.release()
+        self._thread.join()
 
 
 def bench_insert(
@@ -297,6 +341,9 @@ def bench_insert(
     d: collections.deque[Any] = collections.deque()
     subjects = [_Subject("deque.append", d.append, _ITEM, BLOCK, 1, blocks=blocks, reset=d.clear)]
     buffers = []
+    hand_off = _HandOff()
+    # Each round trip stands for one batch of MAX_SIZE items.
+    handoff = _Subject("hand-off", hand_off.trip, None, HANDOFF_TRIPS, MAX_SIZE, blocks=HANDOFF_CHUNK_BLOCKS)
     classes: list[tuple[str, type, int]] = [("insert", Buffer, blocks)]
     if pure:
         classes.append(("insert (pure-Python core)", _PyBuffer, pure_blocks))
@@ -306,8 +353,9 @@ def bench_insert(
             subjects.append(subject)
             buffers.append(buf)
         gc.collect()
-        _interleave(subjects, rounds)
+        _interleave([*subjects, handoff], rounds)
     finally:
+        hand_off.close()
         for buf in buffers:
             buf.close()
     expected = sum(s.items for s in subjects[1:])
@@ -315,6 +363,7 @@ def bench_insert(
         buffer=subjects[1].timing(),
         deque=subjects[0].timing(),
         pure=subjects[2].timing() if pure else None,
+        handoff=handoff.timing(),
         problems=_count_problem("insert", counter.total, expected),
     )
 
@@ -654,6 +703,10 @@ class BenchReport:
             b, d = r.buffer, r.deque
             rows.append(Row("insert: call (best block)", "ns/item", b.call_ns, d.call_ns, "deque.append"))
             rows.append(Row("insert: amortized", "ns/item", b.amortized_ns, d.amortized_ns, "deque.append"))
+            if r.handoff is not None:
+                note = "deque.append; with the GIL, insert amortized >= insert call + this"
+                fig = f"thread hand-off per {MAX_SIZE:,}-item batch"
+                rows.append(Row(fig, "ns/item", r.handoff.call_ns, d.call_ns, note))
             if r.pure is not None:
                 p = r.pure
                 vs = "same, pure-Python core"
