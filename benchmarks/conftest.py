@@ -101,10 +101,10 @@ def _threads_table(group: Group, write: Any) -> None:
     for row in group.rows:
         by_impl.setdefault(row.extra["impl"], {})[row.extra["threads"]] = row
     write(
-        f"   {'':<44}{'threads':>8}{'items/s':>14}{'items/s':>14}"
+        f"   {'':<58}{'threads':>8}{'items/s':>14}{'items/s':>14}"
         f"{'speedup vs 1 thread':>24}{'items/s vs floor':>22}"
     )
-    write(f"   {'':<44}{'':>8}{'(min)':>14}{'(median)':>14}{'min | median':>24}{'min | median':>22}")
+    write(f"   {'':<58}{'':>8}{'(min)':>14}{'(median)':>14}{'min | median':>24}{'min | median':>22}")
     floor = by_impl.get("floor", {})
     for impl, rows in by_impl.items():
         one = rows.get(1)
@@ -118,7 +118,7 @@ def _threads_table(group: Group, write: Any) -> None:
                 # throughput ratio: databuffer items/s over floor items/s
                 vs = f"{ratio(f.min_ns, row.min_ns)} | {ratio(f.median_ns, row.median_ns)}"
             write(
-                f"   {row.label:<44}{threads:>8}{_fmt(_rate(row.min_ns), 14)}{_fmt(_rate(row.median_ns), 14)}"
+                f"   {row.label:<58}{threads:>8}{_fmt(_rate(row.min_ns), 14)}{_fmt(_rate(row.median_ns), 14)}"
                 f"{speed:>24}{vs:>22}"
             )
 

@@ -11,7 +11,9 @@ Variants: 1, 2 and 4 threads on 4 partitions, and 1 and 2 threads on 2
 partitions (the free-threaded target is 2 threads >= 1.6x 1 thread), each
 with the default ``dispatch="round_robin"`` (every thread writes to every
 partition) and with ``dispatch="thread"`` (each thread has a home
-partition).  The
+partition); and once more with ``dispatch="thread"`` and a ``max_size`` that
+holds all of a thread's items, so that nothing is flushed until the final
+``sync_flush``: how far the insert path alone scales.  The
 floor is the same threads each appending to a deque of its own, same loop:
 how much parallelism the interpreter and the machine give at all (on a GIL
 build, none).
@@ -43,10 +45,14 @@ from _bench import (
 
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
-IMPLS = {
+# impl -> (dispatch, max_size); "unflushed": no batch is due until the final
+# sync_flush (a thread's items all fit in its home partition), which shows
+# how the insert path alone scales, without the flushers' share of the CPU.
+IMPLS: dict[str, tuple[str, int] | None] = {
     "floor": None,
-    "databuffer": "round_robin",
-    "databuffer-thread": "thread",
+    "databuffer": ("round_robin", THREAD_MAX_SIZE),
+    "databuffer-thread": ("thread", THREAD_MAX_SIZE),
+    "databuffer-thread-unflushed": ("thread", THREAD_ITEMS),
 }
 CASES = [
     pytest.param(p, t, impl, id=f"p{p}-t{t}-{impl}")
@@ -66,7 +72,7 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
     total = threads * THREAD_ITEMS
     state: dict[str, Any] = {}
     method = "append" if impl == "floor" else "insert"
-    dispatch = IMPLS[impl]
+    dispatch, max_size = IMPLS[impl] or ("", 0)
 
     def producer(index: int, barrier: threading.Barrier, errors: list[BaseException]) -> None:
         try:
@@ -91,7 +97,7 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
                 SUBJECT,
                 state["counter"],
                 partitions=partitions,
-                max_size=THREAD_MAX_SIZE,
+                max_size=max_size,
                 insert_timeout=60.0,
                 dispatch=dispatch,
             )
@@ -139,6 +145,8 @@ def test_threads(benchmark: Any, results: Results, partitions: int, threads: int
         label = "deque.append floor (own deque per thread)"
     else:
         label = f'{SUBJECT_LABEL}, dispatch="{dispatch}"'
+        if max_size != THREAD_MAX_SIZE:
+            label += ", no flush until the end"
 
     results.add(
         benchmark,
