@@ -1,0 +1,134 @@
+"""Producer-thread scaling, as ratios of medians over interleaved rounds.
+
+    python benchmarks/scaling.py [--rounds 8] [--items 1000000] [--partitions 2]
+
+The pytest suite's threads figure (``test_bench_threads.py``) runs each case's
+rounds back to back; on a shared machine whose speed drifts over seconds,
+that can put the 1-thread and the 2-thread rounds of one case in different
+weather.  This script interleaves them: every round runs each variant with 1
+thread and then with 2 (one producer per partition), and the figure is the
+median 2-thread items/s over the median 1-thread items/s, next to the
+spread of the per-round ratios.
+
+Variants:
+
+* ``floor``: each thread appends to a deque of its own (the parallelism the
+  interpreter and the machine give at all);
+* ``unflushed``: ``dispatch="thread"``, ``max_size`` = the items of a thread,
+  so nothing is flushed until the final ``sync_flush``: the insert path;
+* ``thread``: ``dispatch="thread"``, ``max_size=1000``;
+* ``round_robin``: the default dispatch, ``max_size=1000``.
+
+Every buffer run checks that its ``handle_flush`` got exactly every item.
+Meant for the free-threaded build; with the GIL the ratios stay near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+from databuffer import Buffer
+
+VARIANTS = ("floor", "unflushed", "thread", "round_robin")
+
+
+class _Count:
+    """A ``handle_flush`` that counts items (flushers of several partitions call it)."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: list[Any], opts: Any) -> None:
+        with self._lock:
+            self.items += len(batch)
+
+
+def run(variant: str, threads: int, items: int, partitions: int) -> float:
+    """Items per second of ``threads`` producers inserting ``items`` each."""
+    count = _Count()
+    buf = None
+    if variant != "floor":
+        buf = Buffer(
+            handle_flush=count,
+            partitions=partitions,
+            max_size=items if variant == "unflushed" else 1000,
+            dispatch="round_robin" if variant == "round_robin" else "thread",
+            flush_interval=3600.0,
+            insert_timeout=60.0,
+        )
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def producer(index: int) -> None:
+        try:
+            # Made in this thread: on a free-threaded build, owned by it.
+            fn = collections.deque().append if buf is None else buf.insert
+            item = tuple(["tick", index])
+            barrier.wait()
+            for _ in itertools.repeat(None, items):
+                fn(item)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    workers = [threading.Thread(target=producer, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    if buf is not None:
+        buf.sync_flush()
+    elapsed = time.perf_counter() - start
+    if buf is not None:
+        buf.close()
+        if count.items != threads * items:
+            raise AssertionError(f"{variant}: {count.items} items flushed, {threads * items} inserted")
+    if errors:
+        raise errors[0]
+    return threads * items / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
+    parser.add_argument("--items", type=int, default=1_000_000, help="items per thread (default 1,000,000)")
+    parser.add_argument("--partitions", type=int, default=2, help="partitions = producer threads (default 2)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.items < 1 or args.partitions < 1:
+        parser.error("--rounds, --items and --partitions must be >= 1")
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    print(
+        f"Python {sys.version.split()[0]}, GIL {'enabled' if gil else 'disabled'}; "
+        f"{args.rounds} rounds, {args.items:,} items per thread, 1 and {args.partitions} threads "
+        f"on {args.partitions} partitions"
+    )
+    rates: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            for threads in (1, args.partitions):
+                rates[variant, threads].append(run(variant, threads, args.items, args.partitions))
+    n = args.partitions
+    print(f"{'variant':<12}{'1 thread':>14}{f'{n} threads':>14}{'ratio of medians':>18}   per-round ratios")
+    for variant in VARIANTS:
+        one, many = rates[variant, 1], rates[variant, n]
+        ratios = sorted(b / a for a, b in zip(one, many, strict=True))
+        print(
+            f"{variant:<12}{statistics.median(one) / 1e6:>11.1f}M/s{statistics.median(many) / 1e6:>11.1f}M/s"
+            f"{statistics.median(many) / statistics.median(one):>17.2f}x   "
+            + " ".join(f"{r:.2f}" for r in ratios)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
