@@ -14,14 +14,16 @@ flusher asleep between flushes does not drain its queue until it runs again:
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import threading
+import time
 import tracemalloc
 import weakref
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import Background, wait_for
 
 from databuffer import FlushTimeout
 
@@ -413,6 +415,34 @@ def test_core_deallocated_while_holding_items_releases_them(Buffer: type) -> Non
     gc.collect()
     assert ref() is None
     assert refs(item) == base
+
+
+def test_wait_wake_consumes_one_wake_and_times_out(Buffer: type) -> None:
+    """The flusher's wait: wakes before it runs count once; a timeout returns False."""
+    core = _core_class(Buffer)
+
+    class Bare(core):  # type: ignore[misc, valid-type]
+        pass
+
+    bare = Bare()
+    bare._core_init(2, 10, 0)
+    start = time.monotonic()
+    assert bare._wait_wake(0, 0.05) is False
+    assert time.monotonic() - start >= 0.04
+    bare._wake(1)
+    bare._wake(1)
+    assert bare._wait_wake(1, 0.0) is True
+    assert bare._wait_wake(1, 0.0) is False  # the second wake counted once
+    assert bare._wait_wake(0, 0.0) is False  # partitions do not share wakes
+    for bad in (-1, -0.5, math.nan):
+        with pytest.raises(ValueError, match="timeout"):
+            bare._wait_wake(0, bad)
+    with pytest.raises(IndexError):
+        bare._wake(2)
+    # A wake from another thread ends a wait without a timeout.
+    waiter = Background(bare._wait_wake, 0)
+    bare._wake(0)
+    assert waiter.wait(10).error is None and waiter.result is True
 
 
 def test_take_and_dump_on_a_bare_core_hand_over_references(Buffer: type) -> None:
