@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +36,7 @@ from _bench import (
 )
 
 from databuffer import telemetry
+from databuffer._bench import HandOff
 
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
@@ -202,41 +202,6 @@ def test_insert_batch(
 HANDOFF_TRIPS = 200  # round trips per round
 
 
-class _HandOff:
-    """Two threads passing control back and forth through two locks.
-
-    ``trip()`` wakes the partner thread and waits until it has woken this
-    one in turn: one round trip, the least a flush costs a producer on a GIL
-    build (the flusher must get the interpreter lock, run, and give it back).
-    """
-
-    def __init__(self) -> None:
-        self._go = threading.Lock()
-        self._back = threading.Lock()
-        self._go.acquire()
-        self._back.acquire()
-        self._stop = False
-        self._thread = threading.Thread(target=self._partner, name="bench-hand-off", daemon=True)
-        self._thread.start()
-
-    def _partner(self) -> None:
-        while True:
-            self._go.acquire()
-            if self._stop:
-                return
-            self._back.release()
-
-    def trip(self, _item: Any = None) -> None:
-        self._go.release()
-        self._back.acquire()
-
-    def close(self) -> None:
-        self._stop = True
-        self._go.release()
-        self._thread.join(30)
-        assert not self._thread.is_alive()
-
-
 HANDOFF_TITLE = (
     f"thread hand-off round trip, per item of a {MAX_SIZE}-item batch (a flush's least cost to a "
     "producer on a GIL build), beside deque.append"
@@ -265,7 +230,7 @@ def test_hand_off(benchmark: Any, results: Results, subject: str) -> None:
         )
         results.add(benchmark, CALLS, (HANDOFF_TITLE, "deque.append", "baseline"), kind="per-item")
         return
-    hand_off = _HandOff()
+    hand_off = HandOff()
     try:
         run_loop_rounds(
             benchmark,

@@ -50,6 +50,7 @@ __all__ = (
     "BatchResult",
     "BenchReport",
     "EndToEndResult",
+    "HandOff",
     "InsertResult",
     "MemoryResult",
     "Row",
@@ -279,7 +280,7 @@ class InsertResult:
     problems: list[str] = field(default_factory=list)
 
 
-class _HandOff:
+class HandOff:
     """Two threads passing control back and forth through two locks.
 
     ``trip()`` wakes the partner thread and waits until the partner has
@@ -341,7 +342,7 @@ def bench_insert(
     d: collections.deque[Any] = collections.deque()
     subjects = [_Subject("deque.append", d.append, _ITEM, BLOCK, 1, blocks=blocks, reset=d.clear)]
     buffers = []
-    hand_off = _HandOff()
+    hand_off = HandOff()
     # Each round trip stands for one batch of MAX_SIZE items.
     handoff = _Subject("hand-off", hand_off.trip, None, HANDOFF_TRIPS, MAX_SIZE, blocks=HANDOFF_CHUNK_BLOCKS)
     classes: list[tuple[str, type, int]] = [("insert", Buffer, blocks)]
