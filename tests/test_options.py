@@ -188,6 +188,46 @@ def test_subclass_style(make_buffer, Buffer):
     assert {opts.buffer for _, opts in sink} == {"EventBuffer"}
 
 
+def test_subclasses_keep_their_own_insert_overrides(make_buffer, Buffer, core_name):
+    """Each subclass gets insert descriptors of its own (compiled core), never over an override."""
+    calls: list = []
+
+    class EventBuffer(Buffer):
+        def handle_flush(self, batch, opts):
+            return None
+
+    class Logged(EventBuffer):
+        def insert(self, item, timeout=None):
+            calls.append(item)
+            super().insert(item, timeout)
+
+    class MoreLogged(Logged):
+        pass
+
+    core = next(c for c in Buffer.__mro__ if c.__name__ == "BufferCore")
+    if core_name == "c":
+        for cls in (Buffer, EventBuffer):
+            for name in ("insert", "insert_batch"):
+                own = cls.__dict__[name]
+                # The same C method, in a descriptor made for this class.
+                assert type(own) is type(core.__dict__[name])
+                assert own.__objclass__ is cls
+                assert own.__doc__ == core.__dict__[name].__doc__
+        with pytest.raises(TypeError, match="subclass of BufferCore"):
+            core._own_methods(dict)
+    assert "insert" not in MoreLogged.__dict__
+    assert MoreLogged.insert is Logged.insert
+    buf = make_buffer(MoreLogged, partitions=2, max_size=10, flush_interval=3600)
+    buf.insert("a")
+    buf.insert_batch(["b", "c"])
+    assert calls == ["a"]
+    assert sorted(buf.dump()) == ["a", "b", "c"]
+    plain = make_buffer(EventBuffer, max_size=10, flush_interval=3600)
+    plain.insert(1)
+    plain.insert_batch([2, 3])
+    assert plain.dump() == [1, 2, 3]
+
+
 def test_default_name_is_the_class_name(make_buffer, Buffer):
     class EventBuffer(Buffer):
         def handle_flush(self, batch, opts):

@@ -213,6 +213,14 @@ class _BufferLayer:
         ValueError: an option out of range.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The compiled core's insert methods, in descriptors made for this
+        # class, so that CPython can specialize buf.insert(x) (see the core).
+        own = getattr(cls, "_own_methods", None)
+        if own is not None:
+            own(cls)
+
     def __init__(
         self,
         *,

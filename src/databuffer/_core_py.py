@@ -152,6 +152,10 @@ class BufferCore:
         elif _GIL_DISABLED:
             self._core_rr = _LockedCycle(self._core_parts)
 
+    @staticmethod
+    def _own_methods(cls: type) -> None:
+        """Nothing to do: see the compiled core (its C methods need it, Python ones do not)."""
+
     def _draw(self) -> int:
         if self._core_jitter:
             return self._core_max_size + self._core_random.randint(0, self._core_jitter)
