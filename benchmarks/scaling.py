@@ -17,7 +17,13 @@ Variants:
 * ``unflushed``: ``dispatch="thread"``, ``max_size`` = the items of a thread,
   so nothing is flushed until the final ``sync_flush``: the insert path;
 * ``thread``: ``dispatch="thread"``, ``max_size=1000``;
-* ``round_robin``: the default dispatch, ``max_size=1000``.
+* ``round_robin``: the default dispatch, ``max_size=1000``;
+* ``bare-flusher``: like ``thread``, but each flusher thread runs a bare
+  loop instead of the layer's: wait for a wake, take a batch, call
+  ``handle_flush``, count it.  No ``FlushOpts`` (``opts`` is ``None``), no
+  timeout, telemetry or error handling.  A diagnostic, built on private
+  methods: how far scaling goes when a batch costs only the wake-up, the
+  take and the call, i.e. what the layer's per-batch Python costs.
 
 Every buffer run checks that its ``handle_flush`` got exactly every item.
 Meant for the free-threaded build; with the GIL the ratios stay near 1.
@@ -36,7 +42,7 @@ from typing import Any
 
 from databuffer import Buffer
 
-VARIANTS = ("floor", "unflushed", "thread", "round_robin")
+VARIANTS = ("floor", "unflushed", "thread", "round_robin", "bare-flusher")
 
 
 class _Count:
@@ -51,12 +57,34 @@ class _Count:
             self.items += len(batch)
 
 
+class _BareFlusher(Buffer):
+    """``Buffer`` whose flusher threads skip the layer's per-batch work (diagnostic)."""
+
+    def _flusher_main(self, part: Any, timed_out: Any) -> None:
+        p = part.index
+        take, finish, wait_wake, flush = self._take, self._finish, self._wait_wake, self._flush_fn
+        while True:
+            while (taken := take(p, part.flush_upto)) is not None:
+                if part.waiters:
+                    with part.room:
+                        part.room.notify_all()
+                flush(taken[0], None)
+                finish(p, len(taken[0]), True)
+                if self._sync_count:
+                    with self._progress:
+                        self._progress.notify_all()
+            if self._stopping:
+                return
+            wait_wake(p)
+
+
 def run(variant: str, threads: int, items: int, partitions: int) -> float:
     """Items per second of ``threads`` producers inserting ``items`` each."""
     count = _Count()
     buf = None
     if variant != "floor":
-        buf = Buffer(
+        cls = _BareFlusher if variant == "bare-flusher" else Buffer
+        buf = cls(
             handle_flush=count,
             partitions=partitions,
             max_size=items if variant == "unflushed" else 1000,
