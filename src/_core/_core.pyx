@@ -12,12 +12,14 @@ writers.  The core never runs Python code (no allocation, no decref that
 could run ``__del__``, no callback) while it holds a partition: batch lists
 are allocated before the lock is taken and the decision re-checked under it.
 Counters read without the lock by ``size()``/``info()`` go through the
-atomic helpers, so no reader sees a torn value.  A partition's flusher sleeps on
-its wake event (``Part.wake``, see ``_event.h``), which has a mutex of its
-own and is set by sealing inserts without the GIL being given up.  ``BufferCore`` fields other
-than ``_parts``' contents are written once in ``_core_init`` (before the
-buffer is shared), except ``_rr`` (atomic) and ``_closed`` (atomic; see
-``_mark_closed``).
+atomic helpers, so no reader sees a torn value.  A partition's flusher
+sleeps on its wake event (``Part.wake``, see ``_event.h``), which has a
+mutex of its own and is set by sealing inserts without the GIL being given
+up.  ``BufferCore`` fields other than ``_parts``' contents are written once
+in ``_core_init`` (before the buffer is shared), except ``_rr`` and
+``_homes_rr`` (atomic), ``_homes`` (a dict: each operation on it is atomic)
+and ``_closed`` (atomic; see ``_mark_closed``).  A thread's cache of its
+home partitions (``_part.h``) is thread-local: only that thread touches it.
 """
 
 cimport cython
