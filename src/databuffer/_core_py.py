@@ -516,15 +516,17 @@ class _ThreadHomes:
 
     Homes are assigned round-robin to threads as they first insert, and kept
     in a table keyed by thread ident (a reused ident takes over the home of
-    the ended thread that had it).  The table is guarded by ``_lock``; each
-    thread also caches its home in ``_local``, which only it reads.
+    the ended thread that had it).  The table is guarded by ``_lock``, an
+    RLock: an insert run by the GC while a thread holds it (the dict may
+    allocate) gets a home instead of a deadlock.  Each thread also caches
+    its home in ``_local``, which only it reads.
     """
 
     __slots__ = ("_homes", "_local", "_lock", "_next", "_parts")
 
     def __init__(self, parts: Sequence[_Ring]) -> None:
         self._parts = tuple(parts)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._next = itertools.cycle(self._parts).__next__
         self._homes: dict[int, _Ring] = {}
         self._local = threading.local()
@@ -541,6 +543,7 @@ class _ThreadHomes:
         with self._lock:
             home = self._homes.get(ident)
             if home is None:
-                home = self._homes[ident] = self._next()
+                home = self._next()
+                home = self._homes.setdefault(ident, home)
         self._local.home = home
         return home
