@@ -683,8 +683,7 @@ class _BufferLayer:
         while True:
             while True:
                 taken = take(p, part.flush_upto)
-                if part.waiters:
-                    _room_freed(part)
+                _room_freed(part)
                 if taken is None:
                     break
                 try:
@@ -725,15 +724,13 @@ class _BufferLayer:
         now = start_ns * 1e-9
         flight.deadline = now + self._flush_timeout
         part.flight = flight
-        # The flush happens now: the partition's next timed flush counts
-        # from here (as _next_interval(), inlined: this runs once per batch).
-        part.deadline = deadline = now + self._flush_interval + self._flush_jitter * self._random.random()
+        # The flush happens now: the partition's next timed flush counts from here.
+        part.deadline = now + self._next_interval()
         # No wake for flight.deadline: the timer never sleeps longer than
         # flush_timeout, so it is awake by the deadline of any flush started
         # after it went to sleep.  Waking it for every batch cost a thread
         # switch per batch.
-        if deadline < self._timer_wake_at:
-            self._wake_timer_before(deadline)
+        self._wake_timer_before(part.deadline)
         result: Any = None
         error: BaseException | None = None
         try:
