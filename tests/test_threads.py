@@ -127,6 +127,21 @@ def _check_delivery(rec: Recorder, per_producer: int, producers: int, max_size: 
             last[key] = seq
 
 
+def _produce_and_check(
+    buf: Any, rec: Recorder, producers: int, per_producer: int, seed: int, max_size: int, timeout: float
+) -> None:
+    """``producers`` threads of ``_produce`` at once; then close and check delivery and counters."""
+    barrier = threading.Barrier(producers + 1)
+    targets = [
+        (lambda p=p: _produce(buf, p, per_producer, random.Random(seed + p))) for p in range(producers)
+    ]
+    errors = _run_threads(targets, barrier)
+    assert errors == [], errors
+    buf.close(timeout=timeout)
+    _check_delivery(rec, per_producer, producers, max_size)
+    _check_counters(buf, producers * per_producer)
+
+
 def _check_counters(buf: Any, total: int) -> None:
     info = buf.info()
     assert buf.size() == 0
@@ -153,14 +168,7 @@ def test_producers_deliver_everything_exactly_once(
         flush_jitter=0.0,
         insert_timeout=60.0,
     )
-    barrier = threading.Barrier(PRODUCERS + 1)
-    targets = [(lambda p=p: _produce(buf, p, per_producer, random.Random(p))) for p in range(PRODUCERS)]
-    errors = _run_threads(targets, barrier)
-    assert errors == []
-    buf.close(timeout=60)
-
-    _check_delivery(rec, per_producer, PRODUCERS, MAX_SIZE)
-    _check_counters(buf, PRODUCERS * per_producer)
+    _produce_and_check(buf, rec, PRODUCERS, per_producer, seed=0, max_size=MAX_SIZE, timeout=60)
     triggers = Counter(trigger for _p, _b, trigger in rec.calls)
     assert set(triggers) <= {"size", "close"}
     assert triggers["size"] >= PRODUCERS * per_producer // MAX_SIZE - PARTITIONS
@@ -184,15 +192,7 @@ def test_producers_under_heavy_backpressure(make_buffer: Any, core_name: str, fi
         flush_jitter=0.0,
         insert_timeout=60.0,
     )
-    barrier = threading.Barrier(PRODUCERS + 1)
-    targets = [
-        (lambda p=p: _produce(buf, p, per_producer, random.Random(1000 + p))) for p in range(PRODUCERS)
-    ]
-    errors = _run_threads(targets, barrier)
-    assert errors == []
-    buf.close(timeout=60)
-    _check_delivery(rec, per_producer, PRODUCERS, max_size)
-    _check_counters(buf, PRODUCERS * per_producer)
+    _produce_and_check(buf, rec, PRODUCERS, per_producer, seed=1000, max_size=max_size, timeout=60)
     assert all(len(b) == max_size for _p, b, t in rec.calls if t == "size")
 
 
@@ -408,15 +408,7 @@ def test_thread_dispatch_keeps_each_producer_in_one_partition(
         insert_timeout=120.0,
         dispatch="thread",
     )
-    barrier = threading.Barrier(producers + 1)
-    targets = [
-        (lambda p=p: _produce(buf, p, per_producer, random.Random(2000 + p))) for p in range(producers)
-    ]
-    errors = _run_threads(targets, barrier)
-    assert errors == [], errors
-    buf.close(timeout=120)
-    _check_delivery(rec, per_producer, producers, MAX_SIZE)
-    _check_counters(buf, producers * per_producer)
+    _produce_and_check(buf, rec, producers, per_producer, seed=2000, max_size=MAX_SIZE, timeout=120)
     partitions_of: dict[int, set[int]] = defaultdict(set)
     for partition, batch, _trigger in rec.calls:
         for item in batch:
