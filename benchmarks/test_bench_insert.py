@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -62,6 +62,16 @@ def telemetry_title(style: str, partitions: int) -> str:
     return f"insert with one telemetry handler on insert/stop, {partitions} partition(s), {STYLES[style]}"
 
 
+def cleared(container: Any) -> Callable[[], Any]:
+    """A ``get_target`` that empties ``container`` before each round (outside the timing)."""
+
+    def get_target() -> Any:
+        container.clear()
+        return container
+
+    return get_target
+
+
 @pytest.fixture
 def closing() -> Iterator[list[Any]]:
     """Buffers (or OTel processors) appended here are shut down at teardown."""
@@ -101,13 +111,7 @@ def test_insert(
     title = insert_title(style, partitions)
     if subject in ("deque.append", "SimpleQueue.put"):
         if subject == "deque.append":
-            d: collections.deque[Any] = collections.deque()
-
-            def get_target() -> Any:
-                d.clear()  # outside the timing
-                return d
-
-            method = "append"
+            get_target, method = cleared(collections.deque()), "append"
         else:
             get_target, method = queue.SimpleQueue, "put"  # a fresh queue each round
         run_loop_rounds(benchmark, style=style, method=method, get_target=get_target, item=ITEM, calls=CALLS)
@@ -173,14 +177,8 @@ def test_insert_batch(
     batch = [ITEM] * BATCH_LEN
     per_round = BATCH_CALLS * BATCH_LEN
     if subject == "list.extend":
-        target: list[Any] = []
-
-        def get_target() -> Any:
-            target.clear()  # outside the timing
-            return target
-
         run_loop_rounds(
-            benchmark, style="local", method="extend", get_target=get_target, item=batch, calls=BATCH_CALLS
+            benchmark, style="local", method="extend", get_target=cleared([]), item=batch, calls=BATCH_CALLS
         )
         results.add(benchmark, per_round, (title, "list.extend", "baseline"))
         return
@@ -219,14 +217,13 @@ def test_hand_off(benchmark: Any, results: Results, subject: str) -> None:
     """
     benchmark.group = HANDOFF_TITLE
     if subject == "deque.append":
-        d: collections.deque[Any] = collections.deque()
-
-        def get_target() -> Any:
-            d.clear()
-            return d
-
         run_loop_rounds(
-            benchmark, style="local", method="append", get_target=get_target, item=ITEM, calls=CALLS
+            benchmark,
+            style="local",
+            method="append",
+            get_target=cleared(collections.deque()),
+            item=ITEM,
+            calls=CALLS,
         )
         results.add(benchmark, CALLS, (HANDOFF_TITLE, "deque.append", "baseline"), kind="per-item")
         return
