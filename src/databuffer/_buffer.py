@@ -263,7 +263,6 @@ class _BufferLayer:
             raise TypeError(f"dispatch must be a str, not {type(dispatch).__name__} {dispatch!r}")
         if dispatch not in _DISPATCH:
             raise ValueError(f"dispatch must be one of {', '.join(map(repr, _DISPATCH))}, got {dispatch!r}")
-        self._dispatch = dispatch
         self._max_size = _check_count("max_size", max_size, 1)
         self._max_size_jitter = _check_count("max_size_jitter", max_size_jitter, 0)
         if self._max_size + self._max_size_jitter > _MAX_CAPACITY:

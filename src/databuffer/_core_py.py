@@ -522,12 +522,11 @@ class _ThreadHomes:
     its home in ``_local``, which only it reads.
     """
 
-    __slots__ = ("_homes", "_local", "_lock", "_next", "_parts")
+    __slots__ = ("_homes", "_local", "_lock", "_next")
 
     def __init__(self, parts: Sequence[_Ring]) -> None:
-        self._parts = tuple(parts)
         self._lock = threading.RLock()
-        self._next = itertools.cycle(self._parts).__next__
+        self._next = itertools.cycle(parts).__next__
         self._homes: dict[int, _Ring] = {}
         self._local = threading.local()
 
