@@ -18,7 +18,9 @@ INFO_KEYS = {
     "flush_timeout",
     "flushing",
     "inserted",
+    "in_flight",
     "flushed",
+    "retried",
     "failed",
 }
 
@@ -259,7 +261,13 @@ def test_info_keys_and_counters(make_buffer):
         assert part["flush_jitter"] == 1.5
         assert part["flush_timeout"] == 20.0
         assert part["flushing"] is False
-        assert (part["inserted"], part["flushed"], part["failed"]) == (0, 0, 0)
+        assert (part["inserted"], part["in_flight"], part["flushed"], part["retried"], part["failed"]) == (
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
 
     buf.insert(0)
     start = first_partition(buf)

@@ -266,7 +266,7 @@ def test_flush_events_for_size_manual_and_close(make_buffer):
         {"buffer": "fl-buf", "partition": p_size, "size": 1, "trigger": "close"},
     ]
     assert starts == expected
-    assert stops == expected
+    assert stops == [{**md, "attempt": 1} for md in expected]
     for measurements, _ in rec.of(FLUSH_START):
         assert_times(measurements, t0, t1, start=True)
     for measurements, _ in rec.of(FLUSH_STOP):
@@ -300,7 +300,13 @@ def test_flush_events_for_interval(make_buffer):
     assert [md for _, md in rec.of(FLUSH_START)] == [
         {"buffer": "iv-buf", "partition": 0, "size": 3, "trigger": "interval"}
     ]
-    assert rec.of(FLUSH_STOP)[0][1] == {"buffer": "iv-buf", "partition": 0, "size": 3, "trigger": "interval"}
+    assert rec.of(FLUSH_STOP)[0][1] == {
+        "buffer": "iv-buf",
+        "partition": 0,
+        "size": 3,
+        "trigger": "interval",
+        "attempt": 1,
+    }
 
 
 def test_flush_exception_event_on_failure(make_buffer):
@@ -331,7 +337,7 @@ def test_flush_exception_event_on_failure(make_buffer):
     assert rec.names() == [FLUSH_START, FLUSH_EXCEPTION]
     ((measurements, metadata),) = rec.of(FLUSH_EXCEPTION)
     assert_times(measurements, t0, t1, start=False)
-    assert set(metadata) == FLUSH_META_KEYS | EXCEPTION_META_KEYS
+    assert set(metadata) == FLUSH_META_KEYS | EXCEPTION_META_KEYS | {"attempt"}
     assert metadata["buffer"] == "fail-buf"
     assert metadata["partition"] == rec.of(FLUSH_START)[0][1]["partition"]
     assert metadata["size"] == 3
@@ -368,7 +374,7 @@ def test_flush_exception_event_on_timeout(make_buffer, gates):
     ((measurements, metadata),) = rec.of(FLUSH_EXCEPTION)
     assert_times(measurements, t0, t1, start=False)
     assert measurements["duration"] >= 0.25 * 10**9
-    assert set(metadata) == FLUSH_META_KEYS | EXCEPTION_META_KEYS
+    assert set(metadata) == FLUSH_META_KEYS | EXCEPTION_META_KEYS | {"attempt"}
     assert (metadata["buffer"], metadata["partition"], metadata["size"], metadata["trigger"]) == (
         "to-buf",
         0,

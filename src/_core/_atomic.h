@@ -67,6 +67,14 @@ db_add(int64_t *p, int64_t v)
 #endif
 }
 
+/* If *p == expected, store desired and return 1; else return 0. */
+static inline int
+db_cas(int64_t *p, int64_t expected, int64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+
 /* Round-robin dispatcher: the counter modulo n, returned before the step. */
 static inline Py_ssize_t
 db_round_robin(int64_t *counter, Py_ssize_t n)

@@ -18,8 +18,9 @@ mutex of its own and is set by sealing inserts without the GIL being given
 up.  ``BufferCore`` fields other than ``_parts``' contents are written once
 in ``_core_init`` (before the buffer is shared), except ``_rr`` and
 ``_homes_rr`` (atomic), ``_homes`` (a dict: each operation on it is atomic)
-and ``_closed`` (atomic; see ``_mark_closed``).  A thread's cache of its
-home partitions (``_part.h``) is thread-local: only that thread touches it.
+and ``_closed`` (atomic; see ``_mark_closed`` and ``_set_attention``).  A
+thread's cache of its home partitions (``_part.h``) is thread-local: only
+that thread touches it.
 """
 
 cimport cython
@@ -57,6 +58,7 @@ cdef extern from "_atomic.h" nogil:
     void db_store(int64_t *p, int64_t v)
     void db_store_seq_cst(int64_t *p, int64_t v)
     int64_t db_add(int64_t *p, int64_t v)
+    bint db_cas(int64_t *p, int64_t expected, int64_t desired)
     Py_ssize_t db_round_robin(int64_t *counter, Py_ssize_t n)
 
 
@@ -116,6 +118,12 @@ cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
 
 
+cdef enum:
+    GATE_OPEN = 0
+    GATE_CLOSED = 1
+    GATE_ATTEND = 2
+
+
 # Serial numbers of buffer cores (atomic): keys of the threads' home caches.
 cdef int64_t _serials = 0
 
@@ -169,7 +177,10 @@ cdef class BufferCore:
     cdef uint64_t _serial       # this core's key in the threads' home caches
     cdef int64_t _homes_rr      # round-robin over threads (atomic helper)
     cdef dict _homes            # thread ident -> home partition (dict ops are atomic)
-    cdef int64_t _closed        # 0 or 1 (atomic helper; see _mark_closed)
+    # The insert gate (atomic helpers): GATE_OPEN, GATE_CLOSED (final, see
+    # _mark_closed) or GATE_ATTEND (see _set_attention).  The hot path only
+    # tests it for zero, so one load serves both.
+    cdef int64_t _closed
     cdef int64_t _max_size
     cdef int64_t _jitter
     cdef Py_ssize_t _events     # partitions whose wake event is initialised
@@ -297,7 +308,7 @@ cdef class BufferCore:
             seq = list(self._iterate(items))
         n = PySequence_Fast_GET_SIZE(seq)
         if db_load(&self._closed):
-            raise self._closed_error(0)
+            pass_gate(self, 0)
         if n == 0:
             return (-1, 0)
         p = next_partition(self)
@@ -319,7 +330,8 @@ cdef class BufferCore:
         cdef bint full, seal
         while True:
             if db_load(&self._closed):
-                raise self._closed_error(i)
+                pass_gate(self, i)
+                continue
             # Read again after every seal: it may have run Python code.
             n = PySequence_Fast_GET_SIZE(seq)
             if i >= n:
@@ -507,7 +519,16 @@ cdef class BufferCore:
             setattr(cls, name, PyDescr_NewMethod(<PyTypeObject *>cls, ours.d_method))
 
     def _is_closed(self):
-        return db_load(&self._closed) != 0
+        return db_load(&self._closed) == GATE_CLOSED
+
+    def _set_attention(self):
+        """Make the next insert call the layer's ``_attend()`` (once).
+
+        The layer calls this when one of its threads ended early.  Inserts
+        see the gate closed-for-now, take their slow path, and the one that
+        reopens it calls ``_attend()`` before going on.
+        """
+        db_cas(&self._closed, GATE_OPEN, GATE_ATTEND)
 
     def _mark_closed(self):
         """Refuse every later insert.
@@ -517,7 +538,7 @@ cdef class BufferCore:
         finished storing before this returns, or sees the flag.
         """
         cdef Py_ssize_t p
-        db_store_seq_cst(&self._closed, 1)
+        db_store_seq_cst(&self._closed, GATE_CLOSED)
         for p in range(self._n):
             db_lock(&self._parts[p].lock)
             db_unlock(&self._parts[p].lock)
@@ -631,12 +652,21 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
             self._seal(p)
         return p
     if db_load(&self._closed):
-        raise self._closed_error(0)
+        pass_gate(self, 0)
     if self._store_many(p, (item,), 0) == 0:
         # Full (or a seal pending): the general path, which re-checks
         # everything; waits for room if the partition is still flushing.
         self._insert_wait(p, item, timeout)
     return p
+
+
+cdef int pass_gate(BufferCore self, Py_ssize_t stored) except -1:
+    """The gate is not open: raise if the buffer is closed, else attend (once)."""
+    if db_load(&self._closed) == GATE_CLOSED:
+        raise self._closed_error(stored)
+    if db_cas(&self._closed, GATE_ATTEND, GATE_OPEN):
+        self._attend()
+    return 0
 
 
 cdef inline int check_timeout(BufferCore self, object timeout) except -1:

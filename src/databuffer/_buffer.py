@@ -38,6 +38,10 @@ _MAX_CAPACITY = sys.maxsize // 16
 _TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
 _DISPATCH = ("round_robin", "thread")
 
+# Raised by a callback, these end the thread that ran it (after the batch is
+# reported); any other exception is the batch's failure and the thread goes on.
+_THREAD_EXITS = (SystemExit, KeyboardInterrupt)
+
 
 class FlushOpts:
     """What ``handle_flush`` is told about a batch.
@@ -49,21 +53,26 @@ class FlushOpts:
         buffer: the buffer's name.
         trigger: why it was flushed: ``"size"``, ``"interval"``,
             ``"manual"`` or ``"close"``.
+        attempt: which call of ``handle_flush`` this is for the batch: 1 for
+            the first, 2 for the first retry, up to ``max_retries + 1``.
     """
 
-    __slots__ = ("buffer", "meta", "partition", "size", "trigger")
+    __slots__ = ("attempt", "buffer", "meta", "partition", "size", "trigger")
 
-    def __init__(self, meta: Any, size: int, partition: int, buffer: str, trigger: str) -> None:
+    def __init__(
+        self, meta: Any, size: int, partition: int, buffer: str, trigger: str, attempt: int = 1
+    ) -> None:
         self.meta = meta
         self.size = size
         self.partition = partition
         self.buffer = buffer
         self.trigger = trigger
+        self.attempt = attempt
 
     def __repr__(self) -> str:
         return (
             f"FlushOpts(meta={self.meta!r}, size={self.size}, partition={self.partition}, "
-            f"buffer={self.buffer!r}, trigger={self.trigger!r})"
+            f"buffer={self.buffer!r}, trigger={self.trigger!r}, attempt={self.attempt})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -75,20 +84,23 @@ class FlushOpts:
 
 
 class _Flight:
-    """A batch handed to ``handle_flush`` (owned by its flusher thread).
+    """One attempt at flushing a batch (owned by its flusher thread).
 
     Exactly one of the flusher (the call returned) and the timer thread (the
-    call ran past ``flush_timeout``) settles it: whoever takes ``claim``
-    first, a non-blocking acquire.
+    call ran past ``flush_timeout``) concludes the attempt: whoever takes
+    ``claim`` first, a non-blocking acquire.  A retry is a new ``_Flight``
+    for the same batch, so a late timer can never claim it by mistake.
     """
 
-    __slots__ = ("batch", "claim", "deadline", "first", "opts", "start_ns")
+    __slots__ = ("batch", "claim", "deadline", "first", "opts", "start_ns", "began_ns")
 
-    def __init__(self, batch: list[Any], opts: FlushOpts, first: int) -> None:
+    def __init__(self, batch: list[Any], opts: FlushOpts, first: int, began_ns: int = 0) -> None:
         self.batch = batch
         self.opts = opts
         self.first = first
+        # When this attempt started, and when the batch's first attempt did.
         self.start_ns = 0
+        self.began_ns = began_ns
         self.deadline = math.inf
         self.claim = threading.Lock()
 
@@ -122,6 +134,9 @@ class _Partition:
         self.flush_upto = 0
         self.flush_trigger = "manual"
         self.syncs: list[_SyncWaiter] = []
+        # Items handed to handle_flush again after a failed attempt (also
+        # under lock; only the thread concluding an attempt adds to it).
+        self.retried = 0
         # Inserts waiting for room wait on this condition; waiters is
         # written under it (the flusher reads it unlocked, then takes the
         # lock to notify, so a waiter that registered is never missed).
@@ -207,6 +222,16 @@ class _BufferLayer:
         flush_meta: any object, handed to every flush as ``opts.meta``.
         insert_timeout: default seconds an insert waits under backpressure
             before raising :class:`BufferFull` (default 5.0).
+        max_retries: how many times a batch whose ``handle_flush`` raised or
+            timed out is handed to it again before it goes to
+            ``handle_flush_error`` (default 0).  Retries come before the
+            partition's next batch, so order holds; ``opts.attempt`` counts
+            the calls.
+        retry_backoff: base of the wait before a retry, in seconds (default
+            0.1): before attempt ``n + 1`` the flusher waits a random time
+            between 0 and ``min(retry_backoff_max, retry_backoff * 2 ** (n - 1))``
+            ("full jitter").
+        retry_backoff_max: the cap on that wait (default 10.0).
 
     Raises:
         TypeError: no ``handle_flush``, or an option of the wrong type.
@@ -236,6 +261,9 @@ class _BufferLayer:
         flush_timeout: float = 60.0,
         flush_meta: Any = None,
         insert_timeout: float = 5.0,
+        max_retries: int = 0,
+        retry_backoff: float = 0.1,
+        retry_backoff_max: float = 10.0,
     ) -> None:
         if getattr(self, "_timer", None) is not None:
             raise RuntimeError(f"{type(self).__name__}.__init__ was called twice")
@@ -274,6 +302,9 @@ class _BufferLayer:
         self._flush_jitter = _check_seconds("flush_jitter", flush_jitter, zero_ok=True)
         self._flush_timeout = _check_seconds("flush_timeout", flush_timeout, zero_ok=False)
         self._insert_timeout = _check_seconds("insert_timeout", insert_timeout, zero_ok=False)
+        self._max_retries = _check_count("max_retries", max_retries, 0)
+        self._retry_backoff = _check_seconds("retry_backoff", retry_backoff, zero_ok=True)
+        self._retry_backoff_max = _check_seconds("retry_backoff_max", retry_backoff_max, zero_ok=True)
         self._flush_meta = flush_meta
         self._flush_fn: Callable[[list[Any], FlushOpts], Any] = handle_flush or self.handle_flush
         self._error_fn: Callable[[list[Any], FlushOpts, BaseException], Any] = (
@@ -282,6 +313,9 @@ class _BufferLayer:
         self._random = random.Random()
 
         self._parts = [_Partition(p) for p in range(self._partitions)]
+        # Guards starting threads (part.thread, _timer): _supervise must not
+        # see a thread published but not started yet.
+        self._threads_lock = threading.RLock()
         self._core_init(
             self._partitions,
             self._max_size,
@@ -302,13 +336,14 @@ class _BufferLayer:
         # (both guarded by it); the deadlines of the partitions too.
         self._timer_cond = threading.Condition(threading.Lock())
         self._timer_wake_at = math.inf
+        # A thread of the buffer ended early: the timer runs _supervise.
+        self._ended = False
 
         now = _monotonic()
         for part in self._parts:
             part.deadline = now + self._next_interval()
             self._start_flusher(part, None)
-        self._timer = threading.Thread(target=self._timer_main, name=f"databuffer-{name}-timer", daemon=True)
-        self._timer.start()
+        self._start_timer()
         _open_buffers.add(self)
 
     # -- callbacks --------------------------------------------------------
@@ -347,6 +382,7 @@ class _BufferLayer:
         """Ask every non-empty partition to flush now; does not wait."""
         if self._stopped:
             return
+        self._supervise()
         for part in self._parts:
             self._request(part, "manual")
 
@@ -374,6 +410,7 @@ class _BufferLayer:
         if self._stopped:
             return []
         self._refuse_flusher_thread("sync_flush")
+        self._supervise()
         waiter = self._flush_and_wait("manual", deadline)
         errors = [error for errs in waiter.errors for error in errs]
         if errors:
@@ -395,10 +432,18 @@ class _BufferLayer:
         return int(self._size())
 
     def info(self) -> list[dict[str, Any]]:
-        """One dict per partition: its settings, state and counters."""
+        """One dict per partition: its settings, state and counters.
+
+        Keys: ``partition``, ``name``, ``size``, ``flush_size`` (the current
+        threshold), ``flush_interval``, ``flush_jitter``, ``flush_timeout``,
+        ``flushing`` (a batch is with the flusher), and the item counters
+        ``inserted``, ``in_flight``, ``flushed``, ``retried`` and ``failed``
+        (see :meth:`stats`).  Each dict is one consistent snapshot:
+        ``inserted == size + in_flight + flushed + failed``.
+        """
         out = []
         for part in self._parts:
-            size, threshold, busy, inserted, _taken, flushed, failed = self._stats(part.index)
+            size, threshold, busy, inserted, taken, flushed, failed = self._stats(part.index)
             out.append(
                 {
                     "partition": part.index,
@@ -410,11 +455,45 @@ class _BufferLayer:
                     "flush_timeout": self._flush_timeout,
                     "flushing": busy,
                     "inserted": inserted,
+                    "in_flight": taken - flushed - failed,
                     "flushed": flushed,
+                    "retried": part.retried,
                     "failed": failed,
                 }
             )
         return out
+
+    def stats(self) -> dict[str, Any]:
+        """The buffer's item counters, over all partitions.
+
+        Returns:
+            A dict with ``name``, ``partitions``, ``closed`` and the counters,
+            all in items:
+
+            - ``inserted``: stored by inserts since the buffer started;
+            - ``size``: buffered, not yet handed to a flusher;
+            - ``in_flight``: handed to a flusher and not finished (sealed,
+              in ``handle_flush``, or waiting for a retry);
+            - ``flushed``: in batches whose ``handle_flush`` returned;
+            - ``failed``: in batches that failed for good (reported to
+              ``handle_flush_error``);
+            - ``retried``: handed to ``handle_flush`` again after a failed
+              attempt (an item retried twice counts twice; not part of the
+              sum below).
+
+            At every moment ``inserted == size + in_flight + flushed +
+            failed``: each partition is read in one snapshot under its lock.
+        """
+        totals = dict.fromkeys(("inserted", "size", "in_flight", "flushed", "retried", "failed"), 0)
+        for part in self._parts:
+            size, _threshold, _busy, inserted, taken, flushed, failed = self._stats(part.index)
+            totals["inserted"] += inserted
+            totals["size"] += size
+            totals["in_flight"] += taken - flushed - failed
+            totals["flushed"] += flushed
+            totals["retried"] += part.retried
+            totals["failed"] += failed
+        return {"name": self._name, "partitions": self._partitions, "closed": self.closed, **totals}
 
     @property
     def name(self) -> str:
@@ -453,6 +532,7 @@ class _BufferLayer:
         try:
             if self._stopped:
                 return
+            self._supervise()
             for part in self._parts:
                 with part.room:
                     part.room.notify_all()
@@ -664,37 +744,119 @@ class _BufferLayer:
             name=f"databuffer-{self._name}-flusher-{part.index}",
             daemon=True,
         )
-        # Published before it runs: once it settles a timed-out batch,
-        # close() may join part.thread, which must not be the stuck one.
-        part.thread = thread
-        thread.start()
+        with self._threads_lock:
+            # Published before it runs: once it settles a timed-out batch,
+            # close() may join part.thread, which must not be the stuck one.
+            part.thread = thread
+            thread.start()
+
+    def _start_timer(self) -> None:
+        thread = threading.Thread(target=self._timer_main, name=f"databuffer-{self._name}-timer", daemon=True)
+        with self._threads_lock:
+            self._timer = thread
+            thread.start()
+
+    def _attend(self) -> None:
+        """Called by the core from one insert after ``_set_attention``."""
+        self._supervise()
+
+    def _supervise(self) -> None:
+        """Start a new thread in place of any of the buffer's threads that ended early.
+
+        A flusher whose batch timed out ends on purpose (it is no longer
+        ``part.thread``), and all end once the buffer stops; any other
+        thread of the buffer that is not alive has died.
+        """
+        if self._stopping:
+            return
+        with self._threads_lock:
+            if self._stopping:
+                return
+            try:
+                for part in self._parts:
+                    thread = part.thread
+                    if thread is not None and not thread.is_alive():
+                        self._start_flusher(part, None)
+                        logger.warning(
+                            "buffer %r: started a new flusher for partition %d (the last one ended)",
+                            self._name,
+                            part.index,
+                        )
+                        self._wake(part.index)
+                if not self._timer.is_alive():
+                    self._start_timer()
+                    logger.warning("buffer %r: started a new timer thread (the last one ended)", self._name)
+            except RuntimeError as exc:  # no new threads: the interpreter is shutting down
+                logger.error("buffer %r: cannot replace an ended thread: %s", self._name, exc)
 
     def _flusher_main(self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None) -> None:
         p = part.index
-        if timed_out is not None:
-            try:
-                self._settle(part, timed_out[0], None, timed_out[1])
-            except BaseException:
-                self._log_callback_escape(p)
-            timed_out = None  # settled: do not hold the batch for the thread's life
-        # Bound once: this loop runs once per batch.
-        take, flush_one, wait_wake = self._take, self._flush_one, self._wait_wake
-        while True:
-            while True:
-                taken = take(p, part.flush_upto)
-                _room_freed(part)
-                if taken is None:
-                    break
+        try:
+            if timed_out is not None:
+                flight, error = timed_out
+                timed_out = None  # do not hold the batch for the thread's life
                 try:
-                    if not flush_one(part, taken):
+                    retry = self._conclude(part, flight, None, error)
+                    if retry is not None and not self._run(part, retry):
                         return
+                except _THREAD_EXITS:
+                    raise
                 except BaseException:
                     self._log_callback_escape(p)
-            if self._stopping:
-                return
-            # The core's wake event: set by sealing inserts, flush
-            # requests and close.
-            wait_wake(p)
+                finally:
+                    flight = error = retry = None  # type: ignore[assignment]
+            # Bound once: this loop runs once per batch.
+            take, flush_one, wait_wake = self._take, self._flush_one, self._wait_wake
+            while True:
+                while True:
+                    taken = take(p, part.flush_upto)
+                    _room_freed(part)
+                    if taken is None:
+                        break
+                    try:
+                        if not flush_one(part, taken):
+                            return
+                    except _THREAD_EXITS:
+                        raise
+                    except BaseException:
+                        self._log_callback_escape(p)
+                if self._stopping:
+                    return
+                # The core's wake event: set by sealing inserts, flush
+                # requests and close.
+                wait_wake(p)
+        except BaseException as exc:
+            self._thread_ended(f"the flusher of partition {p}", exc)
+
+    def _thread_ended(self, which: str, exc: BaseException) -> None:
+        """Log why one of the buffer's threads ends early; have it restarted.
+
+        SystemExit and KeyboardInterrupt raised by a callback end the thread
+        that ran it (after the batch was reported); anything else getting
+        here is a fault of the buffer itself.  Either way the next insert,
+        flush or timer round starts a new thread (``_supervise``).
+        """
+        if isinstance(exc, _THREAD_EXITS):
+            logger.warning(
+                "buffer %r: %s ends: a flush callback raised %s; a new one starts on the next "
+                "insert or flush",
+                self._name,
+                which,
+                type(exc).__name__,
+            )
+        else:
+            logger.error(
+                "buffer %r: %s ends on an error; a new one starts on the next insert or flush",
+                self._name,
+                which,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        self._set_attention()
+        if threading.current_thread() is not self._timer:
+            # The timer replaces it at once, too.
+            with self._timer_cond:
+                self._ended = True
+                self._timer_cond.notify()
 
     def _log_callback_escape(self, p: int) -> None:
         # Only a BaseException from a callback gets here (the batch is
@@ -704,7 +866,7 @@ class _BufferLayer:
         )
 
     def _flush_one(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> bool:
-        """Hand one batch to ``handle_flush``; False if it was abandoned."""
+        """Flush one batch, with its retries; False if an attempt was abandoned."""
         batch, by_size, first = taken
         trigger = "size" if by_size else part.flush_trigger
         opts = FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger)
@@ -716,36 +878,96 @@ class _BufferLayer:
                     {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
                     {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": trigger},
                 )
+            except _THREAD_EXITS:
+                raise
             except BaseException:
                 self._log_callback_escape(part.index)  # the batch must still be flushed
-        # One clock read (time.monotonic() is the same clock, in seconds).
-        flight.start_ns = start_ns = _monotonic_ns()
-        now = start_ns * 1e-9
-        flight.deadline = now + self._flush_timeout
-        part.flight = flight
-        # The flush happens now: the partition's next timed flush counts from here.
-        part.deadline = now + self._next_interval()
-        # No wake for flight.deadline: the timer never sleeps longer than
-        # flush_timeout, so it is awake by the deadline of any flush started
-        # after it went to sleep.  Waking it for every batch cost a thread
-        # switch per batch.
-        self._wake_timer_before(part.deadline)
-        result: Any = None
-        error: BaseException | None = None
-        try:
+        return self._run(part, flight)
+
+    def _run(self, part: _Partition, flight: _Flight | None) -> bool:
+        """Call ``handle_flush`` for an attempt and its retries; False if abandoned."""
+        while flight is not None:
+            # One clock read (time.monotonic() is the same clock, in seconds).
+            flight.start_ns = start_ns = _monotonic_ns()
+            if not flight.began_ns:
+                flight.began_ns = start_ns
+            now = start_ns * 1e-9
+            flight.deadline = now + self._flush_timeout
+            part.flight = flight
+            # The flush happens now: the partition's next timed flush counts from here.
+            part.deadline = now + self._next_interval()
+            # No wake for flight.deadline: the timer never sleeps longer than
+            # flush_timeout, so it is awake by the deadline of any flush started
+            # after it went to sleep.  Waking it for every batch cost a thread
+            # switch per batch.
+            self._wake_timer_before(part.deadline)
+            result: Any = None
+            error: BaseException | None = None
             try:
-                result = self._flush_fn(batch, opts)
-            except BaseException as exc:  # any failure of the callback is the batch's failure
-                error = exc
-            if not flight.claim.acquire(False):
-                return False  # abandoned by the timer; a new flusher reported it
-            part.flight = None
+                try:
+                    # With retries, each attempt gets its own copy: a
+                    # handle_flush that consumed its list must not empty the next try.
+                    batch = list(flight.batch) if self._max_retries else flight.batch
+                    result = self._flush_fn(batch, flight.opts)
+                except BaseException as exc:  # any failure of the callback is the batch's failure
+                    error = exc
+                batch = None  # type: ignore[assignment]
+                if not flight.claim.acquire(False):
+                    return False  # abandoned by the timer; a new flusher took it over
+                part.flight = None
+                flight = self._conclude(part, flight, result, error)
+                if isinstance(error, _THREAD_EXITS):
+                    raise error
+            finally:
+                # The error's traceback holds this frame: without this, the
+                # batch would live on in a cycle until the cyclic GC runs.
+                error = None
+        return True
+
+    def _conclude(
+        self, part: _Partition, flight: _Flight, result: Any, error: BaseException | None
+    ) -> _Flight | None:
+        """After an attempt: settle the batch, or return its next attempt (a retry)."""
+        opts = flight.opts
+        if (
+            error is None
+            or opts.attempt > self._max_retries
+            or isinstance(error, _THREAD_EXITS)
+            or part.orphaned is not None
+        ):
             self._settle(part, flight, result, error)
-            return True
-        finally:
-            # The error's traceback holds this frame: without this, the
-            # batch would live on in a cycle until the cyclic GC runs.
-            error = None
+            return None
+        # Full jitter: a random wait up to the exponential bound, so that
+        # partitions and processes failing together do not retry in step.
+        bound = min(self._retry_backoff_max, self._retry_backoff * 2.0 ** min(opts.attempt - 1, 1000))
+        delay = bound * self._random.random()
+        with part.lock:
+            part.retried += opts.size
+        if telemetry.has_handlers(telemetry.FLUSH_RETRY):
+            end = _monotonic_ns()
+            try:
+                telemetry.execute(
+                    telemetry.FLUSH_RETRY,
+                    {"duration": end - flight.start_ns, "delay": int(delay * 1e9), "monotonic_time": end},
+                    {
+                        "buffer": self._name,
+                        "partition": opts.partition,
+                        "size": opts.size,
+                        "trigger": opts.trigger,
+                        "attempt": opts.attempt,
+                        "kind": "error",
+                        "reason": error,
+                        "stacktrace": error.__traceback__,
+                    },
+                )
+            except _THREAD_EXITS:
+                raise
+            except BaseException:
+                self._log_callback_escape(opts.partition)
+        if delay > 0:
+            time.sleep(delay)
+        retry = FlushOpts(opts.meta, opts.size, opts.partition, opts.buffer, opts.trigger, opts.attempt + 1)
+        return _Flight(flight.batch, retry, flight.first, flight.began_ns)
 
     def _wake_timer_before(self, deadline: float) -> None:
         """Make the timer thread wake by ``deadline`` (written before this call).
@@ -770,10 +992,11 @@ class _BufferLayer:
                     "partition": opts.partition,
                     "size": opts.size,
                     "trigger": opts.trigger,
+                    "attempt": opts.attempt,
                 }
                 if error is not None:
                     metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
-                telemetry.execute(event, {"duration": end - flight.start_ns, "monotonic_time": end}, metadata)
+                telemetry.execute(event, {"duration": end - flight.began_ns, "monotonic_time": end}, metadata)
             if error is not None:
                 try:
                     self._error_fn(flight.batch, opts, error)
@@ -799,9 +1022,22 @@ class _BufferLayer:
     # -- timers -----------------------------------------------------------
 
     def _timer_main(self) -> None:
+        try:
+            self._timer_loop()
+        except BaseException as exc:
+            self._thread_ended("the timer thread", exc)
+
+    def _timer_loop(self) -> None:
         cond = self._timer_cond
         with cond:
             while not self._stopping:
+                if self._ended:
+                    self._ended = False
+                    cond.release()
+                    try:
+                        self._supervise()
+                    finally:
+                        cond.acquire()
                 now = _monotonic()
                 # Flushes that start while the timer sleeps do not wake it
                 # (_flush_one): it rescans after at most flush_timeout.
@@ -826,6 +1062,8 @@ class _BufferLayer:
                             self._request(part, "interval")
                         for part, flight in overdue:
                             self._abandon(part, flight)
+                    except _THREAD_EXITS:
+                        raise
                     except BaseException:
                         # The timer enforces flush_timeout: it must outlive
                         # anything a callback run from here raises.
@@ -883,7 +1121,7 @@ class _BufferLayer:
             flight = _Flight(
                 batch, FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger), first
             )
-            flight.start_ns = _monotonic_ns()
+            flight.start_ns = flight.began_ns = _monotonic_ns()
             self._settle(part, flight, None, error)
 
 

@@ -3,10 +3,10 @@
 Both cores expose the same class, ``BufferCore``, which ``Buffer`` inherits
 from.  The core owns the buffered items and the counters; the Python layer
 (``databuffer._buffer``) owns threads, timers, waiting and callbacks.  The
-core calls back into the layer through four methods that the layer defines:
+core calls back into the layer through methods that the layer defines:
 ``_insert_wait``, ``_insert_batch_wait``, ``_insert_instrumented``,
-``_insert_batch_instrumented``, ``_closed_error``, ``_check_timeout`` and
-``_iterate``.
+``_insert_batch_instrumented``, ``_closed_error``, ``_check_timeout``,
+``_iterate`` and ``_attend`` (called by one insert after ``_set_attention``).
 
 The core also owns each partition's wake-up of its flusher thread: the
 layer's flusher sleeps in ``_wait_wake(p)``; a sealing insert, and the layer
@@ -129,6 +129,9 @@ class BufferCore:
     _core_parts: tuple[_Ring, ...] = ()
     # Written under every partition's lock (_mark_closed); read without one.
     _core_closed = False
+    # Set under every partition's lock (_set_attention), cleared by the
+    # insert that takes it (_pass_gate, under _core_gate_lock).
+    _core_attention = False
 
     def _core_init(
         self,
@@ -144,6 +147,7 @@ class BufferCore:
         self._core_random = random.Random()
         self._core_n = partitions
         self._core_parts = tuple(_Ring(p, self._draw()) for p in range(partitions))
+        self._core_gate_lock = threading.Lock()
         # The round-robin dispatcher, advanced with next(): calling a stored
         # cycle.__next__ (a method-wrapper) costs about twice as much.
         self._core_rr: Iterator[_Ring] = itertools.cycle(self._core_parts)
@@ -204,6 +208,8 @@ class BufferCore:
         """
         if ring.lock._is_owned():  # type: ignore[attr-defined]
             return  # re-entered (see _reentrant_store): the append is all
+        if self._core_attention:
+            self._pass_gate()
         refused = full = False
         with ring.lock:
             if self._core_closed:
@@ -230,6 +236,8 @@ class BufferCore:
     def _insert_raw(self, item: Any, timeout: float | None) -> int:
         if timeout is not None:
             self._check_timeout(timeout)  # type: ignore[attr-defined]
+        if self._core_attention:
+            self._pass_gate()
         ring = next(self._core_rr)
         self._store_locked(ring, item, timeout)
         return ring.partition
@@ -241,6 +249,8 @@ class BufferCore:
         n = len(seq)
         if self._core_closed:
             raise self._closed_error()  # type: ignore[attr-defined]
+        if self._core_attention:
+            self._pass_gate()
         if n == 0:
             return -1, 0
         p = next(self._core_rr).partition
@@ -382,6 +392,29 @@ class BufferCore:
     def _is_closed(self) -> bool:
         return self._core_closed
 
+    def _set_attention(self) -> None:
+        """Make the next insert call the layer's ``_attend()`` (once)."""
+        self._set_gate(True)
+
+    def _pass_gate(self) -> None:
+        """Reopen the gate after ``_set_attention`` and attend, in one insert only."""
+        with self._core_gate_lock:
+            if not self._core_attention:
+                return
+            self._set_gate(False)
+        self._attend()  # type: ignore[attr-defined]
+
+    def _set_gate(self, attention: bool) -> None:
+        for ring in self._core_parts:
+            ring.lock.acquire()
+        try:
+            self._core_attention = attention
+            for ring in self._core_parts:
+                self._set_limit(ring)
+        finally:
+            for ring in self._core_parts:
+                ring.lock.release()
+
     def _mark_closed(self) -> None:
         """Refuse every later insert."""
         for ring in self._core_parts:
@@ -443,7 +476,7 @@ class BufferCore:
 
     def _set_limit(self, ring: _Ring) -> None:
         """Recompute ``ring.limit`` (under ``ring.lock``)."""
-        if self._core_closed or ring.hold:
+        if self._core_closed or ring.hold or self._core_attention:
             ring.limit = 0
         else:
             ring.limit = ring.ready_count + ring.threshold

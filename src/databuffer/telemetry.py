@@ -14,10 +14,21 @@ Events emitted by databuffer, with their measurements and metadata:
   ``monotonic_time``; ``buffer``, ``kind``, ``reason``, ``stacktrace``.
 - ``("data_buffer", "flush", "start")``: ``system_time``, ``monotonic_time``;
   ``buffer``, ``partition``, ``size``, ``trigger``.
+- ``("data_buffer", "flush", "retry")``: ``duration`` (of the failed
+  attempt), ``delay`` (the backoff before the next attempt),
+  ``monotonic_time``; ``buffer``, ``partition``, ``size``, ``trigger``,
+  ``attempt`` (the attempt that failed), ``kind``, ``reason``,
+  ``stacktrace``.
 - ``("data_buffer", "flush", "stop")``: ``duration``, ``monotonic_time``;
-  ``buffer``, ``partition``, ``size``, ``trigger``.
+  ``buffer``, ``partition``, ``size``, ``trigger``, ``attempt`` (the attempt
+  that succeeded).
 - ``("data_buffer", "flush", "exception")``: ``duration``,
-  ``monotonic_time``; as ``stop`` plus ``kind``, ``reason``, ``stacktrace``.
+  ``monotonic_time``; as ``stop`` (``attempt``: the last one) plus ``kind``,
+  ``reason``, ``stacktrace``.
+
+A batch has one ``start`` and one ``stop`` or ``exception`` event, whatever
+its number of attempts; ``duration`` spans all of them.  Each failed attempt
+that is retried emits a ``retry`` event in between.
 
 Times are integer nanoseconds (``time.time_ns()``, ``time.monotonic_ns()``).
 While no handler is attached to an insert event, inserts skip telemetry
@@ -36,6 +47,7 @@ from ._compat import LOADED_CORES
 __all__ = (
     "EVENTS",
     "FLUSH_EXCEPTION",
+    "FLUSH_RETRY",
     "FLUSH_START",
     "FLUSH_STOP",
     "INSERT_EXCEPTION",
@@ -57,6 +69,7 @@ INSERT_STOP: Event = ("data_buffer", "insert", "stop")
 INSERT_EXCEPTION: Event = ("data_buffer", "insert", "exception")
 FLUSH_START: Event = ("data_buffer", "flush", "start")
 FLUSH_STOP: Event = ("data_buffer", "flush", "stop")
+FLUSH_RETRY: Event = ("data_buffer", "flush", "retry")
 FLUSH_EXCEPTION: Event = ("data_buffer", "flush", "exception")
 EVENTS: tuple[Event, ...] = (
     INSERT_START,
@@ -65,6 +78,7 @@ EVENTS: tuple[Event, ...] = (
     FLUSH_START,
     FLUSH_STOP,
     FLUSH_EXCEPTION,
+    FLUSH_RETRY,
 )
 _INSERT_EVENTS = frozenset((INSERT_START, INSERT_STOP, INSERT_EXCEPTION))
 
