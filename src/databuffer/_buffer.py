@@ -602,6 +602,16 @@ class _BufferLayer:
     ) -> None:
         seconds = self._insert_timeout if timeout is None else float(timeout)
         part = self._parts[p]
+        if self._in_own_thread():
+            # Room is made by this buffer's flushers: a callback that waited
+            # for it could be waiting for itself.
+            raise BufferFull(
+                f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
+                "previous batch is flushing, and an insert from the buffer's own flush callbacks "
+                "(handle_flush, handle_flush_error, telemetry handlers) does not wait for room"
+                + (f"; {stored} leading items stored" if batch else ""),
+                stored=stored,
+            )
         deadline = _monotonic() + seconds
         with part.room:
             part.waiters += 1
@@ -627,8 +637,13 @@ class _BufferLayer:
         self._instrumented(self._insert_batch_raw, items, timeout, batch=True)
 
     def _instrumented(self, raw: Callable[[Any, Any], Any], arg: Any, timeout: Any, *, batch: bool) -> None:
+        if getattr(_emitting, "insert", False):
+            # An insert from an insert telemetry handler: its own events
+            # would call the handler again, without end.
+            raw(arg, timeout)
+            return
         start = _monotonic_ns()
-        telemetry.execute(
+        _emit_insert_event(
             telemetry.INSERT_START,
             {"system_time": time.time_ns(), "monotonic_time": start},
             {"buffer": self._name},
@@ -637,7 +652,7 @@ class _BufferLayer:
             result = raw(arg, timeout)
         except Exception as exc:
             end = _monotonic_ns()
-            telemetry.execute(
+            _emit_insert_event(
                 telemetry.INSERT_EXCEPTION,
                 {"duration": end - start, "monotonic_time": end},
                 {"buffer": self._name, "kind": "error", "reason": exc, "stacktrace": exc.__traceback__},
@@ -649,7 +664,7 @@ class _BufferLayer:
             partition = None if partition < 0 else partition
         else:
             partition, size = result, 1
-        telemetry.execute(
+        _emit_insert_event(
             telemetry.INSERT_STOP,
             {"duration": end - start, "monotonic_time": end},
             {"buffer": self._name, "partition": partition, "size": size},
@@ -681,14 +696,20 @@ class _BufferLayer:
         else:
             self._wake(part.index)
 
+    def _in_own_thread(self) -> bool:
+        """Whether the caller is one of this buffer's threads (a flush callback).
+
+        Flusher threads that were abandoned after a timeout count too.
+        """
+        return getattr(threading.current_thread(), "_databuffer_owner", None) is self
+
     def _refuse_flusher_thread(self, call: str) -> None:
         """Raise if called from this buffer's own flusher or timer thread.
 
         Such a call (from ``handle_flush``, ``handle_flush_error`` or a flush
         telemetry handler) would wait for the flush it is part of.
         """
-        current = threading.current_thread()
-        if current is self._timer or any(part.thread is current for part in self._parts):
+        if self._in_own_thread():
             raise RuntimeError(
                 f"{call}() of buffer {self._name!r} cannot be called from its own flush callbacks "
                 "(handle_flush, handle_flush_error, telemetry handlers): it would wait for itself; "
@@ -744,6 +765,7 @@ class _BufferLayer:
             name=f"databuffer-{self._name}-flusher-{part.index}",
             daemon=True,
         )
+        thread._databuffer_owner = self  # type: ignore[attr-defined]  # see _in_own_thread
         with self._threads_lock:
             # Published before it runs: once it settles a timed-out batch,
             # close() may join part.thread, which must not be the stuck one.
@@ -752,6 +774,7 @@ class _BufferLayer:
 
     def _start_timer(self) -> None:
         thread = threading.Thread(target=self._timer_main, name=f"databuffer-{self._name}-timer", daemon=True)
+        thread._databuffer_owner = self  # type: ignore[attr-defined]  # see _in_own_thread
         with self._threads_lock:
             self._timer = thread
             thread.start()
@@ -1144,6 +1167,18 @@ def _raised(error: BaseException) -> BaseException:
         return error
     finally:
         error = None  # type: ignore[assignment]  # the traceback holds this frame
+
+
+# Per thread: whether it is running insert telemetry handlers.
+_emitting = threading.local()
+
+
+def _emit_insert_event(event: tuple[str, ...], measurements: dict[str, Any], metadata: Any) -> None:
+    _emitting.insert = True
+    try:
+        telemetry.execute(event, measurements, metadata)
+    finally:
+        _emitting.insert = False
 
 
 def _room_freed(part: _Partition) -> None:
