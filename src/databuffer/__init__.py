@@ -10,6 +10,7 @@ from . import telemetry
 from ._buffer import Buffer, FlushOpts
 from ._compat import USING_EXTENSION
 from ._errors import BufferClosed, BufferFull, FlushTimeout
+from ._shutdown import close_open_buffers, flush_on_sigterm, get_exit_timeout, set_exit_timeout
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,9 @@ __all__ = (
     "FlushOpts",
     "FlushTimeout",
     "__version__",
+    "close_open_buffers",
+    "flush_on_sigterm",
+    "get_exit_timeout",
+    "set_exit_timeout",
     "telemetry",
 )

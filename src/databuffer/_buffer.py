@@ -8,7 +8,6 @@ and telemetry.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import numbers
@@ -527,12 +526,12 @@ class _BufferLayer:
         self._refuse_flusher_thread("close")
         # Inserts stop at once, even while another thread is in close().
         self._mark_closed()
+        self._supervise()
         if not self._close_lock.acquire(timeout=_wait_time(deadline, -1)):
             raise TimeoutError(f"buffer {self._name!r}: another close() is still flushing")
         try:
             if self._stopped:
                 return
-            self._supervise()
             for part in self._parts:
                 with part.room:
                     part.room.notify_all()
@@ -554,6 +553,15 @@ class _BufferLayer:
             _open_buffers.discard(self)
         finally:
             self._close_lock.release()
+
+    def _begin_close(self) -> None:
+        """Refuse inserts and ask every partition to flush for close; do not wait."""
+        if self._stopped:
+            return
+        self._mark_closed()
+        self._supervise()
+        for part in self._parts:
+            self._request(part, "close")
 
     def __enter__(self) -> Any:
         return self
@@ -627,6 +635,13 @@ class _BufferLayer:
                             stored=stored,
                         )
                     part.room.wait(min(remaining, threading.TIMEOUT_MAX))
+            except KeyboardInterrupt as exc:
+                # Ctrl-C while waiting: the items stored so far stay stored.
+                if batch:
+                    exc.add_note(
+                        f"insert_batch stored {stored} leading items of the call before it was interrupted"
+                    )
+                raise
             finally:
                 part.waiters -= 1
 
@@ -1191,12 +1206,3 @@ def _room_freed(part: _Partition) -> None:
 # Buffers that are open, closed at interpreter exit.  Weak: the registry keeps
 # no buffer alive (an open buffer is kept alive by its own threads).
 _open_buffers: weakref.WeakSet[_BufferLayer] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_buffers() -> None:
-    for buf in list(_open_buffers):
-        try:
-            buf.close()
-        except Exception:
-            logger.exception("closing buffer %r at interpreter exit failed", buf.name)

@@ -1,0 +1,131 @@
+"""Shutdown: closing open buffers at interpreter exit and on SIGTERM."""
+
+from __future__ import annotations
+
+import atexit
+import signal
+from typing import Any
+
+from ._buffer import _check_seconds, _monotonic, _open_buffers, logger
+
+__all__ = ("close_open_buffers", "flush_on_sigterm", "get_exit_timeout", "set_exit_timeout")
+
+# The cap on the whole flush at interpreter exit, over all buffers (seconds).
+# Written by set_exit_timeout (any thread; a float store is atomic), read
+# when the interpreter exits.
+_exit_timeout = 30.0
+
+
+def set_exit_timeout(seconds: float) -> None:
+    """Set the cap on the flush of open buffers at interpreter exit.
+
+    At exit every open buffer is closed: all of them start flushing at once,
+    each batch bounded by its buffer's ``flush_timeout``, and the whole is
+    bounded by this cap (default 30 seconds).  Items still buffered or in
+    flight when the cap runs out are logged as lost, with the buffer's
+    name, and the interpreter exits.
+
+    Args:
+        seconds: a finite number of seconds >= 0.
+
+    Raises:
+        TypeError: ``seconds`` is not a number.
+        ValueError: ``seconds`` is negative, NaN or infinite.
+    """
+    global _exit_timeout
+    _exit_timeout = _check_seconds("exit timeout", seconds, zero_ok=True)
+
+
+def get_exit_timeout() -> float:
+    """The cap on the flush of open buffers at interpreter exit (see :func:`set_exit_timeout`)."""
+    return _exit_timeout
+
+
+def close_open_buffers(timeout: float | None = None) -> None:
+    """Close every open buffer, flushing them all at once, within ``timeout``.
+
+    Run at interpreter exit with the exit timeout (see
+    :func:`set_exit_timeout`), and by the SIGTERM handler of
+    :func:`flush_on_sigterm`.  A buffer that cannot finish in time is logged
+    at ERROR with the number of items it leaves unflushed; none raises.
+
+    Args:
+        timeout: seconds for all of them together; ``None``: the exit timeout.
+    """
+    seconds = _exit_timeout if timeout is None else _check_seconds("timeout", timeout, zero_ok=True)
+    deadline = _monotonic() + seconds
+    buffers = [buf for buf in list(_open_buffers) if not buf._in_own_thread()]
+    # Start every close flush first, so that a slow buffer does not hold
+    # the others' flushes back.
+    for buf in buffers:
+        try:
+            buf._begin_close()
+        except Exception:
+            logger.exception("buffer %r: starting its close flush failed", buf.name)
+    for buf in buffers:
+        try:
+            buf.close(timeout=max(0.0, deadline - _monotonic()))
+        except TimeoutError:
+            stats = buf.stats()
+            logger.error(
+                "buffer %r: not flushed within %ss of closing all buffers; %d items buffered and "
+                "%d in flight are left unflushed",
+                buf.name,
+                seconds,
+                stats["size"],
+                stats["in_flight"],
+            )
+        except Exception:
+            logger.exception("closing buffer %r failed", buf.name)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    close_open_buffers()
+
+
+def flush_on_sigterm(exit_code: int = 128 + signal.SIGTERM) -> Any:
+    """Flush every open buffer when the process receives SIGTERM.
+
+    By default SIGTERM ends a Python process at once: no ``finally`` block
+    and no ``atexit`` function runs, so buffered items are lost.  This
+    installs a handler that turns SIGTERM into ``SystemExit(exit_code)`` in
+    the main thread: ``finally`` blocks and ``with`` blocks unwind (releasing
+    any lock the main thread held), then the interpreter exits normally and
+    closes every open buffer within the exit timeout (see
+    :func:`set_exit_timeout`).  The exit status is ``exit_code`` (143, as a
+    shell reports a process ended by SIGTERM).  A Python handler installed
+    before is called first.  A second SIGTERM while exiting is ignored.
+
+    Call it from the main thread (Python installs signal handlers only
+    there).  The handler only raises: closing buffers inside a signal
+    handler could wait for a lock the interrupted code holds.
+
+    Args:
+        exit_code: the process's exit status.
+
+    Returns:
+        The previous SIGTERM handler, to restore with ``signal.signal``.
+
+    Raises:
+        ValueError: not called from the main thread.
+        TypeError: ``exit_code`` is not an int.
+    """
+    if isinstance(exit_code, bool) or not isinstance(exit_code, int):
+        raise TypeError(f"exit_code must be an int, not {type(exit_code).__name__} {exit_code!r}")
+    previous = signal.getsignal(signal.SIGTERM)
+    # Only the main thread touches it: Python runs signal handlers there.
+    fired = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        if callable(previous):
+            previous(signum, frame)
+        logger.info("SIGTERM: exiting; open buffers are flushed at exit")
+        raise SystemExit(exit_code)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return previous
