@@ -18,6 +18,7 @@
 
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #if !defined(__GNUC__) && !defined(__clang__)
 #error "databuffer's core needs GCC or Clang __atomic builtins"
@@ -34,6 +35,10 @@ typedef struct { char unused; } db_mutex;
 static inline void db_lock(db_mutex *m) { (void)m; }
 static inline void db_unlock(db_mutex *m) { (void)m; }
 #endif
+
+/* In a child process after fork(): the lock is free (zero is the unlocked
+ * state of a PyMutex); the parent thread that held it does not exist here. */
+static inline void db_mutex_reinit(db_mutex *m) { memset(m, 0, sizeof(*m)); }
 
 static inline int64_t
 db_load(const int64_t *p)

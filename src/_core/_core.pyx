@@ -54,6 +54,7 @@ cdef extern from "_atomic.h" nogil:
         pass
     void db_lock(db_mutex *m)
     void db_unlock(db_mutex *m)
+    void db_mutex_reinit(db_mutex *m)
     int64_t db_load(const int64_t *p)
     void db_store(int64_t *p, int64_t v)
     void db_store_seq_cst(int64_t *p, int64_t v)
@@ -542,6 +543,62 @@ cdef class BufferCore:
         for p in range(self._n):
             db_lock(&self._parts[p].lock)
             db_unlock(&self._parts[p].lock)
+
+    # -- fork (called by the layer's os.register_at_fork hooks) -----------
+
+    def _fork_prepare(self):
+        """Before ``fork()``: take every partition's lock, so that no ring is
+        half-updated in the child.  Released by ``_fork_parent`` in the
+        parent; the child starts over (``_fork_child``)."""
+        cdef Py_ssize_t p
+        for p in range(self._n):
+            db_lock(&self._parts[p].lock)
+
+    def _fork_parent(self):
+        """After ``fork()``, in the parent: release what ``_fork_prepare`` took."""
+        cdef Py_ssize_t p
+        for p in range(self._n):
+            db_unlock(&self._parts[p].lock)
+
+    def _fork_child(self):
+        """After ``fork()``, in the child: an empty buffer with fresh locks and events.
+
+        The items buffered or in flight belong to the parent, which flushes
+        them: the child drops its copies (so nothing is delivered twice) and
+        its counters start from zero.  Returns the dropped references in a
+        list, for the caller to release once the buffer is consistent again
+        (releasing them may run ``__del__`` methods).
+        """
+        cdef Py_ssize_t p, k
+        cdef Part *part
+        import os
+        dropped = []
+        if self._parts is NULL:
+            return dropped
+        for p in range(self._n):
+            part = &self._parts[p]
+            db_mutex_reinit(&part.lock)
+            k = <Py_ssize_t>part.count
+            batch = PyList_New(k)
+            ring_move(part, (<PyListObject *>batch).ob_item, k)
+            dropped.append(batch)
+            if part.ready is not NULL:
+                sealed = <object>part.ready
+                Py_DECREF(sealed)  # the struct's reference; `sealed` holds one
+                part.ready = NULL
+                dropped.append(sealed)
+            part.head = part.tail = 0
+            part.count = part.busy = part.ready_seq = 0
+            part.inserted = part.taken = part.flushed = part.failed = 0
+            part.rng = int.from_bytes(os.urandom(8), "little") | 1
+            part.threshold = self._draw(part)
+            if p < self._events and db_event_init(&part.wake):
+                raise OSError(f"cannot create the wake event of partition {p} after fork")
+        self._rr = 0
+        self._homes_rr = 0
+        self._homes = {}
+        db_cas(&self._closed, GATE_ATTEND, GATE_OPEN)
+        return dropped
 
     def _stats(self, Py_ssize_t p):
         """``(size, threshold, busy, inserted, taken, flushed, failed)``.

@@ -309,24 +309,28 @@ class _BufferLayer:
         self._error_fn: Callable[[list[Any], FlushOpts, BaseException], Any] = (
             handle_flush_error or self.handle_flush_error
         )
-        self._random = random.Random()
-
-        self._parts = [_Partition(p) for p in range(self._partitions)]
-        # Guards starting threads (part.thread, _timer): _supervise must not
-        # see a thread published but not started yet.
-        self._threads_lock = threading.RLock()
+        self._stopping = False
+        self._stopped = False
         self._core_init(
             self._partitions,
             self._max_size,
             self._max_size_jitter,
             dispatch == "thread",
         )
+        self._start()
+        _open_buffers.add(self)
+        _all_buffers.add(self)
 
+    def _start(self) -> None:
+        """Make the layer's state and start its threads (at construction, and in a forked child)."""
+        self._random = random.Random()
+        self._parts = [_Partition(p) for p in range(self._partitions)]
+        # Guards starting threads (part.thread, _timer): _supervise must not
+        # see a thread published but not started yet.
+        self._threads_lock = threading.RLock()
         # Lifecycle: _close_lock serializes close(); _stopping is set once
         # every flush is done and tells the threads to exit.
         self._close_lock = threading.Lock()
-        self._stopping = False
-        self._stopped = False
         # sync_flush/close waiters wait on _progress for finished flushes;
         # _sync_count (guarded by it) lets flushers skip the notify.
         self._progress = threading.Condition(threading.Lock())
@@ -343,7 +347,6 @@ class _BufferLayer:
             part.deadline = now + self._next_interval()
             self._start_flusher(part, None)
         self._start_timer()
-        _open_buffers.add(self)
 
     # -- callbacks --------------------------------------------------------
 
@@ -562,6 +565,36 @@ class _BufferLayer:
         self._supervise()
         for part in self._parts:
             self._request(part, "close")
+
+    # -- fork (see _shutdown's os.register_at_fork hooks) ----------------------
+
+    def _fork_before(self) -> None:
+        """Quiesce before ``fork()``: hold the partitions' locks, the layer's then the core's."""
+        for part in self._parts:
+            part.lock.acquire()
+        self._fork_prepare()
+
+    def _fork_after_parent(self) -> None:
+        self._fork_parent()
+        for part in reversed(self._parts):
+            part.lock.release()
+
+    def _fork_after_child(self) -> list[Any]:
+        """In a forked child: start over empty, with fresh locks and threads.
+
+        The parent's items stay the parent's (it flushes them): the child
+        drops its copies, so nothing is delivered twice.  Returns them, for
+        the caller to release once every buffer is consistent again.
+        """
+        dropped = self._fork_child()
+        if self._stopping or self._is_closed():
+            # Closed (or closing) in the parent: nothing to flush here.
+            self._stopping = self._stopped = True
+            _open_buffers.discard(self)
+            self._parts = [_Partition(p) for p in range(self._partitions)]
+            return dropped
+        self._start()
+        return dropped
 
     def __enter__(self) -> Any:
         return self
@@ -1206,3 +1239,5 @@ def _room_freed(part: _Partition) -> None:
 # Buffers that are open, closed at interpreter exit.  Weak: the registry keeps
 # no buffer alive (an open buffer is kept alive by its own threads).
 _open_buffers: weakref.WeakSet[_BufferLayer] = weakref.WeakSet()
+# Every buffer, open or closed: each is quiesced around fork().
+_all_buffers: weakref.WeakSet[_BufferLayer] = weakref.WeakSet()

@@ -146,15 +146,19 @@ class BufferCore:
         self._core_jitter = max_size_jitter
         self._core_random = random.Random()
         self._core_n = partitions
+        self._core_by_thread = by_thread
         self._core_parts = tuple(_Ring(p, self._draw()) for p in range(partitions))
         self._core_gate_lock = threading.Lock()
+        self._core_rr = self._dispatcher()
+
+    def _dispatcher(self) -> Iterator[_Ring]:
         # The round-robin dispatcher, advanced with next(): calling a stored
         # cycle.__next__ (a method-wrapper) costs about twice as much.
-        self._core_rr: Iterator[_Ring] = itertools.cycle(self._core_parts)
-        if by_thread:
-            self._core_rr = _ThreadHomes(self._core_parts)
-        elif _GIL_DISABLED:
-            self._core_rr = _LockedCycle(self._core_parts)
+        if self._core_by_thread:
+            return _ThreadHomes(self._core_parts)
+        if _GIL_DISABLED:
+            return _LockedCycle(self._core_parts)
+        return itertools.cycle(self._core_parts)
 
     @staticmethod
     def _own_methods(cls: type) -> None:
@@ -426,6 +430,42 @@ class BufferCore:
         finally:
             for ring in self._core_parts:
                 ring.lock.release()
+
+    # -- fork (called by the layer's os.register_at_fork hooks) -----------
+
+    def _fork_prepare(self) -> None:
+        """Before ``fork()``: take every partition's lock (see the compiled core)."""
+        for ring in self._core_parts:
+            ring.lock.acquire()
+
+    def _fork_parent(self) -> None:
+        """After ``fork()``, in the parent: release what ``_fork_prepare`` took."""
+        for ring in reversed(self._core_parts):
+            ring.lock.release()
+
+    def _fork_child(self) -> list[Any]:
+        """After ``fork()``, in the child: an empty buffer with fresh locks.
+
+        The parent's items are dropped (returned, for the caller to release
+        once the buffer is consistent); the counters start from zero.
+        """
+        dropped: list[Any] = []
+        self._core_random.seed()
+        self._core_gate_lock = threading.Lock()
+        self._core_attention = False
+        for ring in self._core_parts:
+            dropped.extend(ring)
+            ring.clear()
+            ring.lock = threading.RLock()
+            ring.wake = threading.Lock()
+            ring.wake.acquire()
+            ring.hold = 0
+            ring.busy = False
+            ring.ready_count = ring.ready_seq = ring.taken = ring.flushed = ring.failed = 0
+            ring.threshold = self._draw()
+            self._set_limit(ring)
+        self._core_rr = self._dispatcher()
+        return dropped
 
     def _stats(self, p: int) -> tuple[int, int, bool, int, int, int, int]:
         """``(size, threshold, busy, inserted, taken, flushed, failed)``.

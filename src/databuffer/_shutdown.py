@@ -1,12 +1,25 @@
-"""Shutdown: closing open buffers at interpreter exit and on SIGTERM."""
+"""The process around the buffers: exit, SIGTERM and fork.
+
+- At interpreter exit every open buffer is closed, all at once, within one
+  cap (``set_exit_timeout``); ``flush_on_sigterm`` makes SIGTERM such an exit.
+- Around ``fork()`` every buffer is quiesced (its partition locks held), and
+  in the child each starts over empty with fresh locks and threads: the
+  parent's items stay the parent's.  In a child started by ``multiprocessing``
+  with the fork method, which ends with ``os._exit()`` (no ``atexit``), the
+  open buffers are closed by a ``multiprocessing`` finalizer instead.
+"""
 
 from __future__ import annotations
 
 import atexit
+import os
 import signal
+import sys
+import threading
 from typing import Any
 
-from ._buffer import _check_seconds, _monotonic, _open_buffers, logger
+from . import telemetry
+from ._buffer import _all_buffers, _check_seconds, _monotonic, _open_buffers, logger
 
 __all__ = ("close_open_buffers", "flush_on_sigterm", "get_exit_timeout", "set_exit_timeout")
 
@@ -129,3 +142,72 @@ def flush_on_sigterm(exit_code: int = 128 + signal.SIGTERM) -> Any:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     return previous
+
+
+# -- fork -----------------------------------------------------------------
+
+# The buffers quiesced by _before_fork, in the order their locks were taken.
+# Only the thread calling fork() runs the three hooks, one after another.
+_forking: list[Any] = []
+
+
+def _before_fork() -> None:
+    _register_multiprocessing_finalizer()
+    buffers = list(_all_buffers)
+    for buf in buffers:
+        try:
+            buf._fork_before()
+        except BaseException:
+            _after_fork_in_parent()  # release what was taken so far
+            raise
+        _forking.append(buf)
+
+
+def _after_fork_in_parent() -> None:
+    while _forking:
+        _forking.pop()._fork_after_parent()
+
+
+def _after_fork_in_child() -> None:
+    telemetry._after_fork_in_child()
+    dropped = []
+    buffers, _forking[:] = list(_forking), []
+    for buf in buffers:
+        try:
+            dropped.append(buf._fork_after_child())
+        except Exception:
+            logger.exception("buffer %r: restarting it in the forked child failed", buf.name)
+    # Released last: dropping the parent's items may run their __del__,
+    # which may use a buffer, which must be whole again by then.
+    dropped.clear()
+
+
+# multiprocessing's fork children end with os._exit(), so atexit does not run
+# there; its finalizers do.  Registered once, when multiprocessing is in use.
+class _MultiprocessingHook:
+    registered = False
+
+
+_mp_hook = _MultiprocessingHook()
+
+
+def _register_multiprocessing_finalizer() -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _MultiprocessingHook.registered:
+        return
+    _MultiprocessingHook.registered = True
+    mp_util.register_after_fork(_mp_hook, _in_multiprocessing_child)
+
+
+def _in_multiprocessing_child(hook: object) -> None:
+    import multiprocessing.util
+
+    # Priority 100: before the finalizers of multiprocessing's own queues
+    # (10), which a handle_flush may still write to.
+    multiprocessing.util.Finalize(None, close_open_buffers, exitpriority=100)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

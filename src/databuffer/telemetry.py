@@ -103,6 +103,12 @@ _handlers: dict[Event, tuple[_Attached, ...]] = {}
 _order: list[_Attached] = []
 
 
+def _after_fork_in_child() -> None:
+    """In a forked child: a fresh registry lock (a parent thread may have held it)."""
+    global _lock
+    _lock = threading.Lock()
+
+
 def _as_event(event: object) -> Event:
     if isinstance(event, str) or not isinstance(event, (tuple, list)):
         raise TypeError(f"an event is a tuple of strings, not {event!r}")

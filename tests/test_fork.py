@@ -1,0 +1,231 @@
+"""Fork safety: around fork() the parent quiesces its buffers; in the child
+every buffer starts empty with fresh locks and threads and works; nothing is
+delivered twice.  Each test runs in a fresh interpreter: forking the test
+process itself (which has threads) is deprecated from Python 3.12."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, os, sys, threading, time, warnings
+    import databuffer
+    from databuffer import Buffer, BufferClosed, telemetry
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+    path = sys.argv[1]
+    lock = threading.Lock()
+
+    def record(**fields):
+        fields["pid"] = os.getpid()
+        with lock, open(path, "a") as f:
+            f.write(json.dumps(fields) + "\\n")
+
+    def wait_child(pid, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+        os.kill(pid, 9)
+        raise SystemExit("the child did not finish: deadlocked after fork?")
+    """
+)
+
+FORK_SCRIPT = PRELUDE + textwrap.dedent(
+    """
+    release = threading.Event()
+
+    def flush(batch, opts):
+        if "stuck" in batch:
+            release.wait(30)
+        record(kind="flush", batch=batch, trigger=opts.trigger)
+
+    buf = Buffer(name="forked", handle_flush=flush, partitions=2, max_size=3, flush_interval=3600)
+    buf.insert_batch(["p0", "p1", "stuck"])    # sealed: in flight in the parent
+    buf.insert_batch(["p2"])                   # buffered in the other partition
+    buf.insert_batch(["p3", "p4"])             # buffered behind the stuck batch
+    pid = os.fork()
+    if pid == 0:
+        try:
+            record(kind="child-start", stats=buf.stats(), dump=buf.dump(), closed=buf.closed)
+            for i in range(7):
+                buf.insert(f"c{i}")
+            results = buf.sync_flush(timeout=10)
+            record(kind="child-synced", n=len(results))
+            buf.insert_batch(["c7"])
+            buf.close(timeout=10)
+            record(kind="child-end", stats=buf.stats())
+        finally:
+            os._exit(0)
+    status = wait_child(pid)
+    release.set()
+    buf.close(timeout=30)
+    record(kind="parent-end", stats=buf.stats(), child_status=status)
+    """
+)
+
+
+def _run(core_name: str, script: str, out: Path, timeout: float = 60) -> list[dict[str, Any]]:
+    env = dict(os.environ)
+    env.pop("DATABUFFER_NO_EXTENSIONS", None)
+    if core_name == "py":
+        env["DATABUFFER_NO_EXTENSIONS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_the_child_starts_empty_and_works_and_nothing_is_delivered_twice(
+    core_name: str, tmp_path: Path
+) -> None:
+    records = _run(core_name, FORK_SCRIPT, tmp_path / "out.jsonl")
+    (parent_end,) = [r for r in records if r["kind"] == "parent-end"]
+    parent, child_status = parent_end["pid"], parent_end["child_status"]
+    assert child_status == 0
+    (start,) = [r for r in records if r["kind"] == "child-start"]
+    child = start["pid"]
+    assert child != parent
+    # The child starts empty: the parent's items, buffered or in flight, are not its own.
+    assert start["dump"] == []
+    assert start["closed"] is False
+    assert all(v == 0 for k, v in start["stats"].items() if k not in ("name", "partitions", "closed"))
+
+    flushed = {
+        pid: [item for r in records if r["kind"] == "flush" and r["pid"] == pid for item in r["batch"]]
+        for pid in (parent, child)
+    }
+    assert sorted(flushed[parent]) == sorted(["p0", "p1", "stuck", "p2", "p3", "p4"])
+    assert sorted(flushed[child]) == sorted(f"c{i}" for i in range(8))
+    everything = flushed[parent] + flushed[child]
+    assert len(everything) == len(set(everything))
+
+    (child_end,) = [r for r in records if r["kind"] == "child-end"]
+    assert (child_end["stats"]["inserted"], child_end["stats"]["flushed"]) == (8, 8)
+    assert (parent_end["stats"]["inserted"], parent_end["stats"]["flushed"]) == (6, 6)
+
+
+HAMMER_SCRIPT = PRELUDE + textwrap.dedent(
+    """
+    delivered = []
+    buf = Buffer(name="busy", handle_flush=lambda b, o: delivered.extend(b),
+                 partitions=4, max_size=50, flush_interval=0.01, flush_jitter=0)
+    telemetry.attach("count", telemetry.FLUSH_STOP, lambda *a: None)
+    stop = threading.Event()
+    counts = [0] * 3
+
+    def produce(n):
+        while not stop.is_set():
+            buf.insert((n, counts[n]))
+            counts[n] += 1
+            if counts[n] % 97 == 0:
+                buf.flush()
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    statuses = []
+    for round in range(15):
+        time.sleep(0.01)   # let the producers get going between forks
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                buf.insert_batch(range(120))
+                telemetry.detach("count")
+                telemetry.attach("again", telemetry.FLUSH_STOP, lambda *a: None)
+                buf.sync_flush(timeout=10)
+                buf.close(timeout=10)
+                s = buf.stats()
+                code = 0 if (s["inserted"], s["flushed"], s["size"]) == (120, 120, 0) else 2
+            finally:
+                os._exit(code)
+        statuses.append(wait_child(pid, seconds=20))
+    stop.set()
+    for t in threads:
+        t.join(30)
+    buf.close(timeout=30)
+    s = buf.stats()
+    record(kind="end", statuses=statuses, inserted=s["inserted"], flushed=s["flushed"],
+           produced=sum(counts), delivered=len(delivered), unique=len(set(delivered)))
+    """
+)
+
+
+def test_forking_while_threads_insert_and_flush_never_deadlocks_the_child(
+    core_name: str, tmp_path: Path
+) -> None:
+    (end,) = _run(core_name, HAMMER_SCRIPT, tmp_path / "out.jsonl", timeout=120)
+    assert end["statuses"] == [0] * 15
+    assert end["inserted"] == end["flushed"] == end["produced"] == end["delivered"] == end["unique"]
+
+
+MULTIPROCESSING_SCRIPT = PRELUDE + textwrap.dedent(
+    """
+    import multiprocessing
+
+    def flush(batch, opts):
+        record(kind="flush", batch=batch, trigger=opts.trigger)
+
+    buf = Buffer(name="mp", handle_flush=flush, max_size=1000, flush_interval=3600)
+    buf.insert_batch(["parent"])
+
+    def work(n):
+        # Returns without closing: the child ends with os._exit(), and the
+        # buffer is still flushed.
+        buf.insert_batch([f"child{n}-a", f"child{n}-b"])
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=work, args=(n,)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    closed = Buffer(name="closed", handle_flush=flush, max_size=10, flush_interval=3600)
+    closed.close()
+
+    def after_close():
+        try:
+            closed.insert(1)
+        except BufferClosed:
+            record(kind="refused", closed=closed.closed, size=closed.size())
+        closed.close()
+
+    p = ctx.Process(target=after_close)
+    p.start()
+    p.join(30)
+    record(kind="exitcodes", codes=[q.exitcode for q in procs] + [p.exitcode])
+    buf.close(timeout=30)
+    """
+)
+
+
+def test_multiprocessing_fork_children_flush_at_exit_and_closed_buffers_stay_closed(
+    core_name: str, tmp_path: Path
+) -> None:
+    records = _run(core_name, MULTIPROCESSING_SCRIPT, tmp_path / "out.jsonl")
+    (codes,) = [r["codes"] for r in records if r["kind"] == "exitcodes"]
+    assert codes == [0, 0, 0]
+    flushes = [r for r in records if r["kind"] == "flush"]
+    items = sorted(item for r in flushes for item in r["batch"])
+    assert items == sorted(["parent", "child0-a", "child0-b", "child1-a", "child1-b"])
+    assert {r["trigger"] for r in flushes} == {"close"}
+    by_pid = {r["pid"]: r["batch"] for r in flushes}
+    assert len(by_pid) == 3  # the parent and each child flushed their own
+    (refused,) = [r for r in records if r["kind"] == "refused"]
+    assert (refused["closed"], refused["size"]) == (True, 0)
