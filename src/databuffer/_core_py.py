@@ -57,8 +57,6 @@ def insert_telemetry() -> bool:
     return _insert_events
 
 
-_NEVER = object()  # a sentinel no deque ever returns
-
 # On a free-threaded interpreter, itertools.cycle is not safe to advance
 # from several threads at once; the dispatcher then takes a lock.
 _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
@@ -354,7 +352,10 @@ class BufferCore:
             # the size read here; used only if that is still the size due.
             k = ring.ready_count or min(len(ring) - ring.ready_count, ring.threshold)
             batch: list[Any] = []
-            pops = itertools.islice(iter(ring.popleft, _NEVER), k)
+            # popleft() k times.  Not iter(popleft, sentinel): that compares
+            # every item with the sentinel, and an item's __eq__ may raise
+            # (losing the items popped so far) or run arbitrary code.
+            pops = itertools.starmap(ring.popleft, itertools.repeat((), k))
             with ring.lock:
                 if ring.ready_count:
                     due, by_size, first = ring.ready_count, True, ring.ready_seq
