@@ -15,7 +15,6 @@ import atexit
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from . import telemetry
