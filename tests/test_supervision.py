@@ -133,3 +133,21 @@ def test_the_next_insert_or_flush_starts_a_thread_that_died(
         buf._parts[0].deadline = 0.0  # due now
         buf._timer_cond.notify()
     wait_for(lambda: buf.size() == 0, timeout=30)
+
+
+def test_sync_flush_reports_base_exceptions_in_a_base_exception_group(make_buffer: Any) -> None:
+    def flush(batch: list[Any], opts: Any) -> None:
+        if batch == ["cancel"]:
+            raise Cancelled("cancelled")
+        raise ValueError("plain")
+
+    buf = make_buffer(handle_flush=flush, handle_flush_error=lambda b, o, e: None, partitions=2, max_size=10)
+    buf.insert("cancel")
+    buf.insert("plain")
+    with pytest.raises(BaseExceptionGroup) as caught:
+        buf.sync_flush(timeout=30)
+    assert not isinstance(caught.value, ExceptionGroup)
+    assert sorted(type(e).__name__ for e in caught.value.exceptions) == ["Cancelled", "ValueError"]
+    buf.insert("plain")
+    with pytest.raises(ExceptionGroup):  # only Exceptions: still an ExceptionGroup
+        buf.sync_flush(timeout=30)

@@ -406,7 +406,9 @@ class _BufferLayer:
         Raises:
             TimeoutError: ``timeout`` ran out.
             ExceptionGroup: some of those batches failed; raised after every
-                partition has finished, with the errors in partition order.
+                partition has finished, with the errors in partition order
+                (a ``BaseExceptionGroup`` if one of them is not an
+                ``Exception``, such as a ``SystemExit`` from ``handle_flush``).
         """
         deadline = self._deadline(timeout)
         if self._stopped:
@@ -416,7 +418,9 @@ class _BufferLayer:
         waiter = self._flush_and_wait("manual", deadline)
         errors = [error for errs in waiter.errors for error in errs]
         if errors:
-            raise ExceptionGroup(
+            # An ExceptionGroup, or a BaseExceptionGroup if a batch failed
+            # with a BaseException (which an ExceptionGroup cannot hold).
+            raise BaseExceptionGroup(
                 f"sync_flush of buffer {self._name!r}: {len(errors)} flush(es) failed", errors
             )
         return [result for results in waiter.results for result in results]
