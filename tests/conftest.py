@@ -154,3 +154,13 @@ def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> sub
         timeout=100,
         check=False,
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run ``soak`` tests only when the ``-m`` expression names them (``-m soak``)."""
+    if "soak" in (config.getoption("markexpr", default="") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
