@@ -129,7 +129,9 @@ def test_items_whose_del_raises_or_reenters_the_buffer(make_buffer: Any, monkeyp
     buf = make_buffer(handle_flush=lambda b, o: None, max_size=2, flush_interval=BIG)
     buf.insert(RaisesInDel())
     buf.insert(InsertsInDel())  # seals the pair: flushed, then released
-    assert reinserted.wait(30)
+    # Polled, not waited on: without the GIL, the batch list may be freed by
+    # the thread that made it (this one, which sealed it) once it runs again.
+    wait_for(reinserted.is_set, timeout=30)
     buf.sync_flush(timeout=30)
     wait_for(lambda: buf.stats()["flushed"] == 3, timeout=30)
     assert [str(e) for e in unraisable] == ["__del__"]
