@@ -399,33 +399,29 @@ class BufferCore:
 
     def _set_attention(self) -> None:
         """Make the next insert call the layer's ``_attend()`` (once)."""
-        self._set_gate(True)
+        self._set_gate(attention=True)
 
     def _pass_gate(self) -> None:
         """Reopen the gate after ``_set_attention`` and attend, in one insert only."""
         with self._core_gate_lock:
             if not self._core_attention:
                 return
-            self._set_gate(False)
+            self._set_gate(attention=False)
         self._attend()  # type: ignore[attr-defined]
-
-    def _set_gate(self, attention: bool) -> None:
-        for ring in self._core_parts:
-            ring.lock.acquire()
-        try:
-            self._core_attention = attention
-            for ring in self._core_parts:
-                self._set_limit(ring)
-        finally:
-            for ring in self._core_parts:
-                ring.lock.release()
 
     def _mark_closed(self) -> None:
         """Refuse every later insert."""
+        self._set_gate(closed=True)
+
+    def _set_gate(self, *, closed: bool | None = None, attention: bool | None = None) -> None:
+        """Set the flags that send inserts to their slow path, under every partition's lock."""
         for ring in self._core_parts:
             ring.lock.acquire()
         try:
-            self._core_closed = True
+            if closed is not None:
+                self._core_closed = closed
+            if attention is not None:
+                self._core_attention = attention
             for ring in self._core_parts:
                 self._set_limit(ring)
         finally:
