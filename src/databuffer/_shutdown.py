@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import signal
 import sys
@@ -145,13 +146,19 @@ def flush_on_sigterm(exit_code: int = 128 + signal.SIGTERM) -> Any:
 
 # -- fork -----------------------------------------------------------------
 
-# The buffers quiesced by _before_fork, in the order their locks were taken.
-# Only the thread calling fork() runs the three hooks, one after another.
+# The buffers quiesced by _before_fork, in the order their locks were taken,
+# and whether the cyclic GC was enabled.  Only the thread calling fork() runs
+# the three hooks, one after another.
 _forking: list[Any] = []
+_gc_was_enabled = [False]
 
 
 def _before_fork() -> None:
     _register_multiprocessing_finalizer()
+    # No GC while the locks are held: a __del__ run by it could insert into
+    # a partition whose (non-reentrant) lock this thread holds.
+    _gc_was_enabled[0] = gc.isenabled()
+    gc.disable()
     buffers = list(_all_buffers)
     for buf in buffers:
         try:
@@ -165,6 +172,12 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     while _forking:
         _forking.pop()._fork_after_parent()
+    _restore_gc()
+
+
+def _restore_gc() -> None:
+    if _gc_was_enabled[0]:
+        gc.enable()
 
 
 def _after_fork_in_child() -> None:
@@ -176,8 +189,9 @@ def _after_fork_in_child() -> None:
             dropped.append(buf._fork_after_child())
         except Exception:
             logger.exception("buffer %r: restarting it in the forked child failed", buf.name)
-    # Released last: dropping the parent's items may run their __del__,
-    # which may use a buffer, which must be whole again by then.
+    # Last: collecting, and dropping the parent's items, may run __del__
+    # methods, which may use a buffer, which must be whole again by then.
+    _restore_gc()
     dropped.clear()
 
 
