@@ -201,7 +201,8 @@ CTRL_C_SCRIPT = textwrap.dedent(
 
     def interrupt():
         deadline = time.monotonic() + 30
-        while buf._parts[0].waiters == 0 and time.monotonic() < deadline:
+        waiting = (lambda: buf._sync_count) if call == "sync_flush" else (lambda: buf._parts[0].waiters)
+        while not waiting() and time.monotonic() < deadline:
             time.sleep(0.005)
         signal.pthread_kill(main, signal.SIGINT)
 
@@ -211,6 +212,8 @@ CTRL_C_SCRIPT = textwrap.dedent(
     try:
         if call == "insert":
             buf.insert("blocked", timeout=60)
+        elif call == "sync_flush":
+            buf.sync_flush()           # waits for the stuck flush, without a deadline
         else:
             buf.insert_batch(["blocked", "too"], timeout=60)
     except KeyboardInterrupt as exc:
@@ -231,8 +234,8 @@ CTRL_C_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("call", ["insert", "insert_batch"])
-def test_ctrl_c_interrupts_a_blocked_insert_and_the_buffer_stays_usable(core_name: str, call: str) -> None:
+@pytest.mark.parametrize("call", ["insert", "insert_batch", "sync_flush"])
+def test_ctrl_c_interrupts_a_blocked_call_and_the_buffer_stays_usable(core_name: str, call: str) -> None:
     proc = _run(CTRL_C_SCRIPT, core_name, call)
     assert proc.returncode == 0, proc.stderr
     outcome = json.loads(proc.stdout)

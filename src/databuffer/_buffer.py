@@ -671,7 +671,7 @@ class _BufferLayer:
                             + (f" with {stored} leading items stored" if batch else ""),
                             stored=stored,
                         )
-                    part.room.wait(min(remaining, threading.TIMEOUT_MAX))
+                    part.room.wait(_interruptible(remaining))
             except KeyboardInterrupt as exc:
                 # Ctrl-C while waiting: the items stored so far stay stored.
                 if batch:
@@ -788,7 +788,7 @@ class _BufferLayer:
                         raise TimeoutError(
                             f"buffer {self._name!r}: flushes still running when the timeout ran out"
                         )
-                    self._progress.wait(_wait_time(deadline))
+                    self._progress.wait(_interruptible(_wait_time(deadline)))
         finally:
             for part in self._parts:
                 with part.lock:
@@ -1202,6 +1202,20 @@ class _BufferLayer:
 
 class Buffer(_BufferLayer, BufferCore):
     __doc__ = _BufferLayer.__doc__
+
+
+# How long the main thread waits at a time in a loop that checks again
+# anyway: CPython 3.13t can miss a signal (Ctrl-C) that arrives just as a
+# wait starts, until that wait ends.
+_MAIN_THREAD_WAIT_STEP = 0.25
+
+
+def _interruptible(seconds: float | None) -> float:
+    """A wait of at most ``seconds`` (None: no limit) for a loop that checks its condition again."""
+    step = threading.TIMEOUT_MAX
+    if threading.current_thread() is threading.main_thread():
+        step = _MAIN_THREAD_WAIT_STEP
+    return step if seconds is None else min(seconds, step)
 
 
 def _wait_time(deadline: float | None, forever: float | None = None) -> float | None:
