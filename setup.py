@@ -9,7 +9,11 @@ from setuptools import Extension, setup
 NO_EXTENSIONS = bool(os.environ.get("DATABUFFER_NO_EXTENSIONS")) or (
     platform.python_implementation() != "CPython"
 )
-DEBUG_BUILD = bool(os.environ.get("DATABUFFER_DEBUG_BUILD"))
+SANITIZE = os.environ.get("DATABUFFER_SANITIZE", "")
+if SANITIZE not in ("", "address"):
+    sys.exit(f"DATABUFFER_SANITIZE={SANITIZE!r}: the only sanitizer supported is 'address'")
+# A sanitized build is always a debug build: -O0 keeps ASan's stacks exact.
+DEBUG_BUILD = bool(os.environ.get("DATABUFFER_DEBUG_BUILD")) or bool(SANITIZE)
 
 if NO_EXTENSIONS:
     print("*********************", file=sys.stderr)
@@ -19,10 +23,17 @@ if NO_EXTENSIONS:
 else:
     from Cython.Build import cythonize
 
+    extra_link_args = []
     if DEBUG_BUILD:
         extra_compile_args = ["-O0", "-g3", "-UNDEBUG"]
         undef_macros = ["NDEBUG"]
-        print("* Debug build of databuffer._core (-O0 -g3, asserts on) *", file=sys.stderr)
+        if SANITIZE:
+            sanitize_args = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"]
+            extra_compile_args += sanitize_args
+            extra_link_args += sanitize_args
+            print("* ASan debug build of databuffer._core (-O0 -g3, -fsanitize=address) *", file=sys.stderr)
+        else:
+            print("* Debug build of databuffer._core (-O0 -g3, asserts on) *", file=sys.stderr)
     else:
         extra_compile_args = ["-O3"]
         undef_macros = []
@@ -34,6 +45,7 @@ else:
                 ["src/_core/_core.pyx"],
                 include_dirs=["src/_core"],
                 extra_compile_args=extra_compile_args,
+                extra_link_args=extra_link_args,
                 undef_macros=undef_macros,
             )
         ],
