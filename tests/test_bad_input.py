@@ -3,6 +3,7 @@ whose __eq__, __hash__, __bool__, __len__ or __del__ misbehave."""
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from collections.abc import Iterator
@@ -129,9 +130,10 @@ def test_items_whose_del_raises_or_reenters_the_buffer(make_buffer: Any, monkeyp
     buf = make_buffer(handle_flush=lambda b, o: None, max_size=2, flush_interval=BIG)
     buf.insert(RaisesInDel())
     buf.insert(InsertsInDel())  # seals the pair: flushed, then released
-    # Polled, not waited on: without the GIL, the batch list may be freed by
-    # the thread that made it (this one, which sealed it) once it runs again.
-    wait_for(reinserted.is_set, timeout=30)
+    # Polled, with a collection each time: without the GIL, an item is freed
+    # by the thread that made it (this one), which may only get to it when
+    # it processes its queue of objects released by other threads.
+    wait_for(lambda: gc.collect() >= 0 and reinserted.is_set(), timeout=30, interval=0.02)
     buf.sync_flush(timeout=30)
     wait_for(lambda: buf.stats()["flushed"] == 3, timeout=30)
     assert [str(e) for e in unraisable] == ["__del__"]
