@@ -36,6 +36,8 @@ _MAX_CAPACITY = sys.maxsize // 16
 # A pending flush request is never downgraded by a weaker one.
 _TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
 _DISPATCH = ("round_robin", "thread")
+# The item counters of stats() and info(), in that order.
+_COUNTERS = ("inserted", "size", "in_flight", "flushed", "retried", "failed")
 
 # Raised by a callback, these end the thread that ran it (after the batch is
 # reported); any other exception is the batch's failure and the thread goes on.
@@ -449,22 +451,18 @@ class _BufferLayer:
         """
         out = []
         for part in self._parts:
-            size, threshold, busy, inserted, taken, flushed, failed = self._stats(part.index)
+            counters, threshold, busy = self._counters(part)
             out.append(
                 {
                     "partition": part.index,
                     "name": self._name,
-                    "size": size,
+                    "size": counters["size"],
                     "flush_size": threshold,
                     "flush_interval": self._flush_interval,
                     "flush_jitter": self._flush_jitter,
                     "flush_timeout": self._flush_timeout,
                     "flushing": busy,
-                    "inserted": inserted,
-                    "in_flight": taken - flushed - failed,
-                    "flushed": flushed,
-                    "retried": part.retried,
-                    "failed": failed,
+                    **counters,
                 }
             )
         return out
@@ -490,16 +488,25 @@ class _BufferLayer:
             At every moment ``inserted == size + in_flight + flushed +
             failed``: each partition is read in one snapshot under its lock.
         """
-        totals = dict.fromkeys(("inserted", "size", "in_flight", "flushed", "retried", "failed"), 0)
+        totals = dict.fromkeys(_COUNTERS, 0)
         for part in self._parts:
-            size, _threshold, _busy, inserted, taken, flushed, failed = self._stats(part.index)
-            totals["inserted"] += inserted
-            totals["size"] += size
-            totals["in_flight"] += taken - flushed - failed
-            totals["flushed"] += flushed
-            totals["retried"] += part.retried
-            totals["failed"] += failed
+            counters, _threshold, _busy = self._counters(part)
+            for key in _COUNTERS:
+                totals[key] += counters[key]
         return {"name": self._name, "partitions": self._partitions, "closed": self.closed, **totals}
+
+    def _counters(self, part: _Partition) -> tuple[dict[str, int], int, bool]:
+        """A partition's item counters (one snapshot), its threshold, and whether it is flushing."""
+        size, threshold, busy, inserted, taken, flushed, failed = self._stats(part.index)
+        counters = {
+            "inserted": inserted,
+            "size": size,
+            "in_flight": taken - flushed - failed,
+            "flushed": flushed,
+            "retried": part.retried,
+            "failed": failed,
+        }
+        return counters, threshold, busy
 
     @property
     def name(self) -> str:
@@ -851,13 +858,13 @@ class _BufferLayer:
                 for part in self._parts:
                     thread = part.thread
                     if thread is not None and not thread.is_alive():
+                        # It takes what is due before it first waits: no wake needed.
                         self._start_flusher(part, None)
                         logger.warning(
                             "buffer %r: started a new flusher for partition %d (the last one ended)",
                             self._name,
                             part.index,
                         )
-                        self._wake(part.index)
                 if not self._timer.is_alive():
                     self._start_timer()
                     logger.warning("buffer %r: started a new timer thread (the last one ended)", self._name)
@@ -871,15 +878,14 @@ class _BufferLayer:
                 flight, error = timed_out
                 timed_out = None  # do not hold the batch for the thread's life
                 try:
-                    retry = self._conclude(part, flight, None, error)
-                    if retry is not None and not self._run(part, retry):
+                    if not self._run(part, self._conclude(part, flight, None, error)):
                         return
                 except _THREAD_EXITS:
                     raise
                 except BaseException:
                     self._log_callback_escape(p)
                 finally:
-                    flight = error = retry = None  # type: ignore[assignment]
+                    flight = error = None  # type: ignore[assignment]
             # Bound once: this loop runs once per batch.
             take, flush_one, wait_wake = self._take, self._flush_one, self._wait_wake
             while True:
@@ -942,22 +948,30 @@ class _BufferLayer:
 
     def _flush_one(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> bool:
         """Flush one batch, with its retries; False if an attempt was abandoned."""
+        flight = self._new_flight(part, taken)
+        opts = flight.opts
+        if telemetry.has_handlers(telemetry.FLUSH_START):
+            self._emit_flush_event(
+                telemetry.FLUSH_START,
+                {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
+                {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": opts.trigger},
+            )
+        return self._run(part, flight)
+
+    def _new_flight(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> _Flight:
+        """The first attempt at a batch the core handed out (``_take``)."""
         batch, by_size, first = taken
         trigger = "size" if by_size else part.flush_trigger
-        opts = FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger)
-        flight = _Flight(batch, opts, first)
-        if telemetry.has_handlers(telemetry.FLUSH_START):
-            try:
-                telemetry.execute(
-                    telemetry.FLUSH_START,
-                    {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
-                    {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": trigger},
-                )
-            except _THREAD_EXITS:
-                raise
-            except BaseException:
-                self._log_callback_escape(part.index)  # the batch must still be flushed
-        return self._run(part, flight)
+        return _Flight(batch, FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger), first)
+
+    def _emit_flush_event(self, event: tuple[str, ...], measurements: dict[str, Any], metadata: Any) -> None:
+        """Emit an event in the middle of a batch's flush: a handler's failure must not stop it."""
+        try:
+            telemetry.execute(event, measurements, metadata)
+        except _THREAD_EXITS:
+            raise
+        except BaseException:
+            self._log_callback_escape(metadata["partition"])
 
     def _run(self, part: _Partition, flight: _Flight | None) -> bool:
         """Call ``handle_flush`` for an attempt and its retries; False if abandoned."""
@@ -1020,25 +1034,20 @@ class _BufferLayer:
             part.retried += opts.size
         if telemetry.has_handlers(telemetry.FLUSH_RETRY):
             end = _monotonic_ns()
-            try:
-                telemetry.execute(
-                    telemetry.FLUSH_RETRY,
-                    {"duration": end - flight.start_ns, "delay": int(delay * 1e9), "monotonic_time": end},
-                    {
-                        "buffer": self._name,
-                        "partition": opts.partition,
-                        "size": opts.size,
-                        "trigger": opts.trigger,
-                        "attempt": opts.attempt,
-                        "kind": "error",
-                        "reason": error,
-                        "stacktrace": error.__traceback__,
-                    },
-                )
-            except _THREAD_EXITS:
-                raise
-            except BaseException:
-                self._log_callback_escape(opts.partition)
+            self._emit_flush_event(
+                telemetry.FLUSH_RETRY,
+                {"duration": end - flight.start_ns, "delay": int(delay * 1e9), "monotonic_time": end},
+                {
+                    "buffer": self._name,
+                    "partition": opts.partition,
+                    "size": opts.size,
+                    "trigger": opts.trigger,
+                    "attempt": opts.attempt,
+                    "kind": "error",
+                    "reason": error,
+                    "stacktrace": error.__traceback__,
+                },
+            )
         if delay > 0:
             time.sleep(delay)
         retry = FlushOpts(opts.meta, opts.size, opts.partition, opts.buffer, opts.trigger, opts.attempt + 1)
@@ -1191,11 +1200,7 @@ class _BufferLayer:
         assert error is not None
         while (taken := self._take(part.index, sys.maxsize)) is not None:
             _room_freed(part)
-            batch, by_size, first = taken
-            trigger = "size" if by_size else part.flush_trigger
-            flight = _Flight(
-                batch, FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger), first
-            )
+            flight = self._new_flight(part, taken)
             flight.start_ns = flight.began_ns = _monotonic_ns()
             self._settle(part, flight, None, error)
 
