@@ -159,6 +159,12 @@ cdef inline void ring_move(Part *part, PyObject **dest, Py_ssize_t k) noexcept n
     db_store(&part.taken, part.taken + k)
 
 
+cdef object new_seed():
+    """A random odd 64-bit seed for a partition's jitter generator (never 0)."""
+    import os
+    return int.from_bytes(os.urandom(8), "little") | 1
+
+
 cdef inline uint64_t rng_next(Part *part) noexcept nogil:
     cdef uint64_t x = part.rng
     x ^= x >> 12
@@ -225,7 +231,6 @@ cdef class BufferCore:
         """
         cdef Py_ssize_t p, cap
         cdef int err
-        import os
         if self._parts is not NULL:
             raise RuntimeError("the buffer core is already initialised")
         if partitions < 1 or max_size < 1 or max_size_jitter < 0:
@@ -238,7 +243,7 @@ cdef class BufferCore:
         if max_size_jitter > (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2 - max_size:
             raise ValueError(f"max_size + max_size_jitter = {max_size + max_size_jitter} is too large")
         cap = max_size + max_size_jitter
-        seeds = [int.from_bytes(os.urandom(8), "little") | 1 for _ in range(partitions)]
+        seeds = [new_seed() for _ in range(partitions)]
         self._parts = db_parts_new(partitions)
         if self._parts is NULL:
             raise MemoryError()
@@ -571,7 +576,6 @@ cdef class BufferCore:
         """
         cdef Py_ssize_t p, k
         cdef Part *part
-        import os
         dropped = []
         if self._parts is NULL:
             return dropped
@@ -590,7 +594,7 @@ cdef class BufferCore:
             part.head = part.tail = 0
             part.count = part.busy = part.ready_seq = 0
             part.inserted = part.taken = part.flushed = part.failed = 0
-            part.rng = int.from_bytes(os.urandom(8), "little") | 1
+            part.rng = new_seed()
             part.threshold = self._draw(part)
             if p < self._events and db_event_init(&part.wake):
                 raise OSError(f"cannot create the wake event of partition {p} after fork")
