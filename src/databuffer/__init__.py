@@ -7,7 +7,7 @@
 """
 
 from . import telemetry
-from ._buffer import Buffer, FlushOpts
+from ._buffer import Buffer, BufferStats, FlushOpts, PartitionInfo
 from ._compat import USING_EXTENSION
 from ._errors import BufferClosed, BufferFull, FlushTimeout
 from ._shutdown import close_open_buffers, flush_on_sigterm, get_exit_timeout, set_exit_timeout
@@ -19,8 +19,10 @@ __all__ = (
     "Buffer",
     "BufferClosed",
     "BufferFull",
+    "BufferStats",
     "FlushOpts",
     "FlushTimeout",
+    "PartitionInfo",
     "__version__",
     "close_open_buffers",
     "flush_on_sigterm",

@@ -106,7 +106,7 @@ _OPTIONS: dict[str, Any] = {
 _ITEM = ("tick", 1)
 
 
-class _PyBuffer(_buffer._BufferLayer, _core_py.BufferCore):
+class _PyBuffer(_buffer._BufferLayer[Any], _core_py.BufferCore):
     """``Buffer`` over the pure-Python core (the default may be the compiled one)."""
 
 
@@ -765,7 +765,7 @@ class BenchReport:
                 "list_bytes_per_item": m.list_bytes_per_item,
             }
         rows = [{**asdict(row), "ratio": row.ratio} for row in self.rows()]
-        return _finite(
+        document: dict[str, Any] = _finite(
             {
                 "environment": self.env,
                 "settings": self.settings,
@@ -776,6 +776,7 @@ class BenchReport:
                 "seconds": self.seconds,
             }
         )
+        return document
 
 
 def _finite(value: Any) -> Any:

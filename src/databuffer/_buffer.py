@@ -17,13 +17,27 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypedDict, TypeVar, cast, overload
 
 from . import telemetry
 from ._compat import BufferCore
 from ._errors import BufferClosed, BufferFull, FlushTimeout
 
-__all__ = ("Buffer", "FlushOpts")
+if TYPE_CHECKING:
+    # The layer calls the core's methods; both cores have the same ones, and
+    # the pure-Python core is the typed spelling of them.
+    from ._core_py import BufferCore as _CoreMethods
+else:
+
+    class _CoreMethods:
+        __slots__ = ()
+
+
+__all__ = ("Buffer", "BufferStats", "FlushOpts", "PartitionInfo")
+
+#: The type of the items a buffer holds: ``Buffer[Event]`` holds ``Event``s.
+T = TypeVar("T")
+_E = TypeVar("_E", bound=BaseException)
 
 logger = logging.getLogger("databuffer")
 
@@ -37,7 +51,8 @@ _MAX_CAPACITY = sys.maxsize // 16
 _TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
 _DISPATCH = ("round_robin", "thread")
 # The item counters of stats() and info(), in that order.
-_COUNTERS = ("inserted", "size", "in_flight", "flushed", "retried", "failed")
+_CounterKey = Literal["inserted", "size", "in_flight", "flushed", "retried", "failed"]
+_COUNTERS: tuple[_CounterKey, ...] = ("inserted", "size", "in_flight", "flushed", "retried", "failed")
 
 # Raised by a callback, these end the thread that ran it (after the batch is
 # reported); any other exception is the batch's failure and the thread goes on.
@@ -82,6 +97,39 @@ class FlushOpts:
         return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class _Counters(TypedDict):
+    # The item counters of stats() and info(); see Buffer.stats.
+    inserted: int
+    size: int
+    in_flight: int
+    flushed: int
+    retried: int
+    failed: int
+
+
+class BufferStats(_Counters):
+    """What :meth:`Buffer.stats` returns: ``name``, ``partitions``, ``closed``
+    and the item counters over all partitions (``inserted``, ``size``,
+    ``in_flight``, ``flushed``, ``retried``, ``failed``)."""
+
+    name: str
+    partitions: int
+    closed: bool
+
+
+class PartitionInfo(_Counters):
+    """What :meth:`Buffer.info` returns for each partition: its settings and
+    state, and its item counters (as in :class:`BufferStats`)."""
+
+    partition: int
+    name: str
+    flush_size: int
+    flush_interval: float
+    flush_jitter: float
+    flush_timeout: float
+    flushing: bool
 
 
 class _Flight:
@@ -183,7 +231,7 @@ def _check_timeout(value: object) -> float | None:
     return _check_seconds("timeout", value, zero_ok=True)
 
 
-class _BufferLayer:
+class _BufferLayer(_CoreMethods, Generic[T]):
     """Buffers items in memory and flushes them in batches to ``handle_flush``.
 
     Subclass it and define ``handle_flush(self, batch, opts)``, or pass
@@ -250,8 +298,8 @@ class _BufferLayer:
     def __init__(
         self,
         *,
-        handle_flush: Callable[[list[Any], FlushOpts], Any] | None = None,
-        handle_flush_error: Callable[[list[Any], FlushOpts, BaseException], Any] | None = None,
+        handle_flush: Callable[[list[T], FlushOpts], object] | None = None,
+        handle_flush_error: Callable[[list[T], FlushOpts, BaseException], object] | None = None,
         name: str | None = None,
         partitions: int = 1,
         dispatch: str = "round_robin",
@@ -307,8 +355,8 @@ class _BufferLayer:
         self._retry_backoff = _check_seconds("retry_backoff", retry_backoff, zero_ok=True)
         self._retry_backoff_max = _check_seconds("retry_backoff_max", retry_backoff_max, zero_ok=True)
         self._flush_meta = flush_meta
-        self._flush_fn: Callable[[list[Any], FlushOpts], Any] = handle_flush or self.handle_flush
-        self._error_fn: Callable[[list[Any], FlushOpts, BaseException], Any] = (
+        self._flush_fn: Callable[[list[T], FlushOpts], object] = handle_flush or self.handle_flush
+        self._error_fn: Callable[[list[T], FlushOpts, BaseException], object] = (
             handle_flush_error or self.handle_flush_error
         )
         self._stopping = False
@@ -352,7 +400,7 @@ class _BufferLayer:
 
     # -- callbacks --------------------------------------------------------
 
-    def handle_flush(self, batch: list[Any], opts: FlushOpts) -> Any:
+    def handle_flush(self, batch: list[T], opts: FlushOpts) -> object:
         """Write a batch somewhere; override in a subclass (or pass ``handle_flush=``).
 
         Args:
@@ -364,7 +412,7 @@ class _BufferLayer:
         """
         raise NotImplementedError
 
-    def handle_flush_error(self, batch: list[Any], opts: FlushOpts, error: BaseException) -> None:
+    def handle_flush_error(self, batch: list[T], opts: FlushOpts, error: BaseException) -> None:
         """Called with a batch whose ``handle_flush`` raised or timed out.
 
         The default logs the failure on the ``databuffer`` logger at ERROR,
@@ -381,6 +429,43 @@ class _BufferLayer:
         )
 
     # -- operations -------------------------------------------------------
+
+    if TYPE_CHECKING:
+        # Defined by the core (compiled or pure-Python): declared here with
+        # the item type, for type checkers and the API reference.
+
+        def insert(self, item: T, timeout: float | None = None) -> None:
+            """Store one item in a partition (the next one round-robin, or the thread's own).
+
+            Args:
+                item: any object; the buffer holds a reference until its
+                    batch has been flushed.
+                timeout: seconds to wait at most for room while the
+                    partition is full and its previous batch is still
+                    flushing; ``None``: the buffer's ``insert_timeout``.
+
+            Raises:
+                BufferFull: no room within ``timeout``; nothing was stored.
+                BufferClosed: the buffer is closed.
+            """
+
+        def insert_batch(self, items: Iterable[T], timeout: float | None = None) -> None:
+            """Store every item of an iterable, in order, in one partition.
+
+            A batch larger than the flush threshold is split into
+            consecutive flushes.
+
+            Args:
+                items: any iterable; it is consumed before anything is
+                    stored, so one that raises midway stores nothing.
+                timeout: as for :meth:`insert`, for each wait for room.
+
+            Raises:
+                BufferFull: no room within ``timeout``; its ``stored``
+                    counts the leading items stored.
+                BufferClosed: the buffer is closed (``stored`` as above).
+                TypeError: ``items`` is not iterable.
+            """
 
     def flush(self) -> None:
         """Ask every non-empty partition to flush now; does not wait."""
@@ -427,7 +512,7 @@ class _BufferLayer:
             )
         return [result for results in waiter.results for result in results]
 
-    def dump(self) -> list[Any]:
+    def dump(self) -> list[T]:
         """A copy of the buffered items, removing nothing.
 
         Partition order, insertion order within a partition.  Items already
@@ -439,7 +524,7 @@ class _BufferLayer:
         """Items buffered and not yet handed to a flusher, over all partitions."""
         return int(self._size())
 
-    def info(self) -> list[dict[str, Any]]:
+    def info(self) -> list[PartitionInfo]:
         """One dict per partition: its settings, state and counters.
 
         Keys: ``partition``, ``name``, ``size``, ``flush_size`` (the current
@@ -449,14 +534,13 @@ class _BufferLayer:
         (see :meth:`stats`).  Each dict is one consistent snapshot:
         ``inserted == size + in_flight + flushed + failed``.
         """
-        out = []
+        out: list[PartitionInfo] = []
         for part in self._parts:
             counters, threshold, busy = self._counters(part)
             out.append(
                 {
                     "partition": part.index,
                     "name": self._name,
-                    "size": counters["size"],
                     "flush_size": threshold,
                     "flush_interval": self._flush_interval,
                     "flush_jitter": self._flush_jitter,
@@ -467,7 +551,7 @@ class _BufferLayer:
             )
         return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BufferStats:
         """The buffer's item counters, over all partitions.
 
         Returns:
@@ -488,17 +572,17 @@ class _BufferLayer:
             At every moment ``inserted == size + in_flight + flushed +
             failed``: each partition is read in one snapshot under its lock.
         """
-        totals = dict.fromkeys(_COUNTERS, 0)
+        totals = cast(_Counters, dict.fromkeys(_COUNTERS, 0))
         for part in self._parts:
             counters, _threshold, _busy = self._counters(part)
             for key in _COUNTERS:
                 totals[key] += counters[key]
         return {"name": self._name, "partitions": self._partitions, "closed": self.closed, **totals}
 
-    def _counters(self, part: _Partition) -> tuple[dict[str, int], int, bool]:
+    def _counters(self, part: _Partition) -> tuple[_Counters, int, bool]:
         """A partition's item counters (one snapshot), its threshold, and whether it is flushing."""
         size, threshold, busy, inserted, taken, flushed, failed = self._stats(part.index)
-        counters = {
+        counters: _Counters = {
             "inserted": inserted,
             "size": size,
             "in_flight": taken - flushed - failed,
@@ -541,7 +625,7 @@ class _BufferLayer:
         # Inserts stop at once, even while another thread is in close().
         self._mark_closed()
         self._supervise()
-        if not self._close_lock.acquire(timeout=_wait_time(deadline, -1)):
+        if not self._close_lock.acquire(timeout=-1 if deadline is None else _wait_time(deadline)):
             raise TimeoutError(f"buffer {self._name!r}: another close() is still flushing")
         try:
             if self._stopped:
@@ -607,7 +691,7 @@ class _BufferLayer:
         self._start()
         return dropped
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1205,7 +1289,7 @@ class _BufferLayer:
             self._settle(part, flight, None, error)
 
 
-class Buffer(_BufferLayer, BufferCore):
+class Buffer(_BufferLayer[T], BufferCore):
     __doc__ = _BufferLayer.__doc__
 
 
@@ -1223,14 +1307,18 @@ def _interruptible(seconds: float | None) -> float:
     return step if seconds is None else min(seconds, step)
 
 
-def _wait_time(deadline: float | None, forever: float | None = None) -> float | None:
-    """Seconds left until ``deadline`` for a blocking call (``forever`` if None)."""
+@overload
+def _wait_time(deadline: float) -> float: ...
+@overload
+def _wait_time(deadline: float | None) -> float | None: ...
+def _wait_time(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` for a blocking call (None if no deadline)."""
     if deadline is None:
-        return forever
+        return None
     return min(max(0.0, deadline - _monotonic()), threading.TIMEOUT_MAX)
 
 
-def _raised(error: BaseException) -> BaseException:
+def _raised(error: _E) -> _E:
     """``error`` with a traceback, as if raised here, without a reference cycle."""
     try:
         raise error
@@ -1261,6 +1349,6 @@ def _room_freed(part: _Partition) -> None:
 
 # Buffers that are open, closed at interpreter exit.  Weak: the registry keeps
 # no buffer alive (an open buffer is kept alive by its own threads).
-_open_buffers: weakref.WeakSet[_BufferLayer] = weakref.WeakSet()
+_open_buffers: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
 # Every buffer, open or closed: each is quiesced around fork().
-_all_buffers: weakref.WeakSet[_BufferLayer] = weakref.WeakSet()
+_all_buffers: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()

@@ -33,4 +33,7 @@ USING_EXTENSION = core is not _core_py
 #: on and off in each of them.
 LOADED_CORES: tuple[ModuleType, ...] = (core,) if core is _core_py else (core, _core_py)
 
-BufferCore = core.BufferCore
+if TYPE_CHECKING:
+    from ._core_py import BufferCore as BufferCore
+else:
+    BufferCore = core.BufferCore
