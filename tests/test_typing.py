@@ -42,7 +42,7 @@ PROGRAM = textwrap.dedent(
     buf.insert(Event("a"), timeout=0.5)
     buf.insert_batch([Event("b"), Event("c")])
     buf.insert_batch(Event(n) for n in "de")
-    buf.insert("not an event")  # error: Argument 1 to "insert" of "_BufferLayer" has incompatible type "str"
+    buf.insert("not an event")  # error: Argument 1 to "insert" of "Buffer" has incompatible type "str"
     buf.insert_batch([1])  # error: List item 0 has incompatible type "int"; expected "Event"
     buf.insert(Event("a"), timeout="1")  # error: Argument "timeout" to "insert"
     reveal_type(buf.dump())  # reveal: builtins.list[prog.Event]
@@ -67,7 +67,7 @@ PROGRAM = textwrap.dedent(
     inferred = Buffer(handle_flush=write_ints)
     reveal_type(inferred)  # reveal: databuffer._buffer.Buffer[builtins.int]
     inferred.insert(1)
-    inferred.insert("1")  # error: Argument 1 to "insert" of "_BufferLayer" has incompatible type "str"
+    inferred.insert("1")  # error: Argument 1 to "insert" of "Buffer" has incompatible type "str"
 
     explicit = Buffer[int](handle_flush=write_ints, max_retries=2)
     reveal_type(explicit.dump())  # reveal: builtins.list[builtins.int]

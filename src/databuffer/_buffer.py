@@ -232,59 +232,10 @@ def _check_timeout(value: object) -> float | None:
 
 
 class _BufferLayer(_CoreMethods, Generic[T]):
-    """Buffers items in memory and flushes them in batches to ``handle_flush``.
+    """The Python layer of :class:`Buffer`: options, threads, flushing, telemetry.
 
-    Subclass it and define ``handle_flush(self, batch, opts)``, or pass
-    ``handle_flush=fn`` with ``fn(batch, opts)``.  The buffer runs as soon as
-    it is constructed and until ``close()`` (or the end of a ``with`` block,
-    or interpreter exit).
-
-    Args:
-        handle_flush: ``fn(batch, opts)``, called with each batch (a list)
-            and its :class:`FlushOpts`; its return value is collected by
-            :meth:`sync_flush`.  Required unless the subclass defines the
-            method.
-        handle_flush_error: ``fn(batch, opts, error)``, called with a batch
-            whose ``handle_flush`` raised or timed out.  Defaults to the
-            method, which logs on the ``databuffer`` logger.
-        name: label used in telemetry, logs, thread names and ``info()``;
-            the class name by default.
-        partitions: independent partitions, chosen round-robin per insert
-            call (default 1; see ``dispatch``).
-        dispatch: how an insert call chooses its partition.
-            ``"round_robin"`` (default): the next partition, per call,
-            whichever thread calls.  ``"thread"``: each thread inserts
-            into a home partition of its own, assigned round-robin to
-            threads in the order they first insert (a thread's items stay
-            in order in one partition; threads on different partitions
-            never contend, which lets inserts scale on a free-threaded
-            build).
-        max_size: items in a partition that trigger a flush (default 5000).
-        max_size_jitter: a random 0..n (inclusive) added to ``max_size``,
-            drawn anew after every flush of that partition (default 0).
-        flush_interval: seconds between timed flushes of a partition,
-            counted from its last flush of any kind (default 10.0).
-        flush_jitter: a random 0..n seconds added to ``flush_interval``,
-            drawn anew after every flush (default 2.0).
-        flush_timeout: seconds one ``handle_flush`` call may run before it is
-            reported as failed with :class:`FlushTimeout` (default 60.0).
-        flush_meta: any object, handed to every flush as ``opts.meta``.
-        insert_timeout: default seconds an insert waits under backpressure
-            before raising :class:`BufferFull` (default 5.0).
-        max_retries: how many times a batch whose ``handle_flush`` raised or
-            timed out is handed to it again before it goes to
-            ``handle_flush_error`` (default 0).  Retries come before the
-            partition's next batch, so order holds; ``opts.attempt`` counts
-            the calls.
-        retry_backoff: base of the wait before a retry, in seconds (default
-            0.1): before attempt ``n + 1`` the flusher waits a random time
-            between 0 and ``min(retry_backoff_max, retry_backoff * 2 ** (n - 1))``
-            ("full jitter").
-        retry_backoff_max: the cap on that wait (default 10.0).
-
-    Raises:
-        TypeError: no ``handle_flush``, or an option of the wrong type.
-        ValueError: an option out of range.
+    ``Buffer`` is this layer over the compiled core (or the pure-Python one);
+    the tests also build it over each core explicitly.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -429,43 +380,6 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         )
 
     # -- operations -------------------------------------------------------
-
-    if TYPE_CHECKING:
-        # Defined by the core (compiled or pure-Python): declared here with
-        # the item type, for type checkers and the API reference.
-
-        def insert(self, item: T, timeout: float | None = None) -> None:
-            """Store one item in a partition (the next one round-robin, or the thread's own).
-
-            Args:
-                item: any object; the buffer holds a reference until its
-                    batch has been flushed.
-                timeout: seconds to wait at most for room while the
-                    partition is full and its previous batch is still
-                    flushing; ``None``: the buffer's ``insert_timeout``.
-
-            Raises:
-                BufferFull: no room within ``timeout``; nothing was stored.
-                BufferClosed: the buffer is closed.
-            """
-
-        def insert_batch(self, items: Iterable[T], timeout: float | None = None) -> None:
-            """Store every item of an iterable, in order, in one partition.
-
-            A batch larger than the flush threshold is split into
-            consecutive flushes.
-
-            Args:
-                items: any iterable; it is consumed before anything is
-                    stored, so one that raises midway stores nothing.
-                timeout: as for :meth:`insert`, for each wait for room.
-
-            Raises:
-                BufferFull: no room within ``timeout``; its ``stored``
-                    counts the leading items stored.
-                BufferClosed: the buffer is closed (``stored`` as above).
-                TypeError: ``items`` is not iterable.
-            """
 
     def flush(self) -> None:
         """Ask every non-empty partition to flush now; does not wait."""
@@ -1290,7 +1204,102 @@ class _BufferLayer(_CoreMethods, Generic[T]):
 
 
 class Buffer(_BufferLayer[T], BufferCore):
-    __doc__ = _BufferLayer.__doc__
+    """Buffers items in memory and flushes them in batches to ``handle_flush``.
+
+    Subclass it and define ``handle_flush(self, batch, opts)``, or pass
+    ``handle_flush=fn`` with ``fn(batch, opts)``.  The buffer runs as soon as
+    it is constructed and until ``close()`` (or the end of a ``with`` block,
+    or interpreter exit).
+
+    ``Buffer`` is generic in its item type: with ``class
+    EventBuffer(Buffer[Event])`` or ``Buffer[Event](handle_flush=fn)`` a
+    type checker checks the items given to ``insert`` and ``insert_batch``
+    and the ``batch`` given to ``handle_flush``.
+
+    Args:
+        handle_flush: ``fn(batch, opts)``, called with each batch (a list)
+            and its :class:`FlushOpts`; its return value is collected by
+            :meth:`sync_flush`.  Required unless the subclass defines the
+            method.
+        handle_flush_error: ``fn(batch, opts, error)``, called with a batch
+            whose ``handle_flush`` raised or timed out.  Defaults to the
+            method, which logs on the ``databuffer`` logger.
+        name: label used in telemetry, logs, thread names and ``info()``;
+            the class name by default.
+        partitions: independent partitions, chosen round-robin per insert
+            call (default 1; see ``dispatch``).
+        dispatch: how an insert call chooses its partition.
+            ``"round_robin"`` (default): the next partition, per call,
+            whichever thread calls.  ``"thread"``: each thread inserts
+            into a home partition of its own, assigned round-robin to
+            threads in the order they first insert (a thread's items stay
+            in order in one partition; threads on different partitions
+            never contend, which lets inserts scale on a free-threaded
+            build).
+        max_size: items in a partition that trigger a flush (default 5000).
+        max_size_jitter: a random 0..n (inclusive) added to ``max_size``,
+            drawn anew after every flush of that partition (default 0).
+        flush_interval: seconds between timed flushes of a partition,
+            counted from its last flush of any kind (default 10.0).
+        flush_jitter: a random 0..n seconds added to ``flush_interval``,
+            drawn anew after every flush (default 2.0).
+        flush_timeout: seconds one ``handle_flush`` call may run before it is
+            reported as failed with :class:`FlushTimeout` (default 60.0).
+        flush_meta: any object, handed to every flush as ``opts.meta``.
+        insert_timeout: default seconds an insert waits under backpressure
+            before raising :class:`BufferFull` (default 5.0).
+        max_retries: how many times a batch whose ``handle_flush`` raised or
+            timed out is handed to it again before it goes to
+            ``handle_flush_error`` (default 0).  Retries come before the
+            partition's next batch, so order holds; ``opts.attempt`` counts
+            the calls.
+        retry_backoff: base of the wait before a retry, in seconds (default
+            0.1): before attempt ``n + 1`` the flusher waits a random time
+            between 0 and ``min(retry_backoff_max, retry_backoff * 2 ** (n - 1))``
+            ("full jitter").
+        retry_backoff_max: the cap on that wait (default 10.0).
+
+    Raises:
+        TypeError: no ``handle_flush``, or an option of the wrong type.
+        ValueError: an option out of range.
+    """
+
+    if TYPE_CHECKING:
+        # Defined by the core (compiled or pure-Python): declared here with
+        # the item type, for type checkers and the API reference.
+
+        def insert(self, item: T, timeout: float | None = None) -> None:
+            """Store one item in a partition (the next one round-robin, or the thread's own).
+
+            Args:
+                item: any object; the buffer holds a reference until its
+                    batch has been flushed.
+                timeout: seconds to wait at most for room while the
+                    partition is full and its previous batch is still
+                    flushing; ``None``: the buffer's ``insert_timeout``.
+
+            Raises:
+                BufferFull: no room within ``timeout``; nothing was stored.
+                BufferClosed: the buffer is closed.
+            """
+
+        def insert_batch(self, items: Iterable[T], timeout: float | None = None) -> None:
+            """Store every item of an iterable, in order, in one partition.
+
+            A batch larger than the flush threshold is split into
+            consecutive flushes.
+
+            Args:
+                items: any iterable; it is consumed before anything is
+                    stored, so one that raises midway stores nothing.
+                timeout: as for :meth:`insert`, for each wait for room.
+
+            Raises:
+                BufferFull: no room within ``timeout``; its ``stored``
+                    counts the leading items stored.
+                BufferClosed: the buffer is closed (``stored`` as above).
+                TypeError: ``items`` is not iterable.
+            """
 
 
 # How long the main thread waits at a time in a loop that checks again
