@@ -349,3 +349,33 @@ def test_atexit_is_bounded_by_flush_timeout(core_name, tmp_path):
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records == [{"error": "FlushTimeout", "batch": [1, 2, 3], "trigger": "close"}]
+
+
+def test_open_buffers_can_be_listed_while_other_threads_open_and_close_them(make_buffer):
+    # close_open_buffers() (at exit) and the OpenTelemetry gauge copy the
+    # registry of open buffers while other threads may open and close
+    # buffers; an unguarded WeakSet copy raised "Set changed size during
+    # iteration" then, which would have aborted the exit flush.
+    from databuffer._buffer import _registry
+
+    stop = threading.Event()
+
+    def churn() -> int:
+        rounds = 0
+        while not stop.is_set():
+            make_buffer(handle_flush=lambda batch, opts: None, name="churn").close()
+            rounds += 1
+        return rounds
+
+    keep = make_buffer(handle_flush=lambda batch, opts: None, name="kept")
+    churners = [Background(churn) for _ in range(2)]
+    copies = 0
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline or copies < 200:
+        assert keep in _registry.open_buffers()
+        copies += 1
+    stop.set()
+    rounds = [c.wait().result for c in churners]
+    assert all(c.error is None for c in churners), [c.error for c in churners]
+    assert min(rounds) > 0
+    assert [b for b in _registry.open_buffers() if b.name == "churn"] == []

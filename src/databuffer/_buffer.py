@@ -319,8 +319,7 @@ class _BufferLayer(_CoreMethods, Generic[T]):
             dispatch == "thread",
         )
         self._start()
-        _open_buffers.add(self)
-        _all_buffers.add(self)
+        _registry.add(self)
 
     def _start(self) -> None:
         """Make the layer's state and start its threads (at construction, and in a forked child)."""
@@ -562,7 +561,7 @@ class _BufferLayer(_CoreMethods, Generic[T]):
                             f"buffer {self._name!r}: its threads did not stop before the timeout ran out"
                         )
             self._stopped = True
-            _open_buffers.discard(self)
+            _registry.discard_open(self)
         finally:
             self._close_lock.release()
 
@@ -599,7 +598,7 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         if self._stopping or self._is_closed():
             # Closed (or closing) in the parent: nothing to flush here.
             self._stopping = self._stopped = True
-            _open_buffers.discard(self)
+            _registry.discard_open(self)
             self._parts = [_Partition(p) for p in range(self._partitions)]
             return dropped
         self._start()
@@ -1356,8 +1355,40 @@ def _room_freed(part: _Partition) -> None:
             part.room.notify_all()
 
 
-# Buffers that are open, closed at interpreter exit.  Weak: the registry keeps
-# no buffer alive (an open buffer is kept alive by its own threads).
-_open_buffers: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
-# Every buffer, open or closed: each is quiesced around fork().
-_all_buffers: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
+class _Registry:
+    """The buffers of this process.
+
+    Every buffer, open or closed (each is quiesced around ``fork()``), and
+    the open ones (closed at interpreter exit).  Weak: the registry keeps no
+    buffer alive (an open buffer is kept alive by its own threads).
+
+    Guarded by ``lock``: a WeakSet cannot be copied while another thread
+    adds to it.  The GC's removals need no lock (a WeakSet defers them while
+    it is iterated).  Around ``fork()`` the forking thread holds ``lock``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._open: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
+        self._all: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
+
+    def add(self, buf: _BufferLayer[Any]) -> None:
+        with self.lock:
+            self._open.add(buf)
+            self._all.add(buf)
+
+    def discard_open(self, buf: _BufferLayer[Any]) -> None:
+        with self.lock:
+            self._open.discard(buf)
+
+    def open_buffers(self) -> list[_BufferLayer[Any]]:
+        """A copy of the open buffers."""
+        with self.lock:
+            return list(self._open)
+
+    def all_buffers_locked(self) -> list[_BufferLayer[Any]]:
+        """A copy of every buffer; the caller holds ``lock``."""
+        return list(self._all)
+
+
+_registry = _Registry()

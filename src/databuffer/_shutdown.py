@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from . import telemetry
-from ._buffer import _all_buffers, _check_seconds, _monotonic, _open_buffers, logger
+from ._buffer import _check_seconds, _monotonic, _registry, logger
 
 __all__ = ("close_open_buffers", "flush_on_sigterm", "get_exit_timeout", "set_exit_timeout")
 
@@ -67,7 +67,7 @@ def close_open_buffers(timeout: float | None = None) -> None:
     """
     seconds = _exit_timeout if timeout is None else _check_seconds("timeout", timeout, zero_ok=True)
     deadline = _monotonic() + seconds
-    buffers = [buf for buf in list(_open_buffers) if not buf._in_own_thread()]
+    buffers = [buf for buf in _registry.open_buffers() if not buf._in_own_thread()]
     # Start every close flush first, so that a slow buffer does not hold
     # the others' flushes back.
     for buf in buffers:
@@ -159,8 +159,9 @@ def _before_fork() -> None:
     # a partition whose (non-reentrant) lock this thread holds.
     _gc_was_enabled[0] = gc.isenabled()
     gc.disable()
-    buffers = list(_all_buffers)
-    for buf in buffers:
+    # Held until after the fork: no buffer is added or closed meanwhile.
+    _registry.lock.acquire()
+    for buf in _registry.all_buffers_locked():
         try:
             buf._fork_before()
         except BaseException:
@@ -172,6 +173,7 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     while _forking:
         _forking.pop()._fork_after_parent()
+    _registry.lock.release()
     _restore_gc()
 
 
@@ -182,6 +184,7 @@ def _restore_gc() -> None:
 
 def _after_fork_in_child() -> None:
     telemetry._after_fork_in_child()
+    _registry.lock.release()  # taken by this thread in _before_fork
     dropped = []
     buffers, _forking[:] = list(_forking), []
     for buf in buffers:
