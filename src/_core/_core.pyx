@@ -273,7 +273,7 @@ cdef class BufferCore:
 
     @cython.binding(False)
     def insert(self, item, timeout=None):
-        """Store one item in the next partition (round-robin).
+        """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
 
         Waits under backpressure for at most ``timeout`` seconds (``None``:
         the buffer's ``insert_timeout``), then raises ``BufferFull`` having

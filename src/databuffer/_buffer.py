@@ -467,23 +467,26 @@ class _BufferLayer(_CoreMethods, Generic[T]):
     def stats(self) -> BufferStats:
         """The buffer's item counters, over all partitions.
 
+        The counters, all in items:
+
+        - ``inserted``: stored by inserts since the buffer started;
+        - ``size``: buffered, not yet handed to a flusher;
+        - ``in_flight``: handed to a flusher and not finished (sealed, in
+          ``handle_flush``, or waiting for a retry);
+        - ``flushed``: in batches whose ``handle_flush`` returned;
+        - ``failed``: in batches that failed for good (reported to
+          ``handle_flush_error``);
+        - ``retried``: handed to ``handle_flush`` again after a failed
+          attempt (an item retried twice counts twice; not part of the sum
+          below).
+
+        At every moment ``inserted == size + in_flight + flushed + failed``:
+        each partition is read in one snapshot under its lock.  Still
+        answers after ``close()``.
+
         Returns:
-            A dict with ``name``, ``partitions``, ``closed`` and the counters,
-            all in items:
-
-            - ``inserted``: stored by inserts since the buffer started;
-            - ``size``: buffered, not yet handed to a flusher;
-            - ``in_flight``: handed to a flusher and not finished (sealed,
-              in ``handle_flush``, or waiting for a retry);
-            - ``flushed``: in batches whose ``handle_flush`` returned;
-            - ``failed``: in batches that failed for good (reported to
-              ``handle_flush_error``);
-            - ``retried``: handed to ``handle_flush`` again after a failed
-              attempt (an item retried twice counts twice; not part of the
-              sum below).
-
-            At every moment ``inserted == size + in_flight + flushed +
-            failed``: each partition is read in one snapshot under its lock.
+            A :class:`BufferStats`: ``name``, ``partitions``, ``closed`` and
+            the counters.
         """
         totals = cast(_Counters, dict.fromkeys(_COUNTERS, 0))
         for part in self._parts:

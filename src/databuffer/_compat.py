@@ -26,8 +26,8 @@ else:
     except ImportError:  # pragma: no cover - a source checkout without a build
         core = _core_py
 
-#: True when the compiled core is in use.
 USING_EXTENSION = core is not _core_py
+"""True when the compiled core is in use."""
 
 #: Every core module loaded in this process; telemetry switches insert events
 #: on and off in each of them.

@@ -139,7 +139,7 @@ def instrument(
 
     Args:
         meter_provider: where the metrics go; ``None``: the global one
-            (``opentelemetry.metrics.get_meter``).
+            (``opentelemetry.metrics.get_meter_provider()``).
         count_inserts: record ``databuffer.items.inserted``.  This attaches
             a handler to the insert ``stop`` event, which puts every insert
             call of every buffer in the process on the telemetry path: while
