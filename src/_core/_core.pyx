@@ -111,6 +111,7 @@ cdef extern from "_part.h" nogil:
         uint64_t rng
         db_event wake
     Part *db_parts_new(Py_ssize_t n)
+    void db_parts_free(Part *parts)
     Py_ssize_t db_home_get(uint64_t serial)
     void db_home_set(uint64_t serial, Py_ssize_t partition)
 
@@ -218,7 +219,7 @@ cdef class BufferCore:
             free(part.ring)
             if p < self._events:
                 db_event_destroy(&part.wake)
-        free(self._parts)
+        db_parts_free(self._parts)
         self._parts = NULL
 
     def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,

@@ -21,6 +21,7 @@
 #include <Python.h>
 
 #if defined(_WIN32)
+#include <math.h>
 #include <windows.h>
 
 typedef struct {
@@ -53,24 +54,43 @@ db_event_set(db_event *e)
     ReleaseSRWLockExclusive(&e->mutex);
 }
 
+/* Seconds on the performance counter: the clock of time.monotonic() on
+ * Windows.  GetTickCount64() moves in steps of the timer tick (15.6 ms by
+ * default), so a deadline kept on it could pass up to a tick early. */
+static inline double
+db_event_clock(void)
+{
+    LARGE_INTEGER now, freq;
+    QueryPerformanceCounter(&now);
+    QueryPerformanceFrequency(&freq);
+    return (double)now.QuadPart / (double)freq.QuadPart;
+}
+
 /* Wait for a pending wake, at most `seconds` (< 0: forever); 1 if consumed. */
 static inline int
 db_event_wait(db_event *e, double seconds)
 {
     int got;
-    ULONGLONG deadline = 0;
-    AcquireSRWLockExclusive(&e->mutex);
+    double deadline = 0.0;
     if (seconds >= 0) {
-        deadline = GetTickCount64() + (ULONGLONG)(seconds * 1e3);
+        if (seconds > 1e9) {
+            seconds = 1e9;  /* about 31 years; also turns +inf into a number */
+        }
+        deadline = db_event_clock() + seconds;
     }
+    AcquireSRWLockExclusive(&e->mutex);
     while (!e->pending) {
         DWORD ms = INFINITE;
         if (seconds >= 0) {
-            ULONGLONG now = GetTickCount64();
-            if (now >= deadline) {
+            double left = deadline - db_event_clock();
+            if (left <= 0) {
                 break;
             }
-            ms = (DWORD)(deadline - now < 0xFFFFFFF0ULL ? deadline - now : 0xFFFFFFF0ULL);
+            /* Round up (at least 1 ms: never a busy loop of zero-length
+             * waits), and stay below INFINITE; a sleep that ends early, or
+             * at the 49.7-day cap, just goes round again. */
+            left = ceil(left * 1e3);
+            ms = left < 4294967294.0 ? (DWORD)left : 4294967294UL;
         }
         e->waiting += 1;
         SleepConditionVariableSRW(&e->cond, &e->mutex, ms, 0);

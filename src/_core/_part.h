@@ -12,13 +12,32 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "_atomic.h"
 #include "_event.h"
 
 #define DB_CACHE_LINE 64
 
-typedef struct {
+/*
+ * Each partition starts on a cache line of its own, so that producers and
+ * flushers of different partitions never share one.  The array comes from
+ * db_parts_new and goes back through db_parts_free: posix_memalign and
+ * free() on POSIX (glibc, musl, macOS from 10.6: C11 aligned_alloc would
+ * need macOS 10.15, above the deployment target of the x86_64 wheels);
+ * _aligned_malloc and _aligned_free on Windows, whose free() cannot release
+ * an aligned block.
+ */
+#if defined(_MSC_VER)
+#define DB_PART_ALIGN __declspec(align(DB_CACHE_LINE))
+#else
+#define DB_PART_ALIGN __attribute__((aligned(DB_CACHE_LINE)))
+#endif
+#if defined(_WIN32)
+#include <malloc.h>
+#endif
+
+typedef struct DB_PART_ALIGN {
     db_mutex lock;
     /* Ring of owned references: ring[head], ring[head+1], ... (mod cap). */
     PyObject **ring;
@@ -36,18 +55,36 @@ typedef struct {
     int64_t ready_seq;
     uint64_t rng;       /* xorshift64* state for the size jitter */
     db_event wake;      /* wakes the flusher; guarded by its own mutex */
-} __attribute__((aligned(DB_CACHE_LINE))) Part;
+} Part;
 
-/* An array of n zeroed partitions, or NULL. */
+/* An array of n zeroed partitions (n >= 1), or NULL; db_parts_free releases it. */
 static inline Part *
 db_parts_new(Py_ssize_t n)
 {
     size_t size = (size_t)n * sizeof(Part);
-    Part *parts = (Part *)aligned_alloc(DB_CACHE_LINE, size);
+    void *parts;
+#if defined(_WIN32)
+    parts = _aligned_malloc(size, DB_CACHE_LINE);
+#else
+    if (posix_memalign(&parts, DB_CACHE_LINE, size) != 0) {
+        parts = NULL;
+    }
+#endif
     if (parts != NULL) {
         memset(parts, 0, size);
     }
-    return parts;
+    return (Part *)parts;
+}
+
+/* Release an array from db_parts_new (NULL: nothing). */
+static inline void
+db_parts_free(Part *parts)
+{
+#if defined(_WIN32)
+    _aligned_free(parts);
+#else
+    free(parts);
+#endif
 }
 
 /*
@@ -60,6 +97,9 @@ db_parts_new(Py_ssize_t n)
  */
 #define DB_HOME_CACHE 8
 
+/* MSVC (and clang-cl): __declspec(thread), which works in a DLL loaded at
+ * run time (a .pyd) since Windows Vista; C11 _Thread_local would need
+ * /std:c11.  GCC and Clang: __thread. */
 #if defined(_MSC_VER)
 #define DB_THREAD_LOCAL __declspec(thread)
 #else
