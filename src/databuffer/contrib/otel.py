@@ -294,17 +294,23 @@ class Instrumentation:
             self._inserted.add(size, {_BUFFER: metadata["buffer"], _PARTITION: partition})
 
     def _on_flush_stop(self, measurements: _Metadata, metadata: _Metadata) -> None:
-        attributes = _flush_attributes(metadata)
-        size = metadata["size"]
-        self._flushed.add(size, attributes)
-        self._batch_size.record(size, attributes)
-        self._duration.record(measurements["duration"] / _NS_PER_S, attributes)
+        self._record_batch(self._flushed, measurements, metadata, _flush_attributes(metadata))
 
     def _on_flush_exception(self, measurements: _Metadata, metadata: _Metadata) -> None:
         attributes = _flush_attributes(metadata)
         attributes[_ERROR_TYPE] = _error_type(metadata)
+        self._record_batch(self._failed, measurements, metadata, attributes)
+
+    def _record_batch(
+        self,
+        counter: metrics.Counter,
+        measurements: _Metadata,
+        metadata: _Metadata,
+        attributes: dict[str, str | int],
+    ) -> None:
+        """A finished batch: its items on ``counter``, its size and duration on the histograms."""
         size = metadata["size"]
-        self._failed.add(size, attributes)
+        counter.add(size, attributes)
         self._batch_size.record(size, attributes)
         self._duration.record(measurements["duration"] / _NS_PER_S, attributes)
 
