@@ -12,7 +12,13 @@ Conventions for the pages under ``docs/``:
   - ``<!-- no-run -->`` or ``<!-- no-run: why -->``: the block does not run as
     it stands (a fragment, or it needs a server); it must still compile;
   - ``<!-- requires: module [module ...] -->``: the block runs only where
-    those modules are importable, and is skipped elsewhere.
+    those modules are importable, and is skipped elsewhere;
+  - ``<!-- postgres: module [module ...] -->``: the block writes to a
+    PostgreSQL table ``events (id bigint, kind text, value double
+    precision)`` through the DSN ``postgresql://app@localhost/app``.  It runs
+    only where ``DATABUFFER_TEST_POSTGRES`` gives the DSN of a server to use
+    instead (``.ci/run`` starts one) and the modules are importable; the
+    table is emptied first, and afterwards must hold rows, each id once.
 
   Any other comment in that place is an error, so that a misspelt marker
   does not go unnoticed.
@@ -45,6 +51,9 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 _MARKER = re.compile(r"^\s*<!--\s*(?P<body>.*?)\s*-->\s*$")
 _NO_RUN = re.compile(r"^no-run(?::.*)?$")
 _REQUIRES = re.compile(r"^requires:\s*(?P<modules>[\w. ]+)$")
+_POSTGRES = re.compile(r"^postgres:\s*(?P<modules>[\w. ]+)$")
+# The DSN the PostgreSQL examples are written with.
+_DOCS_DSN = "postgresql://app@localhost/app"
 
 
 @dataclass(frozen=True)
@@ -56,23 +65,24 @@ class Example:
     source: str
     run: bool
     requires: tuple[str, ...]
+    postgres: bool = False
 
     @property
     def id(self) -> str:
         return f"{self.page}:{self.line}"
 
 
-def _marker(line: str, where: str) -> tuple[bool, tuple[str, ...]]:
-    """``(run, requires)`` from the line before a fence."""
+def _marker(line: str, where: str) -> tuple[bool, tuple[str, ...], bool]:
+    """``(run, requires, postgres)`` from the line before a fence."""
     match = _MARKER.match(line)
     if match is None:
-        return True, ()
+        return True, (), False
     body = match["body"]
     if _NO_RUN.match(body):
-        return False, ()
-    requires = _REQUIRES.match(body)
+        return False, (), False
+    requires = _REQUIRES.match(body) or _POSTGRES.match(body)
     if requires:
-        return True, tuple(requires["modules"].split())
+        return True, tuple(requires["modules"].split()), body.startswith("postgres")
     raise ValueError(f"{where}: unknown marker before a code block: {line.strip()!r}")
 
 
@@ -95,8 +105,8 @@ def _examples(path: Path) -> list[Example]:
         if fence["lang"] == "python":
             body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[start + 1 : i]]
             previous = lines[start - 1] if start else ""
-            run, requires = _marker(previous, f"{page}:{start + 1}")
-            found.append(Example(page, start + 1, "\n".join(body) + "\n", run, requires))
+            run, requires, postgres = _marker(previous, f"{page}:{start + 1}")
+            found.append(Example(page, start + 1, "\n".join(body) + "\n", run, requires, postgres))
         i += 1
     return found
 
@@ -133,8 +143,17 @@ def test_an_example_runs(example: Example, core_name: str, tmp_path: Path) -> No
     missing = [name for name in example.requires if not _importable(name)]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
+    source = example.source
+    dsn = os.environ.get("DATABUFFER_TEST_POSTGRES", "")
+    if example.postgres:
+        if not dsn:
+            pytest.skip("needs a PostgreSQL server: set DATABUFFER_TEST_POSTGRES to its DSN")
+        assert _DOCS_DSN in source, f"docs/{example.id} does not use the DSN {_DOCS_DSN}"
+        source = source.replace(_DOCS_DSN, dsn)
+        _postgres(dsn, "CREATE TABLE IF NOT EXISTS events (id bigint, kind text, value double precision)")
+        _postgres(dsn, "TRUNCATE events")
     script = tmp_path / "example.py"
-    script.write_text(example.source, encoding="utf-8")
+    script.write_text(source, encoding="utf-8")
     env = dict(os.environ)
     # The subprocess imports the databuffer these tests import.
     src = str(Path(databuffer.__file__).resolve().parents[1])
@@ -154,6 +173,18 @@ def test_an_example_runs(example: Example, core_name: str, tmp_path: Path) -> No
         f"docs/{example.id} exited with status {result.returncode}\n"
         f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
     )
+    if example.postgres:
+        rows, ids = _postgres(dsn, "SELECT count(*), count(DISTINCT id) FROM events")
+        assert rows > 0 and rows == ids, f"docs/{example.id} wrote {rows} rows with {ids} distinct ids"
+
+
+def _postgres(dsn: str, statement: str) -> tuple[int, ...]:
+    """Run one statement on the test server (autocommit); its first row, if any."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement)
+        return tuple(cur.fetchone()) if cur.description else ()
 
 
 def test_the_site_builds_strict(tmp_path: Path) -> None:
