@@ -139,12 +139,23 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
-def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m databuffer ARGS`` with the given core (``"c"``, ``"py"``)."""
+def core_env(core: str | None) -> dict[str, str]:
+    """This process's environment, for a child interpreter that uses ``core``.
+
+    ``"py"``: the pure-Python core; any other name: the compiled core (when
+    it is built); ``None``: whatever the environment already says.
+    """
     env = dict(os.environ)
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
     if core == "py":
         env["DATABUFFER_NO_EXTENSIONS"] = "1"
+    elif core is not None:
+        env.pop("DATABUFFER_NO_EXTENSIONS", None)
+    return env
+
+
+def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m databuffer ARGS`` with the given core (``"c"``, the default, or ``"py"``)."""
+    env = core_env(core or "c")
     return subprocess.run(
         [sys.executable, "-m", "databuffer", *args],
         capture_output=True,

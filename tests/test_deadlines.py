@@ -5,7 +5,6 @@ insert."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import core_env, wait_for
 
 import databuffer
 from databuffer import telemetry
@@ -158,12 +157,12 @@ EXIT_SCRIPT = textwrap.dedent(
 
 
 def _run(script: str, core_name: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
-    if core_name == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
     return subprocess.run(
-        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", script, *args],
+        env=core_env(core_name),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

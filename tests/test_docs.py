@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import core_env
 
 import databuffer
 
@@ -154,13 +155,10 @@ def test_an_example_runs(example: Example, core_name: str, tmp_path: Path) -> No
         _postgres(dsn, "TRUNCATE events")
     script = tmp_path / "example.py"
     script.write_text(source, encoding="utf-8")
-    env = dict(os.environ)
+    env = core_env(core_name)
     # The subprocess imports the databuffer these tests import.
     src = str(Path(databuffer.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
-    if core_name == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         cwd=tmp_path,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import core_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -79,12 +80,12 @@ FORK_SCRIPT = PRELUDE + textwrap.dedent(
 
 
 def _run(core_name: str, script: str, out: Path, timeout: float = 60) -> list[dict[str, Any]]:
-    env = dict(os.environ)
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
-    if core_name == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", script, str(out)],
+        env=core_env(core_name),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from conftest import wait_for
+from conftest import core_env, wait_for
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     Gauge,
@@ -657,14 +656,9 @@ def test_two_instrumentations_on_one_provider(make_buffer, instrument, core_name
 
 
 def _run(code: str, core_name: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if core_name == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
-    elif core_name == "c":
-        env.pop("DATABUFFER_NO_EXTENSIONS", None)
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
+        env=core_env(core_name),
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Background, wait_for
+from conftest import Background, core_env, wait_for
 
 from databuffer import BufferClosed, FlushTimeout
 
@@ -309,15 +308,10 @@ ATEXIT_STUCK_SCRIPT = textwrap.dedent(
 
 
 def _run_script(core_name: str, script: str, out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if core_name == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
-    else:
-        env.pop("DATABUFFER_NO_EXTENSIONS", None)
     try:
         return subprocess.run(
             [sys.executable, "-c", script, str(out)],
-            env=env,
+            env=core_env(core_name),
             capture_output=True,
             text=True,
             timeout=20,

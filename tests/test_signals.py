@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import core_env
 
 import databuffer
 
@@ -58,13 +58,9 @@ SCRIPT = textwrap.dedent(
 
 def _kill(core_name: str, tmp_path: Path, mode: str) -> tuple[subprocess.CompletedProcess[str], list[Any]]:
     out = tmp_path / "out.jsonl"
-    env = dict(os.environ)
-    env.pop("DATABUFFER_NO_EXTENSIONS", None)
-    if core_name == "py":
-        env["DATABUFFER_NO_EXTENSIONS"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(out), mode],
-        env=env,
+        env=core_env(core_name),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
