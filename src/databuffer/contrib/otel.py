@@ -48,9 +48,9 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 try:
     from opentelemetry import metrics
@@ -100,12 +100,6 @@ _DURATION_BUCKETS = (
 _NS_PER_S = 1_000_000_000
 
 _Metadata = Mapping[str, Any]
-
-
-class _Inspectable(Protocol):
-    """What the gauge needs of a buffer."""
-
-    def info(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 # The instrumentations that are not uninstrumented, and the ids handed out.
@@ -326,8 +320,7 @@ class Instrumentation:
         if not any(inst._provider is self._provider for inst in _instrumentations):
             return []
         sizes: dict[tuple[str, int], int] = {}
-        buffers: list[_Inspectable] = list(_registry.open_buffers())
-        for buf in buffers:
+        for buf in _registry.open_buffers():
             try:
                 partitions = buf.info()
             except Exception:  # closing or forked meanwhile: skip it this time
