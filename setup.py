@@ -70,9 +70,9 @@ else:
     if DEBUG_BUILD:
         undef_macros = ["NDEBUG"]
         if SANITIZE:
-            print("* ASan debug build of databuffer._core (-O0 -g3, -fsanitize=address) *", file=sys.stderr)
+            print("* ASan debug build of databuffer._core (AddressSanitizer, asserts on) *", file=sys.stderr)
         else:
-            print("* Debug build of databuffer._core (-O0 -g3, asserts on) *", file=sys.stderr)
+            print("* Debug build of databuffer._core (debug info, asserts on) *", file=sys.stderr)
     else:
         undef_macros = []
         print("* Optimized build of databuffer._core *", file=sys.stderr)
