@@ -192,6 +192,7 @@ cdef class BufferCore:
     cdef int64_t _max_size
     cdef int64_t _jitter
     cdef Py_ssize_t _events     # partitions whose wake event is initialised
+    cdef bint _seal_hook        # call the layer's _sealed(p) after each seal
 
     def __cinit__(self, *args, **kwargs):
         self._parts = NULL
@@ -223,12 +224,14 @@ cdef class BufferCore:
         self._parts = NULL
 
     def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,
-                   Py_ssize_t max_size_jitter, bint by_thread=False):
+                   Py_ssize_t max_size_jitter, bint by_thread=False, bint seal_hook=False):
         """Allocate the rings (capacity ``max_size + max_size_jitter``).
 
         ``by_thread``: dispatch by thread (each thread inserts into a home
         partition, assigned round-robin to threads as they first insert)
-        instead of round-robin per insert call.
+        instead of round-robin per insert call.  ``seal_hook``: after each
+        seal, call the layer's ``_sealed(p)`` (with no partition lock held),
+        for a layer whose flushers do not sleep on the wake event.
         """
         cdef Py_ssize_t p, cap
         cdef int err
@@ -239,6 +242,7 @@ cdef class BufferCore:
         self._max_size = max_size
         self._jitter = max_size_jitter
         self._by_thread = by_thread
+        self._seal_hook = seal_hook
         self._homes = {}
         self._serial = <uint64_t>db_add(&_serials, 1)
         if max_size_jitter > (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2 - max_size:
@@ -399,6 +403,8 @@ cdef class BufferCore:
                 break
         if sealed:
             db_event_set(&part.wake)
+            if self._seal_hook:
+                self._sealed(p)
         return 0
 
     # -- used by the Python layer -----------------------------------------

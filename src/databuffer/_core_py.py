@@ -6,7 +6,10 @@ from.  The core owns the buffered items and the counters; the Python layer
 core calls back into the layer through methods that the layer defines:
 ``_insert_wait``, ``_insert_batch_wait``, ``_insert_instrumented``,
 ``_insert_batch_instrumented``, ``_closed_error``, ``_check_timeout``,
-``_iterate`` and ``_attend`` (called by one insert after ``_set_attention``).
+``_iterate``, ``_attend`` (called by one insert after ``_set_attention``)
+and, when ``_core_init`` was given ``seal_hook=True``, ``_sealed(p)``: called
+after each seal, with no partition lock held (``AsyncBuffer`` wakes its
+flusher task on the event loop from there).
 
 The core also owns each partition's wake-up of its flusher thread: the
 layer's flusher sleeps in ``_wait_wake(p)``; a sealing insert, and the layer
@@ -137,6 +140,7 @@ class BufferCore:
         max_size: int,
         max_size_jitter: int,
         by_thread: bool = False,
+        seal_hook: bool = False,
     ) -> None:
         if self._core_parts:
             raise RuntimeError("the buffer core is already initialised")
@@ -145,6 +149,7 @@ class BufferCore:
         self._core_random = random.Random()
         self._core_n = partitions
         self._core_by_thread = by_thread
+        self._core_seal_hook = seal_hook
         self._core_parts = tuple(_Ring(p, self._draw()) for p in range(partitions))
         self._core_gate_lock = threading.Lock()
         self._core_rr = self._dispatcher()
@@ -212,7 +217,7 @@ class BufferCore:
             return  # re-entered (see _reentrant_store): the append is all
         if self._core_attention:
             self._pass_gate()
-        refused = full = False
+        refused = full = sealed = False
         with ring.lock:
             if self._core_closed:
                 # _mark_closed ran after the append, or before it: the item
@@ -225,6 +230,9 @@ class BufferCore:
                     full = _take_back(ring, item)
                 elif size >= ring.threshold and not ring.busy:
                     self._seal(ring)
+                    sealed = True
+        if sealed and self._core_seal_hook:
+            self._sealed(ring.partition)  # type: ignore[attr-defined]
         if refused:
             raise self._closed_error()  # type: ignore[attr-defined]
         if full:
@@ -263,6 +271,9 @@ class BufferCore:
 
     def _seal(self, ring: _Ring) -> None:
         """Hand a full batch to the idle flusher (under ``ring.lock``).
+
+        The caller calls the layer's ``_sealed`` afterwards, once the lock
+        is released, if ``seal_hook`` was asked for.
 
         The items stay at the head of the ring until the flusher takes
         them out (``_take``), so that sealing allocates nothing.
@@ -306,7 +317,7 @@ class BufferCore:
             _reentrant_store(ring, seq, start)
             return n
         i = start
-        closed = False
+        closed = sealed = False
         with ring.lock:
             # The items go in one at a time (a loop allocates nothing, see the
             # module docstring): meanwhile, inserts in other threads find the
@@ -325,6 +336,7 @@ class BufferCore:
                         if ring.busy:
                             break
                         self._seal(ring)
+                        sealed = True
                         continue
                     stop = min(n, i + room)
                     for j in range(i, stop):
@@ -332,9 +344,13 @@ class BufferCore:
                     i = stop
                     if len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
                         self._seal(ring)
+                        sealed = True
             finally:
                 ring.hold -= 1
                 self._set_limit(ring)
+        if sealed and self._core_seal_hook:
+            # Once per call: the partition's flusher takes every batch due.
+            self._sealed(p)  # type: ignore[attr-defined]
         if closed:
             raise self._closed_error(i)  # type: ignore[attr-defined]
         return i
