@@ -167,25 +167,39 @@ class _SyncWaiter:
         self.errors: list[list[BaseException]] = [[] for _ in range(partitions)]
 
 
-class _Partition:
-    """Per-partition state of the Python layer."""
+class _PartState:
+    """Per-partition state that both layers keep: what the shared reporting code uses."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        # Guards the writes of flush_upto, flush_trigger and syncs.  The
-        # flusher reads flush_upto and flush_trigger without it: a stale
-        # read is harmless, since every request also wakes the flusher,
-        # which then reads them again.
+        # Guards syncs and retried (see each layer's partition class for
+        # who writes them).
         self.lock = threading.Lock()
+        self.syncs: list[_SyncWaiter] = []
+        # Items handed to handle_flush again after a failed attempt.
+        self.retried = 0
+
+
+def _next_attempt(opts: FlushOpts) -> FlushOpts:
+    """The opts of a batch's next attempt (a retry)."""
+    return FlushOpts(opts.meta, opts.size, opts.partition, opts.buffer, opts.trigger, opts.attempt + 1)
+
+
+class _Partition(_PartState):
+    """Per-partition state of the Python layer."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        # self.lock guards the writes of flush_upto, flush_trigger, syncs
+        # and retried (only the thread concluding an attempt adds to
+        # retried).  The flusher reads flush_upto and flush_trigger without
+        # it: a stale read is harmless, since every request also wakes the
+        # flusher, which then reads them again.
         # The batch in handle_flush: written by its flusher thread, read by
         # the timer thread; _Flight.claim decides who settles it.
         self.flight: _Flight | None = None
         self.flush_upto = 0
         self.flush_trigger = "manual"
-        self.syncs: list[_SyncWaiter] = []
-        # Items handed to handle_flush again after a failed attempt (also
-        # under lock; only the thread concluding an attempt adds to it).
-        self.retried = 0
         # Inserts waiting for room wait on this condition; waiters is
         # written under it (the flusher reads it unlocked, then takes the
         # lock to notify, so a waiter that registered is never missed).
@@ -231,11 +245,12 @@ def _check_timeout(value: object) -> float | None:
     return _check_seconds("timeout", value, zero_ok=True)
 
 
-class _BufferLayer(_CoreMethods, Generic[T]):
-    """The Python layer of :class:`Buffer`: options, threads, flushing, telemetry.
+class _LayerBase(_CoreMethods, Generic[T]):
+    """What :class:`Buffer` and :class:`AsyncBuffer` share over the core.
 
-    ``Buffer`` is this layer over the compiled core (or the pure-Python one);
-    the tests also build it over each core explicitly.
+    Option checking, counters, ``info``/``stats``/``dump``, insert telemetry
+    and the pieces of flush reporting that do not depend on how flushes run
+    (threads for ``Buffer``, tasks on an event loop for ``AsyncBuffer``).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -246,32 +261,41 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         if own is not None:
             own(cls)
 
-    def __init__(
+    # Set by each layer: its own handle_flush stub, which a subclass
+    # overrides, and how error messages spell its definition.
+    _handle_flush_stub: Callable[..., Any]
+    _handle_flush_def = "def handle_flush(self, batch, opts)"
+    _configured = False
+
+    def _configure(
         self,
         *,
-        handle_flush: Callable[[list[T], FlushOpts], object] | None = None,
-        handle_flush_error: Callable[[list[T], FlushOpts, BaseException], object] | None = None,
-        name: str | None = None,
-        partitions: int = 1,
-        dispatch: str = "round_robin",
-        max_size: int = 5000,
-        max_size_jitter: int = 0,
-        flush_interval: float = 10.0,
-        flush_jitter: float = 2.0,
-        flush_timeout: float = 60.0,
-        flush_meta: Any = None,
-        insert_timeout: float = 5.0,
-        max_retries: int = 0,
-        retry_backoff: float = 0.1,
-        retry_backoff_max: float = 10.0,
+        handle_flush: Callable[..., Any] | None,
+        handle_flush_error: Callable[..., Any] | None,
+        name: str | None,
+        partitions: int,
+        dispatch: str,
+        max_size: int,
+        max_size_jitter: int,
+        flush_interval: float,
+        flush_jitter: float,
+        flush_timeout: float,
+        flush_meta: Any,
+        insert_timeout: float,
+        max_retries: int,
+        retry_backoff: float,
+        retry_backoff_max: float,
+        seal_hook: bool = False,
     ) -> None:
-        if getattr(self, "_timer", None) is not None:
+        """Check the options (naming any bad value) and initialise the core."""
+        if self._configured:
             raise RuntimeError(f"{type(self).__name__}.__init__ was called twice")
-        has_method = type(self).handle_flush is not _BufferLayer.handle_flush
+        self._configured = True
+        has_method = type(self).handle_flush is not type(self)._handle_flush_stub
         if handle_flush is None and not has_method:
             raise TypeError(
                 f"{type(self).__name__} needs a handle_flush: define the method "
-                "handle_flush(self, batch, opts) or pass handle_flush=fn"
+                f"{self._handle_flush_def} or pass handle_flush=fn"
             )
         if handle_flush is not None and has_method:
             raise TypeError(
@@ -306,8 +330,8 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         self._retry_backoff = _check_seconds("retry_backoff", retry_backoff, zero_ok=True)
         self._retry_backoff_max = _check_seconds("retry_backoff_max", retry_backoff_max, zero_ok=True)
         self._flush_meta = flush_meta
-        self._flush_fn: Callable[[list[T], FlushOpts], object] = handle_flush or self.handle_flush
-        self._error_fn: Callable[[list[T], FlushOpts, BaseException], object] = (
+        self._flush_fn: Callable[[list[T], FlushOpts], Any] = handle_flush or self.handle_flush
+        self._error_fn: Callable[[list[T], FlushOpts, BaseException], Any] = (
             handle_flush_error or self.handle_flush_error
         )
         self._stopping = False
@@ -317,50 +341,8 @@ class _BufferLayer(_CoreMethods, Generic[T]):
             self._max_size,
             self._max_size_jitter,
             dispatch == "thread",
+            seal_hook,
         )
-        self._start()
-        _registry.add(self)
-
-    def _start(self) -> None:
-        """Make the layer's state and start its threads (at construction, and in a forked child)."""
-        self._random = random.Random()
-        self._parts = [_Partition(p) for p in range(self._partitions)]
-        # Guards starting threads (part.thread, _timer): _supervise must not
-        # see a thread published but not started yet.
-        self._threads_lock = threading.RLock()
-        # Lifecycle: _close_lock serializes close(); _stopping is set once
-        # every flush is done and tells the threads to exit.
-        self._close_lock = threading.Lock()
-        # sync_flush/close waiters wait on _progress for finished flushes;
-        # _sync_count (guarded by it) lets flushers skip the notify.
-        self._progress = threading.Condition(threading.Lock())
-        self._sync_count = 0
-        # The timer thread sleeps on _timer_cond until _timer_wake_at
-        # (both guarded by it); the deadlines of the partitions too.
-        self._timer_cond = threading.Condition(threading.Lock())
-        self._timer_wake_at = math.inf
-        # A thread of the buffer ended early: the timer runs _supervise.
-        self._ended = False
-
-        now = _monotonic()
-        for part in self._parts:
-            part.deadline = now + self._next_interval()
-            self._start_flusher(part, None)
-        self._start_timer()
-
-    # -- callbacks --------------------------------------------------------
-
-    def handle_flush(self, batch: list[T], opts: FlushOpts) -> object:
-        """Write a batch somewhere; override in a subclass (or pass ``handle_flush=``).
-
-        Args:
-            batch: the items, in insertion order; never empty.
-            opts: the batch's :class:`FlushOpts`.
-
-        Returns:
-            Anything; :meth:`sync_flush` collects it.
-        """
-        raise NotImplementedError
 
     def handle_flush_error(self, batch: list[T], opts: FlushOpts, error: BaseException) -> None:
         """Called with a batch whose ``handle_flush`` raised or timed out.
@@ -377,53 +359,6 @@ class _BufferLayer(_CoreMethods, Generic[T]):
             opts.trigger,
             exc_info=(type(error), error, error.__traceback__),
         )
-
-    # -- operations -------------------------------------------------------
-
-    def flush(self) -> None:
-        """Ask every non-empty partition to flush now; does not wait."""
-        if self._stopped:
-            return
-        self._supervise()
-        for part in self._parts:
-            self._request(part, "manual")
-
-    def sync_flush(self, timeout: float | None = None) -> list[Any]:
-        """Flush every partition and wait for the flushes.
-
-        Waits until every flush started before or by this call has finished
-        (its telemetry and any ``handle_flush_error`` included).
-
-        Args:
-            timeout: seconds to wait at most; ``None`` waits as long as the
-                flushes take (each is bounded by ``flush_timeout``).
-
-        Returns:
-            The ``handle_flush`` return values of the batches holding items
-            buffered when it was called, in partition order (and flush order
-            within a partition).
-
-        Raises:
-            TimeoutError: ``timeout`` ran out.
-            ExceptionGroup: some of those batches failed; raised after every
-                partition has finished, with the errors in partition order
-                (a ``BaseExceptionGroup`` if one of them is not an
-                ``Exception``, such as a ``SystemExit`` from ``handle_flush``).
-        """
-        deadline = self._deadline(timeout)
-        if self._stopped:
-            return []
-        self._refuse_flusher_thread("sync_flush")
-        self._supervise()
-        waiter = self._flush_and_wait("manual", deadline)
-        errors = [error for errs in waiter.errors for error in errs]
-        if errors:
-            # An ExceptionGroup, or a BaseExceptionGroup if a batch failed
-            # with a BaseException (which an ExceptionGroup cannot hold).
-            raise BaseExceptionGroup(
-                f"sync_flush of buffer {self._name!r}: {len(errors)} flush(es) failed", errors
-            )
-        return [result for results in waiter.results for result in results]
 
     def dump(self) -> list[T]:
         """A copy of the buffered items, removing nothing.
@@ -517,6 +452,311 @@ class _BufferLayer(_CoreMethods, Generic[T]):
     def closed(self) -> bool:
         """Whether ``close()`` has been called."""
         return bool(self._is_closed())
+
+    def __repr__(self) -> str:
+        state = "closed" if self._is_closed() else "open"
+        return (
+            f"<{type(self).__name__} name={self._name!r} partitions={self._partitions} "
+            f"size={self.size()} {state}>"
+        )
+
+    def _closed_error(self, stored: int = 0) -> BufferClosed:
+        if stored:
+            return BufferClosed(
+                f"buffer {self._name!r} was closed after {stored} leading items of the batch were stored",
+                stored=stored,
+            )
+        return BufferClosed(f"buffer {self._name!r} is closed")
+
+    def _check_timeout(self, timeout: object) -> None:
+        _check_seconds("timeout", timeout, zero_ok=True)
+
+    def _iterate(self, items: object) -> Iterable[Any]:
+        try:
+            return iter(items)  # type: ignore[call-overload,no-any-return]
+        except TypeError:
+            raise TypeError(
+                f"insert_batch() needs an iterable of items, not {type(items).__name__} {items!r}"
+            ) from None
+
+    def _insert_instrumented(self, item: Any, timeout: float | None) -> None:
+        self._instrumented(self._insert_raw, item, timeout, batch=False)
+
+    def _insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None) -> None:
+        self._instrumented(self._insert_batch_raw, items, timeout, batch=True)
+
+    def _instrumented(self, raw: Callable[[Any, Any], Any], arg: Any, timeout: Any, *, batch: bool) -> None:
+        if getattr(_emitting, "insert", False):
+            # An insert from an insert telemetry handler: its own events
+            # would call the handler again, without end.
+            raw(arg, timeout)
+            return
+        start = _monotonic_ns()
+        _emit_insert_event(
+            telemetry.INSERT_START,
+            {"system_time": time.time_ns(), "monotonic_time": start},
+            {"buffer": self._name},
+        )
+        try:
+            result = raw(arg, timeout)
+        except Exception as exc:
+            end = _monotonic_ns()
+            _emit_insert_event(
+                telemetry.INSERT_EXCEPTION,
+                {"duration": end - start, "monotonic_time": end},
+                {"buffer": self._name, "kind": "error", "reason": exc, "stacktrace": exc.__traceback__},
+            )
+            raise
+        end = _monotonic_ns()
+        if batch:
+            partition, size = result
+            partition = None if partition < 0 else partition
+        else:
+            partition, size = result, 1
+        _emit_insert_event(
+            telemetry.INSERT_STOP,
+            {"duration": end - start, "monotonic_time": end},
+            {"buffer": self._name, "partition": partition, "size": size},
+        )
+
+    def _next_interval(self) -> float:
+        # uniform(0, jitter) as random.uniform computes it, without its frame.
+        return self._flush_interval + self._flush_jitter * self._random.random()
+
+    def _reached(self, targets: list[int]) -> bool:
+        for p, target in enumerate(targets):
+            stats = self._stats(p)
+            # min(): the pure-Python core counts an append as inserted before
+            # it checks it, and takes it back out if the buffer closed or
+            # the partition was full, so "inserted" can drop below a target
+            # read while such an append was in flight (never in the
+            # compiled core, where it never decreases).
+            if stats[5] + stats[6] < min(target, stats[3]):
+                return False
+        return True
+
+    def _log_callback_escape(self, p: int) -> None:
+        # Only a BaseException from a callback gets here (the batch is
+        # already counted); the flusher must outlive it.
+        logger.exception(
+            "buffer %r partition %d: a flush callback raised; the flusher goes on", self._name, p
+        )
+
+    def _emit_flush_event(self, event: tuple[str, ...], measurements: dict[str, Any], metadata: Any) -> None:
+        """Emit an event in the middle of a batch's flush: a handler's failure must not stop it."""
+        try:
+            telemetry.execute(event, measurements, metadata)
+        except _THREAD_EXITS:
+            raise
+        except BaseException:
+            self._log_callback_escape(metadata["partition"])
+
+    def _report_start(self, opts: FlushOpts) -> None:
+        """The ``flush`` ``start`` event of a batch."""
+        if telemetry.has_handlers(telemetry.FLUSH_START):
+            self._emit_flush_event(
+                telemetry.FLUSH_START,
+                {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
+                {"buffer": self._name, "partition": opts.partition, "size": opts.size, "trigger": opts.trigger},
+            )
+
+    def _report_retry(self, part: _PartState, opts: FlushOpts, start_ns: int, error: BaseException) -> float:
+        """Count a failed attempt that will be retried and emit its event; returns the backoff.
+
+        Full jitter: a random wait up to the exponential bound, so that
+        partitions and processes failing together do not retry in step.
+        """
+        bound = min(self._retry_backoff_max, self._retry_backoff * 2.0 ** min(opts.attempt - 1, 1000))
+        delay = bound * self._random.random()
+        with part.lock:
+            part.retried += opts.size
+        if telemetry.has_handlers(telemetry.FLUSH_RETRY):
+            end = _monotonic_ns()
+            self._emit_flush_event(
+                telemetry.FLUSH_RETRY,
+                {"duration": end - start_ns, "delay": int(delay * 1e9), "monotonic_time": end},
+                {
+                    "buffer": self._name,
+                    "partition": opts.partition,
+                    "size": opts.size,
+                    "trigger": opts.trigger,
+                    "attempt": opts.attempt,
+                    "kind": "error",
+                    "reason": error,
+                    "stacktrace": error.__traceback__,
+                },
+            )
+        return delay
+
+    def _report_outcome(self, opts: FlushOpts, began_ns: int, error: BaseException | None) -> None:
+        """The ``flush`` ``stop`` or ``exception`` event of a settled batch."""
+        event = telemetry.FLUSH_STOP if error is None else telemetry.FLUSH_EXCEPTION
+        if telemetry.has_handlers(event):
+            end = _monotonic_ns()
+            metadata: dict[str, Any] = {
+                "buffer": self._name,
+                "partition": opts.partition,
+                "size": opts.size,
+                "trigger": opts.trigger,
+                "attempt": opts.attempt,
+            }
+            if error is not None:
+                metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
+            telemetry.execute(event, {"duration": end - began_ns, "monotonic_time": end}, metadata)
+
+    def _log_error_handler_failure(self, opts: FlushOpts) -> None:
+        logger.exception("buffer %r partition %d: handle_flush_error raised", self._name, opts.partition)
+
+    def _record(
+        self, part: _PartState, opts: FlushOpts, first: int, result: Any, error: BaseException | None
+    ) -> None:
+        """Count a settled batch and hand its outcome to the waiting ``sync_flush`` calls."""
+        if part.syncs:
+            with part.lock:
+                for waiter in part.syncs:
+                    if waiter.starts[opts.partition] <= first < waiter.targets[opts.partition]:
+                        if error is None:
+                            waiter.results[opts.partition].append(result)
+                        else:
+                            waiter.errors[opts.partition].append(error)
+        self._finish(opts.partition, opts.size, error is None)
+
+
+class _BufferLayer(_LayerBase[T]):
+    """The Python layer of :class:`Buffer`: options, threads, flushing, telemetry.
+
+    ``Buffer`` is this layer over the compiled core (or the pure-Python one);
+    the tests also build it over each core explicitly.
+    """
+
+    def __init__(
+        self,
+        *,
+        handle_flush: Callable[[list[T], FlushOpts], object] | None = None,
+        handle_flush_error: Callable[[list[T], FlushOpts, BaseException], object] | None = None,
+        name: str | None = None,
+        partitions: int = 1,
+        dispatch: str = "round_robin",
+        max_size: int = 5000,
+        max_size_jitter: int = 0,
+        flush_interval: float = 10.0,
+        flush_jitter: float = 2.0,
+        flush_timeout: float = 60.0,
+        flush_meta: Any = None,
+        insert_timeout: float = 5.0,
+        max_retries: int = 0,
+        retry_backoff: float = 0.1,
+        retry_backoff_max: float = 10.0,
+    ) -> None:
+        self._configure(
+            handle_flush=handle_flush,
+            handle_flush_error=handle_flush_error,
+            name=name,
+            partitions=partitions,
+            dispatch=dispatch,
+            max_size=max_size,
+            max_size_jitter=max_size_jitter,
+            flush_interval=flush_interval,
+            flush_jitter=flush_jitter,
+            flush_timeout=flush_timeout,
+            flush_meta=flush_meta,
+            insert_timeout=insert_timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+        )
+        self._start()
+        _registry.add(self)
+
+    def _start(self) -> None:
+        """Make the layer's state and start its threads (at construction, and in a forked child)."""
+        self._random = random.Random()
+        self._parts = [_Partition(p) for p in range(self._partitions)]
+        # Guards starting threads (part.thread, _timer): _supervise must not
+        # see a thread published but not started yet.
+        self._threads_lock = threading.RLock()
+        # Lifecycle: _close_lock serializes close(); _stopping is set once
+        # every flush is done and tells the threads to exit.
+        self._close_lock = threading.Lock()
+        # sync_flush/close waiters wait on _progress for finished flushes;
+        # _sync_count (guarded by it) lets flushers skip the notify.
+        self._progress = threading.Condition(threading.Lock())
+        self._sync_count = 0
+        # The timer thread sleeps on _timer_cond until _timer_wake_at
+        # (both guarded by it); the deadlines of the partitions too.
+        self._timer_cond = threading.Condition(threading.Lock())
+        self._timer_wake_at = math.inf
+        # A thread of the buffer ended early: the timer runs _supervise.
+        self._ended = False
+
+        now = _monotonic()
+        for part in self._parts:
+            part.deadline = now + self._next_interval()
+            self._start_flusher(part, None)
+        self._start_timer()
+
+    # -- callbacks --------------------------------------------------------
+
+    def handle_flush(self, batch: list[T], opts: FlushOpts) -> object:
+        """Write a batch somewhere; override in a subclass (or pass ``handle_flush=``).
+
+        Args:
+            batch: the items, in insertion order; never empty.
+            opts: the batch's :class:`FlushOpts`.
+
+        Returns:
+            Anything; :meth:`sync_flush` collects it.
+        """
+        raise NotImplementedError
+
+    _handle_flush_stub = handle_flush
+
+    # -- operations -------------------------------------------------------
+
+    def flush(self) -> None:
+        """Ask every non-empty partition to flush now; does not wait."""
+        if self._stopped:
+            return
+        self._supervise()
+        for part in self._parts:
+            self._request(part, "manual")
+
+    def sync_flush(self, timeout: float | None = None) -> list[Any]:
+        """Flush every partition and wait for the flushes.
+
+        Waits until every flush started before or by this call has finished
+        (its telemetry and any ``handle_flush_error`` included).
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits as long as the
+                flushes take (each is bounded by ``flush_timeout``).
+
+        Returns:
+            The ``handle_flush`` return values of the batches holding items
+            buffered when it was called, in partition order (and flush order
+            within a partition).
+
+        Raises:
+            TimeoutError: ``timeout`` ran out.
+            ExceptionGroup: some of those batches failed; raised after every
+                partition has finished, with the errors in partition order
+                (a ``BaseExceptionGroup`` if one of them is not an
+                ``Exception``, such as a ``SystemExit`` from ``handle_flush``).
+        """
+        deadline = self._deadline(timeout)
+        if self._stopped:
+            return []
+        self._refuse_flusher_thread("sync_flush")
+        self._supervise()
+        waiter = self._flush_and_wait("manual", deadline)
+        errors = [error for errs in waiter.errors for error in errs]
+        if errors:
+            # An ExceptionGroup, or a BaseExceptionGroup if a batch failed
+            # with a BaseException (which an ExceptionGroup cannot hold).
+            raise BaseExceptionGroup(
+                f"sync_flush of buffer {self._name!r}: {len(errors)} flush(es) failed", errors
+            )
+        return [result for results in waiter.results for result in results]
 
     def close(self, timeout: float | None = None) -> None:
         """Flush what is left, wait for every flush and stop the threads.
@@ -613,33 +853,7 @@ class _BufferLayer(_CoreMethods, Generic[T]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._is_closed() else "open"
-        return (
-            f"<{type(self).__name__} name={self._name!r} partitions={self._partitions} "
-            f"size={self.size()} {state}>"
-        )
-
     # -- slow paths called by the core ------------------------------------
-
-    def _closed_error(self, stored: int = 0) -> BufferClosed:
-        if stored:
-            return BufferClosed(
-                f"buffer {self._name!r} was closed after {stored} leading items of the batch were stored",
-                stored=stored,
-            )
-        return BufferClosed(f"buffer {self._name!r} is closed")
-
-    def _check_timeout(self, timeout: object) -> None:
-        _check_seconds("timeout", timeout, zero_ok=True)
-
-    def _iterate(self, items: object) -> Iterable[Any]:
-        try:
-            return iter(items)  # type: ignore[call-overload,no-any-return]
-        except TypeError:
-            raise TypeError(
-                f"insert_batch() needs an iterable of items, not {type(items).__name__} {items!r}"
-            ) from None
 
     def _insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
         """Wait for room in partition ``p`` and store ``item`` (backpressure)."""
@@ -689,55 +903,11 @@ class _BufferLayer(_CoreMethods, Generic[T]):
             finally:
                 part.waiters -= 1
 
-    def _insert_instrumented(self, item: Any, timeout: float | None) -> None:
-        self._instrumented(self._insert_raw, item, timeout, batch=False)
-
-    def _insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None) -> None:
-        self._instrumented(self._insert_batch_raw, items, timeout, batch=True)
-
-    def _instrumented(self, raw: Callable[[Any, Any], Any], arg: Any, timeout: Any, *, batch: bool) -> None:
-        if getattr(_emitting, "insert", False):
-            # An insert from an insert telemetry handler: its own events
-            # would call the handler again, without end.
-            raw(arg, timeout)
-            return
-        start = _monotonic_ns()
-        _emit_insert_event(
-            telemetry.INSERT_START,
-            {"system_time": time.time_ns(), "monotonic_time": start},
-            {"buffer": self._name},
-        )
-        try:
-            result = raw(arg, timeout)
-        except Exception as exc:
-            end = _monotonic_ns()
-            _emit_insert_event(
-                telemetry.INSERT_EXCEPTION,
-                {"duration": end - start, "monotonic_time": end},
-                {"buffer": self._name, "kind": "error", "reason": exc, "stacktrace": exc.__traceback__},
-            )
-            raise
-        end = _monotonic_ns()
-        if batch:
-            partition, size = result
-            partition = None if partition < 0 else partition
-        else:
-            partition, size = result, 1
-        _emit_insert_event(
-            telemetry.INSERT_STOP,
-            {"duration": end - start, "monotonic_time": end},
-            {"buffer": self._name, "partition": partition, "size": size},
-        )
-
     # -- flushing ---------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float | None:
         seconds = _check_timeout(timeout)
         return None if seconds is None else _monotonic() + seconds
-
-    def _next_interval(self) -> float:
-        # uniform(0, jitter) as random.uniform computes it, without its frame.
-        return self._flush_interval + self._flush_jitter * self._random.random()
 
     def _request(self, part: _Partition, trigger: str, upto: int | None = None) -> None:
         """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
@@ -804,18 +974,6 @@ class _BufferLayer(_CoreMethods, Generic[T]):
             with self._progress:
                 self._sync_count -= 1
         return waiter
-
-    def _reached(self, targets: list[int]) -> bool:
-        for p, target in enumerate(targets):
-            stats = self._stats(p)
-            # min(): the pure-Python core counts an append as inserted before
-            # it checks it, and takes it back out if the buffer closed or
-            # the partition was full, so "inserted" can drop below a target
-            # read while such an append was in flight (never in the
-            # compiled core, where it never decreases).
-            if stats[5] + stats[6] < min(target, stats[3]):
-                return False
-        return True
 
     def _start_flusher(self, part: _Partition, timed_out: tuple[_Flight, FlushTimeout] | None) -> None:
         thread = threading.Thread(
@@ -939,23 +1097,10 @@ class _BufferLayer(_CoreMethods, Generic[T]):
                 self._ended = True
                 self._timer_cond.notify()
 
-    def _log_callback_escape(self, p: int) -> None:
-        # Only a BaseException from a callback gets here (the batch is
-        # already counted); the flusher must outlive it.
-        logger.exception(
-            "buffer %r partition %d: a flush callback raised; the flusher goes on", self._name, p
-        )
-
     def _flush_one(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> bool:
         """Flush one batch, with its retries; False if an attempt was abandoned."""
         flight = self._new_flight(part, taken)
-        opts = flight.opts
-        if telemetry.has_handlers(telemetry.FLUSH_START):
-            self._emit_flush_event(
-                telemetry.FLUSH_START,
-                {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
-                {"buffer": self._name, "partition": part.index, "size": opts.size, "trigger": opts.trigger},
-            )
+        self._report_start(flight.opts)
         return self._run(part, flight)
 
     def _new_flight(self, part: _Partition, taken: tuple[list[Any], bool, int]) -> _Flight:
@@ -963,15 +1108,6 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         batch, by_size, first = taken
         trigger = "size" if by_size else part.flush_trigger
         return _Flight(batch, FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger), first)
-
-    def _emit_flush_event(self, event: tuple[str, ...], measurements: dict[str, Any], metadata: Any) -> None:
-        """Emit an event in the middle of a batch's flush: a handler's failure must not stop it."""
-        try:
-            telemetry.execute(event, measurements, metadata)
-        except _THREAD_EXITS:
-            raise
-        except BaseException:
-            self._log_callback_escape(metadata["partition"])
 
     def _run(self, part: _Partition, flight: _Flight | None) -> bool:
         """Call ``handle_flush`` for an attempt and its retries; False if abandoned."""
@@ -1026,32 +1162,10 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         ):
             self._settle(part, flight, result, error)
             return None
-        # Full jitter: a random wait up to the exponential bound, so that
-        # partitions and processes failing together do not retry in step.
-        bound = min(self._retry_backoff_max, self._retry_backoff * 2.0 ** min(opts.attempt - 1, 1000))
-        delay = bound * self._random.random()
-        with part.lock:
-            part.retried += opts.size
-        if telemetry.has_handlers(telemetry.FLUSH_RETRY):
-            end = _monotonic_ns()
-            self._emit_flush_event(
-                telemetry.FLUSH_RETRY,
-                {"duration": end - flight.start_ns, "delay": int(delay * 1e9), "monotonic_time": end},
-                {
-                    "buffer": self._name,
-                    "partition": opts.partition,
-                    "size": opts.size,
-                    "trigger": opts.trigger,
-                    "attempt": opts.attempt,
-                    "kind": "error",
-                    "reason": error,
-                    "stacktrace": error.__traceback__,
-                },
-            )
+        delay = self._report_retry(part, opts, flight.start_ns, error)
         if delay > 0:
             time.sleep(delay)
-        retry = FlushOpts(opts.meta, opts.size, opts.partition, opts.buffer, opts.trigger, opts.attempt + 1)
-        return _Flight(flight.batch, retry, flight.first, flight.began_ns)
+        return _Flight(flight.batch, _next_attempt(opts), flight.first, flight.began_ns)
 
     def _wake_timer_before(self, deadline: float) -> None:
         """Make the timer thread wake by ``deadline`` (written before this call).
@@ -1068,37 +1182,15 @@ class _BufferLayer(_CoreMethods, Generic[T]):
         """Report a finished batch: telemetry, error handler, counters, waiters."""
         opts = flight.opts
         try:
-            event = telemetry.FLUSH_STOP if error is None else telemetry.FLUSH_EXCEPTION
-            if telemetry.has_handlers(event):
-                end = _monotonic_ns()
-                metadata: dict[str, Any] = {
-                    "buffer": self._name,
-                    "partition": opts.partition,
-                    "size": opts.size,
-                    "trigger": opts.trigger,
-                    "attempt": opts.attempt,
-                }
-                if error is not None:
-                    metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
-                telemetry.execute(event, {"duration": end - flight.began_ns, "monotonic_time": end}, metadata)
+            self._report_outcome(opts, flight.began_ns, error)
             if error is not None:
                 try:
                     self._error_fn(flight.batch, opts, error)
                 except Exception:
-                    logger.exception(
-                        "buffer %r partition %d: handle_flush_error raised", self._name, opts.partition
-                    )
+                    self._log_error_handler_failure(opts)
         finally:
             # Whatever a callback raised, the batch is finished and counted.
-            if part.syncs:
-                with part.lock:
-                    for waiter in part.syncs:
-                        if waiter.starts[opts.partition] <= flight.first < waiter.targets[opts.partition]:
-                            if error is None:
-                                waiter.results[opts.partition].append(result)
-                            else:
-                                waiter.errors[opts.partition].append(error)
-            self._finish(opts.partition, opts.size, error is None)
+            self._record(part, opts, flight.first, result, error)
             if self._sync_count:
                 with self._progress:
                     self._progress.notify_all()
