@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from databuffer import _buffer, _compat, _core_py, telemetry
+from databuffer import _async, _buffer, _compat, _core_py, telemetry
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,21 +30,28 @@ class PyBuffer(_buffer._BufferLayer, _core_py.BufferCore):
     """``Buffer`` over the pure-Python core."""
 
 
-def _c_buffer_class() -> type | None:
+class PyAsyncBuffer(_async._AsyncLayer, _core_py.BufferCore):
+    """``AsyncBuffer`` over the pure-Python core."""
+
+
+def _c_buffer_classes() -> tuple[type, type] | tuple[None, None]:
     if _compat.NO_EXTENSIONS:
-        return None
+        return None, None
     try:
         core = importlib.import_module("databuffer._core")
     except ImportError:
-        return None
+        return None, None
 
     class CBuffer(_buffer._BufferLayer, core.BufferCore):
         """``Buffer`` over the compiled core."""
 
-    return CBuffer
+    class CAsyncBuffer(_async._AsyncLayer, core.BufferCore):
+        """``AsyncBuffer`` over the compiled core."""
+
+    return CBuffer, CAsyncBuffer
 
 
-_CBuffer = _c_buffer_class()
+_CBuffer, _CAsyncBuffer = _c_buffer_classes()
 
 
 @pytest.fixture(
@@ -83,6 +90,43 @@ def make_buffer(Buffer: type) -> Iterator[Callable[..., _buffer._BufferLayer]]:
     yield make
     for buf in made:
         buf.close(timeout=30)
+
+
+@pytest.fixture
+def AsyncBuffer(core_name: str) -> type:
+    """The ``AsyncBuffer`` class over the core under test; subclass it or call it."""
+    return _CAsyncBuffer if core_name == "c" else PyAsyncBuffer  # type: ignore[return-value]
+
+
+def _uvloop_factory() -> Callable[[], Any] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"loop_factory": "uvloop"}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """anyio's plugin runs each async test on asyncio's default loop and on uvloop."""
+    name, options = request.param
+    if options.get("loop_factory") == "uvloop":
+        factory = _uvloop_factory()
+        if factory is None:
+            pytest.skip("uvloop is not installed (it has no wheels for Windows or free-threaded 3.13)")
+        options = {"loop_factory": factory}
+    return name, options
+
+
+@pytest.fixture
+def loop_factory(anyio_backend: tuple[str, dict[str, Any]]) -> Callable[[], Any] | None:
+    """The event loop factory of the loop under test, for tests that run their own ``asyncio.Runner``."""
+    return anyio_backend[1].get("loop_factory")
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +172,17 @@ class Background:
     def wait(self, timeout: float = 30.0) -> Background:
         assert self.done.wait(timeout), "background call did not finish in time"
         return self
+
+
+async def await_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002) -> None:
+    """``wait_for`` for async tests: poll ``predicate``, yielding to the event loop in between."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        await asyncio.sleep(interval)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002) -> None:

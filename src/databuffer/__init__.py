@@ -7,6 +7,7 @@
 """
 
 from . import telemetry
+from ._async import AsyncBuffer
 from ._buffer import Buffer, BufferStats, FlushOpts, PartitionInfo
 from ._compat import USING_EXTENSION
 from ._errors import BufferClosed, BufferFull, FlushTimeout
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "USING_EXTENSION",
+    "AsyncBuffer",
     "Buffer",
     "BufferClosed",
     "BufferFull",

@@ -266,6 +266,11 @@ class _LayerBase(_CoreMethods, Generic[T]):
     _handle_flush_stub: Callable[..., Any]
     _handle_flush_def = "def handle_flush(self, batch, opts)"
     _configured = False
+    # Defined by each layer (a subclass overrides it).
+    handle_flush: Callable[..., Any]
+    # Made by each layer (and again in a forked child).
+    _parts: Sequence[_PartState]
+    _random: random.Random
 
     def _configure(
         self,
@@ -344,7 +349,7 @@ class _LayerBase(_CoreMethods, Generic[T]):
             seal_hook,
         )
 
-    def handle_flush_error(self, batch: list[T], opts: FlushOpts, error: BaseException) -> None:
+    def handle_flush_error(self, batch: list[T], opts: FlushOpts, error: BaseException) -> object:
         """Called with a batch whose ``handle_flush`` raised or timed out.
 
         The default logs the failure on the ``databuffer`` logger at ERROR,
@@ -359,6 +364,7 @@ class _LayerBase(_CoreMethods, Generic[T]):
             opts.trigger,
             exc_info=(type(error), error, error.__traceback__),
         )
+        return None
 
     def dump(self) -> list[T]:
         """A copy of the buffered items, removing nothing.
@@ -430,7 +436,7 @@ class _LayerBase(_CoreMethods, Generic[T]):
                 totals[key] += counters[key]
         return {"name": self._name, "partitions": self._partitions, "closed": self.closed, **totals}
 
-    def _counters(self, part: _Partition) -> tuple[_Counters, int, bool]:
+    def _counters(self, part: _PartState) -> tuple[_Counters, int, bool]:
         """A partition's item counters (one snapshot), its threshold, and whether it is flushing."""
         size, threshold, busy, inserted, taken, flushed, failed = self._stats(part.index)
         counters: _Counters = {
@@ -491,22 +497,34 @@ class _LayerBase(_CoreMethods, Generic[T]):
             # would call the handler again, without end.
             raw(arg, timeout)
             return
+        start = self._insert_started()
+        try:
+            result = raw(arg, timeout)
+        except Exception as exc:
+            self._insert_failed(start, exc)
+            raise
+        self._insert_done(start, result, batch=batch)
+
+    def _insert_started(self) -> int:
+        """Emit an insert's ``start`` event; returns its start time."""
         start = _monotonic_ns()
         _emit_insert_event(
             telemetry.INSERT_START,
             {"system_time": time.time_ns(), "monotonic_time": start},
             {"buffer": self._name},
         )
-        try:
-            result = raw(arg, timeout)
-        except Exception as exc:
-            end = _monotonic_ns()
-            _emit_insert_event(
-                telemetry.INSERT_EXCEPTION,
-                {"duration": end - start, "monotonic_time": end},
-                {"buffer": self._name, "kind": "error", "reason": exc, "stacktrace": exc.__traceback__},
-            )
-            raise
+        return start
+
+    def _insert_failed(self, start: int, exc: Exception) -> None:
+        end = _monotonic_ns()
+        _emit_insert_event(
+            telemetry.INSERT_EXCEPTION,
+            {"duration": end - start, "monotonic_time": end},
+            {"buffer": self._name, "kind": "error", "reason": exc, "stacktrace": exc.__traceback__},
+        )
+
+    def _insert_done(self, start: int, result: Any, *, batch: bool) -> None:
+        """Emit an insert's ``stop`` event; ``result`` is what the core's raw insert returned."""
         end = _monotonic_ns()
         if batch:
             partition, size = result
@@ -557,7 +575,12 @@ class _LayerBase(_CoreMethods, Generic[T]):
             self._emit_flush_event(
                 telemetry.FLUSH_START,
                 {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
-                {"buffer": self._name, "partition": opts.partition, "size": opts.size, "trigger": opts.trigger},
+                {
+                    "buffer": self._name,
+                    "partition": opts.partition,
+                    "size": opts.size,
+                    "trigger": opts.trigger,
+                },
             )
 
     def _report_retry(self, part: _PartState, opts: FlushOpts, start_ns: int, error: BaseException) -> float:
@@ -604,6 +627,29 @@ class _LayerBase(_CoreMethods, Generic[T]):
                 metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
             telemetry.execute(event, {"duration": end - began_ns, "monotonic_time": end}, metadata)
 
+    # -- what the process-wide hooks (_shutdown) call on every buffer -------
+
+    def _in_own_thread(self) -> bool:
+        """Whether the caller cannot wait for this buffer (it runs the buffer's flushes)."""
+        raise NotImplementedError
+
+    def _begin_close(self) -> None:
+        """Start closing without waiting (interpreter exit)."""
+        raise NotImplementedError
+
+    def _close_blocking(self, timeout: float | None) -> None:
+        """Close from a thread that may wait, within ``timeout`` (interpreter exit)."""
+        raise NotImplementedError
+
+    def _fork_before(self) -> None:
+        raise NotImplementedError
+
+    def _fork_after_parent(self) -> None:
+        raise NotImplementedError
+
+    def _fork_after_child(self) -> list[Any]:
+        raise NotImplementedError
+
     def _log_error_handler_failure(self, opts: FlushOpts) -> None:
         logger.exception("buffer %r partition %d: handle_flush_error raised", self._name, opts.partition)
 
@@ -628,6 +674,8 @@ class _BufferLayer(_LayerBase[T]):
     ``Buffer`` is this layer over the compiled core (or the pure-Python one);
     the tests also build it over each core explicitly.
     """
+
+    _parts: list[_Partition]
 
     def __init__(
         self,
@@ -807,6 +855,10 @@ class _BufferLayer(_LayerBase[T]):
             _registry.discard_open(self)
         finally:
             self._close_lock.release()
+
+    def _close_blocking(self, timeout: float | None) -> None:
+        """Close from any thread, waiting at most ``timeout`` (``close_open_buffers``)."""
+        self.close(timeout=timeout)
 
     def _begin_close(self) -> None:
         """Refuse inserts and ask every partition to flush for close; do not wait."""
@@ -1464,24 +1516,24 @@ class _Registry:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._open: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
-        self._all: weakref.WeakSet[_BufferLayer[Any]] = weakref.WeakSet()
+        self._open: weakref.WeakSet[_LayerBase[Any]] = weakref.WeakSet()
+        self._all: weakref.WeakSet[_LayerBase[Any]] = weakref.WeakSet()
 
-    def add(self, buf: _BufferLayer[Any]) -> None:
+    def add(self, buf: _LayerBase[Any]) -> None:
         with self.lock:
             self._open.add(buf)
             self._all.add(buf)
 
-    def discard_open(self, buf: _BufferLayer[Any]) -> None:
+    def discard_open(self, buf: _LayerBase[Any]) -> None:
         with self.lock:
             self._open.discard(buf)
 
-    def open_buffers(self) -> list[_BufferLayer[Any]]:
+    def open_buffers(self) -> list[_LayerBase[Any]]:
         """A copy of the open buffers."""
         with self.lock:
             return list(self._open)
 
-    def all_buffers_locked(self) -> list[_BufferLayer[Any]]:
+    def all_buffers_locked(self) -> list[_LayerBase[Any]]:
         """A copy of every buffer; the caller holds ``lock``."""
         return list(self._all)
 

@@ -77,7 +77,7 @@ def close_open_buffers(timeout: float | None = None) -> None:
             logger.exception("buffer %r: starting its close flush failed", buf.name)
     for buf in buffers:
         try:
-            buf.close(timeout=max(0.0, deadline - _monotonic()))
+            buf._close_blocking(timeout=max(0.0, deadline - _monotonic()))
         except TimeoutError:
             stats = buf.stats()
             logger.error(
