@@ -22,7 +22,9 @@ PROGRAM = textwrap.dedent(
     """
     from dataclasses import dataclass
 
-    from databuffer import Buffer, BufferFull, FlushOpts, telemetry
+    import asyncio
+
+    from databuffer import AsyncBuffer, Buffer, BufferFull, FlushOpts, telemetry
 
 
     @dataclass
@@ -84,6 +86,39 @@ PROGRAM = textwrap.dedent(
 
 
     telemetry.attach("typed", telemetry.FLUSH_STOP, on_flush, None)
+
+
+    class AsyncEventBuffer(AsyncBuffer[Event]):
+        async def handle_flush(self, batch: list[Event], opts: FlushOpts) -> None:
+            reveal_type(batch)  # reveal: builtins.list[prog.Event]
+            await asyncio.sleep(0)
+
+        async def handle_flush_error(self, batch: list[Event], opts: FlushOpts, error: BaseException) -> None:
+            await asyncio.sleep(0)
+
+
+    async def write_strs(batch: list[str], opts: FlushOpts) -> int:
+        return len(batch)
+
+
+    async def use_async() -> None:
+        async with AsyncEventBuffer(max_size=10, flush_timeout=5.0) as abuf:
+            reveal_type(abuf)  # reveal: prog.AsyncEventBuffer
+            abuf.insert(Event("a"))
+            abuf.insert_batch([Event("b")])
+            abuf.insert(Event("a"), timeout=1.0)  # error: Unexpected keyword argument "timeout" for "insert"
+            abuf.insert(1)  # error: Argument 1 to "insert" of "AsyncBuffer" has incompatible type "int"
+            await abuf.ainsert(Event("c"), timeout=0.5)
+            await abuf.ainsert_batch([Event("d")])
+            await abuf.ainsert("e")  # error: Argument 1 to "ainsert" of "_AsyncLayer" has incompatible type
+            await abuf.flush()
+            reveal_type(await abuf.sync_flush())  # reveal: builtins.list[Any]
+            reveal_type(abuf.stats()["flushed"])  # reveal: builtins.int
+        await abuf.aclose(timeout=1.0)
+        strs = AsyncBuffer(handle_flush=write_strs)
+        reveal_type(strs)  # reveal: databuffer._async.AsyncBuffer[builtins.str]
+        reveal_type(await strs.start())  # reveal: databuffer._async.AsyncBuffer[builtins.str]
+        AsyncBuffer(handle_flush=write_ints)  # error: Argument "handle_flush" to "AsyncBuffer" has
     """
 )
 
