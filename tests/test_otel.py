@@ -745,3 +745,49 @@ def test_import_error_without_opentelemetry():
     assert kind == "ImportError ModuleNotFoundError"
     assert "pip install 'databuffer[otel]'" in message
     assert "OpenTelemetry" in message
+
+
+# -- AsyncBuffer ---------------------------------------------------------------
+
+
+def test_async_buffer_metrics(AsyncBuffer, instrument, core_name):
+    """An AsyncBuffer emits the same events: the same metrics, and the gauge sees it while open."""
+    import asyncio
+
+    name = f"otel-async-{core_name}"
+    metrics = Metrics(name)
+    events = FlushEvents(name)
+    instrument(metrics.provider)
+    flushed: list[list[int]] = []
+    seen_while_open: dict[Attrs, int | float] = {}
+
+    async def handle_flush(batch: list[int], opts: Any) -> None:
+        await asyncio.sleep(0)
+        if batch == [4]:
+            raise ValueError("boom")
+        flushed.append(list(batch))
+
+    async def main() -> None:
+        async with AsyncBuffer(
+            handle_flush=handle_flush,
+            handle_flush_error=lambda batch, opts, error: None,
+            name=name,
+            max_size=3,
+            flush_interval=3600,
+        ) as buf:
+            buf.insert_batch([1, 2, 3])  # a batch by size, handed to the flusher
+            await buf.ainsert(4)
+            seen_while_open.update(metrics.collect().values(BUFFERED))
+            with pytest.raises(ExceptionGroup):
+                await buf.sync_flush()  # [4], manual, fails
+            buf.insert(5)  # flushed by aclose
+
+    asyncio.run(main())
+    assert flushed == [[1, 2, 3], [5]]
+    assert seen_while_open == {key(name, 0): 1}
+    got = metrics.collect()
+    assert got.values(INSERTED) == {key(name, 0): 5}
+    assert got.values(FLUSHED) == {key(name, 0, "size"): 3, key(name, 0, "close"): 1}
+    assert got.values(FAILED) == {key(name, 0, "manual", "ValueError"): 1}
+    assert durations_of(got) == expected_durations(events)
+    assert got.points(BUFFERED) == {}  # closed
