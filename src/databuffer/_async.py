@@ -213,12 +213,12 @@ class _AsyncLayer(_LayerBase[T]):
             RuntimeError: the buffer is bound to another event loop, or closed.
         """
         loop = asyncio.get_running_loop()
+        if self._is_closed():
+            raise self._closed_error()
         if self._loop is not None:
             if self._loop is loop:
                 return self
             raise RuntimeError(f"{self._describe()} is bound to another event loop")
-        if self._is_closed():
-            raise self._closed_error()
         now = loop.time()
         for part in self._parts:
             part.wake = asyncio.Event()
@@ -451,7 +451,12 @@ class _AsyncLayer(_LayerBase[T]):
         self, p: int, seq: Sequence[Any], stored: int, timeout: float | None, *, batch: bool
     ) -> None:
         seconds = self._insert_timeout if timeout is None else float(timeout)
-        loop = self._require_loop("ainsert_batch" if batch else "ainsert")
+        try:
+            loop = self._require_loop("ainsert_batch" if batch else "ainsert")
+        except RuntimeError as exc:
+            if batch:
+                exc.add_note(f"ainsert_batch stored {stored} leading items of the call")
+            raise
         part = self._parts[p]
         if self._own_task():
             # Room is made by this partition's flusher: a flush callback
@@ -654,7 +659,8 @@ class _AsyncLayer(_LayerBase[T]):
         take, flush_one = self._take, self._flush_one
         while True:
             wake.clear()
-            while (taken := take(p, part.flush_upto)) is not None:
+            taken = take(p, part.flush_upto)
+            while taken is not None:
                 if part.room:
                     _wake_all(part.room)
                 try:
@@ -663,9 +669,12 @@ class _AsyncLayer(_LayerBase[T]):
                     raise
                 except BaseException:
                     self._log_callback_escape(p)
-                taken = None
-                # Let the rest of the loop run between batches.
-                await asyncio.sleep(0)
+                # The next batch, or the partition marked idle, before any
+                # other task runs: who waited for this flush sees it done.
+                taken = take(p, part.flush_upto)
+                if taken is not None:
+                    # Let the rest of the loop run between batches.
+                    await asyncio.sleep(0)
             if part.room:
                 _wake_all(part.room)
             if self._stopping:
