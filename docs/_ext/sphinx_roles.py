@@ -37,6 +37,9 @@ class _Targets:
         # Attributes such as USING_EXTENSION are described in prose, not rendered.
         self.public = {name for name in _public(pkg) if _kind(pkg[name]) in ("class", "function", "module")}
         self.buffer = {name for name in pkg["Buffer"].final_target.all_members if not name.startswith("_")}
+        self.async_buffer = {
+            name for name in pkg["AsyncBuffer"].final_target.all_members if not name.startswith("_")
+        }
         self.modules = {
             "telemetry": _public(pkg["telemetry"]),
         }
@@ -50,7 +53,13 @@ class _Targets:
             return f"databuffer.{name}"
         if head == "Buffer" and rest in self.buffer:
             return f"databuffer.{name}"
+        if head == "AsyncBuffer" and rest in self.async_buffer:
+            return f"databuffer.{name}"
         where = context.path
+        if name in self.async_buffer and where.startswith(
+            ("databuffer._async._AsyncLayer", "databuffer._async.AsyncBuffer")
+        ):
+            return f"databuffer.AsyncBuffer.{name}"
         if name in self.buffer and any(
             where.startswith(cls)
             for cls in ("databuffer._buffer._BufferLayer", "databuffer._buffer.Buffer", "databuffer._core_py")

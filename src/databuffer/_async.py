@@ -259,6 +259,7 @@ class _AsyncLayer(_LayerBase[T]):
         self._refuse_own_task("aclose")
         # Inserts stop at once, even while another aclose() is flushing.
         self._mark_closed()
+        self._supervise()
         for part in self._parts:
             _wake_all(part.room)
         try:
@@ -440,7 +441,7 @@ class _AsyncLayer(_LayerBase[T]):
         call = "ainsert_batch" if batch else "ainsert"
         return _NoRoom(
             f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
-            f"previous batch is flushing; await {call}() to wait for room"
+            f"previous batch is flushing; await {call}() on the buffer's event loop to wait for room"
             + (f"; {stored} leading items stored" if batch else ""),
             partition=p,
             seq=seq,
@@ -665,8 +666,17 @@ class _AsyncLayer(_LayerBase[T]):
                     _wake_all(part.room)
                 try:
                     await flush_one(part, taken)
-                except (asyncio.CancelledError, *_THREAD_EXITS):
+                except _THREAD_EXITS:
                     raise
+                except asyncio.CancelledError:
+                    # The batch is settled (_settle's finally).  A cancellation
+                    # of this task is the loop shutting down; any other was
+                    # raised by a callback.
+                    if _cancelling():
+                        if not self._cancelled_by_loop(part):
+                            raise
+                    else:
+                        self._log_callback_escape(p)
                 except BaseException:
                     self._log_callback_escape(p)
                 # The next batch, or the partition marked idle, before any
@@ -734,8 +744,7 @@ class _AsyncLayer(_LayerBase[T]):
             # Ours (flush_timeout) became TimeoutError above: this one is
             # the flusher task's own cancellation, or handle_flush's.
             error = exc
-            task = asyncio.current_task()
-            if task is not None and task.cancelling() and not self._cancelled_by_loop(part):
+            if _cancelling() and not self._cancelled_by_loop(part):
                 give_up = exc  # cancelled again while draining: stop here
         except BaseException as exc:  # any failure of the callback is the batch's failure
             error = exc
@@ -793,6 +802,10 @@ class _AsyncLayer(_LayerBase[T]):
                     outcome = self._error_fn(attempt.batch, opts, error)
                     if _isawaitable(outcome):
                         await outcome
+                except asyncio.CancelledError:
+                    if _cancelling():
+                        raise  # the flusher task's own cancellation
+                    self._log_error_handler_failure(opts)
                 except Exception:
                     self._log_error_handler_failure(opts)
         finally:
@@ -927,6 +940,12 @@ class _AsyncLayer(_LayerBase[T]):
         return error
 
 
+def _cancelling() -> int:
+    """How many cancellations of the current task are pending (0 outside a task)."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
 def _wake_all(futures: list[asyncio.Future[None]]) -> None:
     """Resolve every pending future of the list, and empty it."""
     for future in futures:
@@ -971,12 +990,30 @@ class AsyncBuffer(_AsyncLayer[T], BufferCore):
             a coroutine function, called with a batch whose ``handle_flush``
             raised or timed out.  Defaults to the method, which logs on the
             ``databuffer`` logger.
-        name, partitions, dispatch, max_size, max_size_jitter,
-        flush_interval, flush_jitter, flush_timeout, flush_meta,
-        max_retries, retry_backoff, retry_backoff_max: as for
+        name: label used in telemetry, logs, task names and ``info()``; the
+            class name by default.
+        partitions: independent partitions, each with its flusher task
+            (default 1).
+        dispatch: ``"round_robin"`` (default) or ``"thread"``, as for
             :class:`Buffer`.
+        max_size: items in a partition that trigger a flush (default 5000).
+        max_size_jitter: a random 0..n added to ``max_size``, drawn anew
+            after every flush of that partition (default 0).
+        flush_interval: seconds between timed flushes of a partition,
+            counted from its last flush of any kind (default 10.0).
+        flush_jitter: a random 0..n seconds added to ``flush_interval``,
+            drawn anew after every flush (default 2.0).
+        flush_timeout: seconds one ``handle_flush`` call may run before it
+            is cancelled and reported as :class:`FlushTimeout` (default 60.0).
+        flush_meta: any object, handed to every flush as ``opts.meta``.
         insert_timeout: default seconds ``ainsert``/``ainsert_batch`` wait
             for room before raising :class:`BufferFull` (default 5.0).
+        max_retries: how many times a failed or timed-out batch is handed to
+            ``handle_flush`` again before it goes to ``handle_flush_error``
+            (default 0); as for :class:`Buffer`.
+        retry_backoff: base of the random wait before a retry, in seconds
+            (default 0.1), as for :class:`Buffer`.
+        retry_backoff_max: the cap on that wait (default 10.0).
 
     Raises:
         TypeError: no ``handle_flush``, a plain function as
@@ -991,7 +1028,8 @@ class AsyncBuffer(_AsyncLayer[T], BufferCore):
         def insert(self, item: T) -> None:  # type: ignore[override]  # it never waits
             """Store one item in a partition (the next one round-robin, or the thread's own).
 
-            Never waits: safe on the event loop and from any thread.
+            Never waits: safe on the event loop and from any thread.  (The
+            core's ``timeout`` argument, if given, is ignored.)
 
             Raises:
                 BufferFull: the partition is full while its previous batch

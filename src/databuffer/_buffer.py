@@ -423,7 +423,7 @@ class _LayerBase(_CoreMethods, Generic[T]):
 
         At every moment ``inserted == size + in_flight + flushed + failed``:
         each partition is read in one snapshot under its lock.  Still
-        answers after ``close()``.
+        answers once the buffer is closed.
 
         Returns:
             A :class:`BufferStats`: ``name``, ``partitions``, ``closed`` and
@@ -456,7 +456,7 @@ class _LayerBase(_CoreMethods, Generic[T]):
 
     @property
     def closed(self) -> bool:
-        """Whether ``close()`` has been called."""
+        """Whether the buffer is closed to inserts (``close()``, or ``aclose()`` of an ``AsyncBuffer``)."""
         return bool(self._is_closed())
 
     def __repr__(self) -> str:
