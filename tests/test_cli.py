@@ -12,6 +12,7 @@ from databuffer.__main__ import build_parser
     ("argv", "option"),
     [
         (["demo", "--events", "0"], "--events"),
+        (["demo", "--async", "--partitions", "0"], "--partitions"),
         (["bench", "--items", "0"], "--items"),
     ],
 )
@@ -30,6 +31,9 @@ def test_bad_option_is_an_argparse_error(argv: list[str], option: str) -> None:
         (["demo", "--events", "1e6"], "--events"),
         (["demo", "--partitions", "0"], "--partitions"),
         (["demo", "--max-size", "many"], "--max-size"),
+        (["demo", "--async", "--events", "0"], "--events"),
+        (["demo", "--async=yes"], "--async"),
+        (["demo", "--uvloop=no"], "--uvloop"),
         ([], "COMMAND"),
         (["bench", "--items", "0"], "--items"),
         (["bench", "--items", "many"], "--items"),

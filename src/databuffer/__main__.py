@@ -3,7 +3,10 @@
 ``demo`` streams synthetic events, one ``insert`` each, through a partitioned
 :class:`~databuffer.Buffer` into an SQLite table (one ``executemany``
 transaction per batch), shows its progress on stderr, prints what it measured
-and checks that the table holds exactly the events inserted.
+and checks that the table holds exactly the events inserted.  ``demo --async``
+does the same through an :class:`~databuffer.AsyncBuffer`: a coroutine inserts
+the events on an event loop (asyncio's, or uvloop's with ``--uvloop``), and
+each batch is written in a thread through ``asyncio.to_thread``.
 
 ``bench`` times databuffer against baselines measured in the same run and
 prints the ratios (see :mod:`databuffer._bench`).
@@ -15,6 +18,8 @@ run), 2 for a bad command line.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import shutil
 import sqlite3
 import sys
@@ -22,18 +27,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from . import USING_EXTENSION, Buffer, BufferFull, FlushOpts, __version__, _bench
+from . import USING_EXTENSION, AsyncBuffer, Buffer, BufferFull, FlushOpts, __version__, _bench
 
 __all__ = (
     "DEFAULT_EVENTS",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_PARTITIONS",
     "KINDS",
+    "LOOPS",
     "TABLE",
     "DemoError",
     "DemoResult",
@@ -59,6 +65,9 @@ DEFAULT_MAX_SIZE = 5000
 TABLE = "demo_events"
 
 KINDS = ("trade", "quote", "cancel", "fill")
+
+#: The event loops ``demo --async`` runs on: asyncio's default one, or uvloop's.
+LOOPS = ("asyncio", "uvloop")
 
 # The demo would rather wait for a slow disk than drop events: an insert that
 # still finds no room after this long, or a flush still running, is a stall
@@ -95,16 +104,20 @@ def generate_events(count: int) -> Iterator[Event]:
 class SQLiteSink:
     """Writes batches of events into one SQLite table: the demo's ``handle_flush``.
 
-    Every flusher thread writes through one connection, opened with
-    ``check_same_thread=False`` and guarded by a lock, rather than through a
-    connection per thread.  SQLite lets one writer at a time into a database
-    anyway, so connections per thread would only queue on SQLite's file lock,
-    where a waiting writer polls with sleeps (the busy timeout) instead of
-    being woken when the lock is free.  A connection may also be closed only
-    by the thread that opened it, while the flusher threads belong to the
-    buffer (which starts a new one when a flush is abandoned after
-    ``flush_timeout``).  With one connection the main thread can close it and
-    check the table through it.
+    :meth:`write` is called from several threads at once: the flusher
+    threads of a ``Buffer``, or, for an ``AsyncBuffer``, the threads of the
+    event loop's default executor, where each flusher task runs it through
+    ``asyncio.to_thread``.  Every one of them writes through one connection,
+    opened with ``check_same_thread=False`` and guarded by a lock, rather
+    than through a connection per thread.  SQLite lets one writer at a time
+    into a database anyway, so connections per thread would only queue on
+    SQLite's file lock, where a waiting writer polls with sleeps (the busy
+    timeout) instead of being woken when the lock is free.  A connection may
+    also be closed only by the thread that opened it, while the flusher
+    threads belong to the buffer (which starts a new one when a flush is
+    abandoned after ``flush_timeout``) and the executor's threads to the
+    event loop.  With one connection the main thread can close it and check
+    the table through it.
 
     WAL mode with ``synchronous=NORMAL`` makes a commit an append to the
     write-ahead log without an fsync, so a transaction per batch stays cheap.
@@ -287,8 +300,9 @@ class DemoResult:
         events: events inserted.
         partitions: the buffer's partitions.
         max_size: the buffer's ``max_size``.
-        seconds: wall time from the first insert until ``close()`` returned,
-            every batch committed.
+        seconds: wall time from just before the buffer (and, for an
+            ``AsyncBuffer``, its event loop) was made until ``close()`` or
+            ``aclose()`` returned, every batch committed.
         batches: batches committed.
         rows: rows committed.
         triggers: batches committed per flush trigger (``"size"``, ...).
@@ -298,6 +312,9 @@ class DemoResult:
             (``databuffer.USING_EXTENSION``).
         db_path: the database file, or ``None`` for a temporary one, removed.
         problems: what the check of the table found wrong; empty if nothing.
+        loop: ``None`` for a run through a ``Buffer``; for a run through an
+            ``AsyncBuffer``, the event loop it ran on: the package its class
+            comes from, ``"asyncio"`` or ``"uvloop"``.
     """
 
     events: int
@@ -312,6 +329,7 @@ class DemoResult:
     using_extension: bool
     db_path: Path | None
     problems: list[str] = field(default_factory=list)
+    loop: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -335,6 +353,8 @@ def run_demo(
     max_size: int = DEFAULT_MAX_SIZE,
     db: Path | None = None,
     progress: TextIO | None = None,
+    *,
+    loop: str | None = None,
 ) -> DemoResult:
     """Stream ``events`` synthetic events through a buffer into SQLite and check the table.
 
@@ -346,55 +366,97 @@ def run_demo(
             removed afterwards.  The table :data:`TABLE` in it is replaced.
         progress: where to report progress (see :class:`Progress`);
             ``None`` reports nothing.
+        loop: ``None`` (the default) streams the events through a
+            :class:`~databuffer.Buffer`, a flusher thread per partition.
+            ``"asyncio"`` or ``"uvloop"`` (see :data:`LOOPS`) streams them
+            through an :class:`~databuffer.AsyncBuffer` on a new event loop
+            of that kind: a coroutine inserts them (``insert``, and ``await
+            ainsert`` when a partition is full), and each flusher task writes
+            its batches through ``asyncio.to_thread``.
 
     Returns:
         What was measured, and the problems the check found (if any).
 
     Raises:
-        ValueError: ``events`` < 1 (other bad values are refused by ``Buffer``).
-        DemoError: the database could not be opened, or an insert gave up
-            under backpressure.
+        ValueError: ``events`` < 1, or ``loop`` is not ``None`` nor one of
+            :data:`LOOPS` (other bad values are refused by the buffer).
+        DemoError: the database could not be opened, an insert gave up
+            under backpressure, or ``loop="uvloop"`` and uvloop is not
+            installed.
         sqlite3.Error: the table could not be read back.
     """
     if events < 1:
         raise ValueError(f"events must be >= 1, got {events!r}")
+    if loop is not None and loop not in LOOPS:
+        raise ValueError(f"loop must be None or one of {LOOPS}, got {loop!r}")
+    # Before the database is made: a missing uvloop fails at once.
+    factory = _loop_factory(loop) if loop is not None else None
     if db is not None:
-        return _run(events, partitions, max_size, db, progress, keep=True)
+        return _run(events, partitions, max_size, db, progress, keep=True, loop=loop, factory=factory)
     with tempfile.TemporaryDirectory(prefix="databuffer-demo-") as tmp:
-        return _run(events, partitions, max_size, Path(tmp) / "demo.sqlite3", progress, keep=False)
+        path = Path(tmp) / "demo.sqlite3"
+        return _run(events, partitions, max_size, path, progress, keep=False, loop=loop, factory=factory)
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The ``loop_factory`` of ``asyncio.Runner`` for one of :data:`LOOPS` (``None``: asyncio's default)."""
+    if loop != "uvloop":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError as exc:
+        raise DemoError(f"uvloop is not installed ({exc}); install it with `pip install uvloop`") from exc
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+class _Tally:
+    """What a producer got through, kept when it raises."""
+
+    __slots__ = ("inserted", "loop")
+
+    def __init__(self) -> None:
+        self.inserted = 0
+        #: The package of the event loop the events were inserted on.
+        self.loop: str | None = None
 
 
 def _run(
-    events: int, partitions: int, max_size: int, path: Path, stream: TextIO | None, *, keep: bool
+    events: int,
+    partitions: int,
+    max_size: int,
+    path: Path,
+    stream: TextIO | None,
+    *,
+    keep: bool,
+    loop: str | None,
+    factory: Callable[[], asyncio.AbstractEventLoop] | None,
 ) -> DemoResult:
     sink = SQLiteSink(path)
     try:
         report = Progress(events, stream)
-        inserted = 0
+        tally = _Tally()
+        # Both buffers take the same options.
+        options: dict[str, Any] = {
+            "name": "demo",
+            "handle_flush_error": sink.record_failure,
+            "partitions": partitions,
+            "max_size": max_size,
+            "flush_timeout": DEMO_TIMEOUT,
+            "insert_timeout": DEMO_TIMEOUT,
+        }
         start = time.perf_counter()
         try:
-            with Buffer(
-                name="demo",
-                handle_flush=sink.write,
-                handle_flush_error=sink.record_failure,
-                partitions=partitions,
-                max_size=max_size,
-                flush_timeout=DEMO_TIMEOUT,
-                insert_timeout=DEMO_TIMEOUT,
-            ) as buffer:
-                insert = buffer.insert
-                try:
-                    for event in generate_events(events):
-                        insert(event)
-                        inserted += 1
-                        if not inserted & _PROGRESS_MASK:
-                            report.update(inserted, sink.rows)
-                except BufferFull as exc:
-                    raise DemoError(f"event {inserted:,} could not be inserted: {exc}") from exc
-            # Leaving the block closed the buffer: every batch is committed.
-            seconds = time.perf_counter() - start
+            # Timed until the buffer is closed, every batch committed.
+            if loop is None:
+                _stream_threads(sink, report, tally, events, options)
+                seconds = time.perf_counter() - start
+            else:
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    runner.run(_stream_async(sink, report, tally, events, options))
+                    seconds = time.perf_counter() - start  # not counting the loop's shutdown
         finally:
-            report.finish(inserted, sink.rows)
+            report.finish(tally.inserted, sink.rows)
         problems = sink.check(events)
         if sink.failed_items:
             problems.insert(0, f"{sink.failed_items:,} events failed to be written: {sink.first_error!r}")
@@ -411,9 +473,62 @@ def _run(
             using_extension=USING_EXTENSION,
             db_path=path if keep else None,
             problems=problems,
+            loop=tally.loop,
         )
     finally:
         sink.close()
+
+
+def _stream_threads(
+    sink: SQLiteSink, report: Progress, tally: _Tally, events: int, options: dict[str, Any]
+) -> None:
+    """Insert the events into a ``Buffer`` and close it: its flusher threads call ``sink.write``."""
+    inserted = 0
+    try:
+        with Buffer(handle_flush=sink.write, **options) as buffer:
+            insert = buffer.insert
+            try:
+                for event in generate_events(events):
+                    insert(event)
+                    inserted += 1
+                    if not inserted & _PROGRESS_MASK:
+                        report.update(inserted, sink.rows)
+            except BufferFull as exc:
+                raise DemoError(f"event {inserted:,} could not be inserted: {exc}") from exc
+    finally:
+        tally.inserted = inserted
+
+
+async def _stream_async(
+    sink: SQLiteSink, report: Progress, tally: _Tally, events: int, options: dict[str, Any]
+) -> None:
+    """Insert the events into an ``AsyncBuffer`` on the running loop and close it."""
+    tally.loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+    async def write(batch: list[Event], opts: FlushOpts) -> int:
+        # sqlite3 blocks: the write runs in a thread of the loop's default
+        # executor, and the loop goes on meanwhile.
+        return await asyncio.to_thread(sink.write, batch, opts)
+
+    inserted = 0
+    try:
+        async with AsyncBuffer[Event](handle_flush=write, **options) as buffer:
+            insert, ainsert = buffer.insert, buffer.ainsert
+            try:
+                for event in generate_events(events):
+                    try:
+                        insert(event)  # never waits
+                    except BufferFull:
+                        # The partition is full while its previous batch is
+                        # flushing: wait for room, letting the flushers run.
+                        await ainsert(event)
+                    inserted += 1
+                    if not inserted & _PROGRESS_MASK:
+                        report.update(inserted, sink.rows)
+            except BufferFull as exc:
+                raise DemoError(f"event {inserted:,} could not be inserted: {exc}") from exc
+    finally:
+        tally.inserted = inserted
 
 
 def format_result(result: DemoResult) -> str:
@@ -421,6 +536,13 @@ def format_result(result: DemoResult) -> str:
     core = "compiled (Cython)" if result.using_extension else "pure Python"
     triggers = ", ".join(f"{name} {count:,}" for name, count in sorted(result.triggers.items()))
     where = str(result.db_path) if result.db_path is not None else "temporary file, removed"
+    if result.loop is None:
+        buffer = "Buffer, a flusher thread per partition"
+    else:
+        buffer = (
+            f"AsyncBuffer on the {result.loop} event loop, a flusher task per partition "
+            "(each batch written through asyncio.to_thread)"
+        )
     if result.ok:
         check = f"OK: {result.events:,} rows, ids 0 to {result.events - 1:,} each once"
     else:
@@ -430,6 +552,7 @@ def format_result(result: DemoResult) -> str:
             f"events:     {result.events:,} through {result.partitions} partitions, "
             f"max_size {result.max_size:,}"
         ),
+        f"buffer:     {buffer}",
         f"core:       {core} (databuffer.USING_EXTENSION = {result.using_extension})",
         f"time:       {result.seconds:.2f} s",
         f"throughput: {result.events_per_second:,.0f} events/s (inserted and committed)",
@@ -464,14 +587,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = commands.add_parser(
         "demo",
-        help="stream synthetic events through a Buffer into SQLite and check them",
+        help="stream synthetic events through a Buffer (or an AsyncBuffer) into SQLite and check them",
         description=(
             "Stream synthetic events (id, ts_ns, kind, value), one insert() each, "
             "through a partitioned databuffer.Buffer into an SQLite table, one "
-            "executemany() transaction per batch. Progress goes to stderr; the report "
-            "(events per second, batches and their mean size, which core ran) goes to "
-            "stdout. Finally the table is checked to hold exactly the events inserted; "
-            "the exit status is 1 if it does not."
+            "executemany() transaction per batch. With --async, a coroutine inserts them "
+            "into a databuffer.AsyncBuffer on an event loop (awaiting ainsert() when a "
+            "partition is full), and each batch is written through asyncio.to_thread(). "
+            "Progress goes to stderr; the report (events per second, batches and their "
+            "mean size, which buffer and core ran) goes to stdout. Finally the table is "
+            "checked to hold exactly the events inserted; the exit status is 1 if it does not."
         ),
     )
     demo.add_argument(
@@ -486,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_PARTITIONS,
         metavar="N",
-        help="partitions of the buffer, each flushed by its own thread (default: %(default)s)",
+        help="partitions of the buffer, each flushed by its own thread (with --async, its own task) "
+        "(default: %(default)s)",
     )
     demo.add_argument(
         "--max-size",
@@ -502,6 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"SQLite database file to write and keep; its table {TABLE} is dropped and "
         "created anew (default: a file in a temporary directory, removed afterwards)",
     )
+    demo.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="stream the events through an AsyncBuffer on an asyncio event loop instead of a Buffer",
+    )
+    demo.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run the --async demo on uvloop's event loop (implies --async; needs uvloop installed)",
+    )
     demo.set_defaults(handler=_demo_command)
     bench = commands.add_parser(
         "bench",
@@ -514,13 +651,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
+    loop = "uvloop" if args.uvloop else "asyncio" if args.use_async else None
     print(
-        f"databuffer demo: events={args.events:,} partitions={args.partitions} max_size={args.max_size:,}",
+        f"databuffer demo: events={args.events:,} partitions={args.partitions} max_size={args.max_size:,}"
+        + (f" buffer=AsyncBuffer loop={loop}" if loop is not None else ""),
         file=sys.stderr,
         flush=True,
     )
     try:
-        result = run_demo(args.events, args.partitions, args.max_size, args.db, progress=sys.stderr)
+        result = run_demo(
+            args.events, args.partitions, args.max_size, args.db, progress=sys.stderr, loop=loop
+        )
     except (DemoError, sqlite3.Error) as exc:
         print(f"databuffer demo: error: {exc}", file=sys.stderr)
         return 1
