@@ -684,7 +684,13 @@ class _AsyncLayer(_LayerBase[T]):
                 taken = take(p, part.flush_upto)
                 if taken is not None:
                     # Let the rest of the loop run between batches.
-                    await asyncio.sleep(0)
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError as exc:
+                        if not self._cancelled_by_loop(part):
+                            # Cancelled again while draining: the batch taken fails.
+                            await self._fail_taken(part, taken, exc)
+                            raise
             if part.room:
                 _wake_all(part.room)
             if self._stopping:
@@ -700,14 +706,26 @@ class _AsyncLayer(_LayerBase[T]):
                     raise
 
     async def _flush_one(self, part: _LoopPartition, taken: tuple[list[Any], bool, int]) -> None:
+        attempt: _Attempt | None = self._first_attempt(part, taken)
+        del taken
+        while attempt is not None:
+            attempt = await self._run(part, attempt)
+
+    def _first_attempt(self, part: _LoopPartition, taken: tuple[list[Any], bool, int]) -> _Attempt:
+        """The first attempt at a batch the core handed out (``_take``); emits its ``start`` event."""
         batch, by_size, first = taken
         trigger = "size" if by_size else part.flush_trigger
         opts = FlushOpts(self._flush_meta, len(batch), part.index, self._name, trigger)
         self._report_start(opts)
-        attempt: _Attempt | None = _Attempt(batch, opts, first)
-        del batch, taken
-        while attempt is not None:
-            attempt = await self._run(part, attempt)
+        return _Attempt(batch, opts, first)
+
+    async def _fail_taken(
+        self, part: _LoopPartition, taken: tuple[list[Any], bool, int], error: BaseException
+    ) -> None:
+        """Report a batch taken from the core as failed without calling ``handle_flush``."""
+        attempt = self._first_attempt(part, taken)
+        attempt.start_ns = attempt.began_ns = _monotonic_ns()
+        await self._settle(part, attempt, None, error)
 
     async def _run(self, part: _LoopPartition, attempt: _Attempt) -> _Attempt | None:
         """Await ``handle_flush`` for one attempt; returns the next attempt (a retry) or None."""
@@ -721,6 +739,7 @@ class _AsyncLayer(_LayerBase[T]):
         result: Any = None
         error: BaseException | None = None
         give_up: BaseException | None = None
+        again = False
         scope: asyncio.Timeout | None = None
         try:
             # With retries, each attempt gets its own copy: a handle_flush
@@ -744,12 +763,15 @@ class _AsyncLayer(_LayerBase[T]):
             # Ours (flush_timeout) became TimeoutError above: this one is
             # the flusher task's own cancellation, or handle_flush's.
             error = exc
-            if _cancelling() and not self._cancelled_by_loop(part):
-                give_up = exc  # cancelled again while draining: stop here
+            if _cancelling():
+                if self._cancelled_by_loop(part):
+                    again = True  # the loop is shutting down: the drain tries it again
+                else:
+                    give_up = exc  # cancelled again while draining: stop here
         except BaseException as exc:  # any failure of the callback is the batch's failure
             error = exc
         try:
-            return await self._conclude(part, attempt, result, error, final=give_up is not None)
+            return await self._conclude(part, attempt, result, error, final=give_up is not None, again=again)
         finally:
             error = None  # the traceback holds this frame
             if give_up is not None:
@@ -772,15 +794,26 @@ class _AsyncLayer(_LayerBase[T]):
         error: BaseException | None,
         *,
         final: bool = False,
+        again: bool = False,
     ) -> _Attempt | None:
-        """After an attempt: settle the batch, or return its next attempt (a retry)."""
+        """After an attempt: settle the batch, or return its next attempt (a retry).
+
+        ``final``: settle it whatever the retries left.  ``again``: the
+        attempt was interrupted by the loop shutting down; it is tried again
+        at once, whatever the retries left (the drain flushes it).
+        """
         opts = attempt.opts
-        if error is None or final or opts.attempt > self._max_retries or isinstance(error, _THREAD_EXITS):
+        if (
+            error is None
+            or final
+            or isinstance(error, _THREAD_EXITS)
+            or (opts.attempt > self._max_retries and not again)
+        ):
             await self._settle(part, attempt, result, error)
             if isinstance(error, _THREAD_EXITS):
                 raise error
             return None
-        delay = self._report_retry(part, opts, attempt.start_ns, error)
+        delay = self._report_retry(part, opts, attempt.start_ns, error, 0.0 if again else None)
         if delay > 0:
             try:
                 await asyncio.sleep(delay)
@@ -822,8 +855,9 @@ class _AsyncLayer(_LayerBase[T]):
         when the main coroutine returns.  The first time, the flusher takes
         the cancellation back (``uncancel``), the buffer closes to inserts
         and logs a warning (once), and the partition flushes what it holds
+        (an attempt the cancellation interrupted included, see ``_run``)
         before the flusher ends.  Returns False when it was cancelled again
-        while doing so: it gives up.
+        while doing so: it gives up, and the batch at hand fails.
         """
         if part.draining or self._stopping:
             return False
@@ -980,7 +1014,9 @@ class AsyncBuffer(_AsyncLayer[T], BufferCore):
 
     If the loop shuts down while the buffer is open (``asyncio.run()``
     returning cancels the buffer's tasks), the buffer logs a warning naming
-    itself and the items it holds, and flushes them before its tasks end.
+    itself and the items it holds, and flushes them before its tasks end; a
+    ``handle_flush`` call the shutdown interrupted is tried again at once,
+    whatever ``max_retries`` says.
 
     Args:
         handle_flush: ``async fn(batch, opts)``; its return value is

@@ -583,14 +583,23 @@ class _LayerBase(_CoreMethods, Generic[T]):
                 },
             )
 
-    def _report_retry(self, part: _PartState, opts: FlushOpts, start_ns: int, error: BaseException) -> float:
+    def _report_retry(
+        self,
+        part: _PartState,
+        opts: FlushOpts,
+        start_ns: int,
+        error: BaseException,
+        delay: float | None = None,
+    ) -> float:
         """Count a failed attempt that will be retried and emit its event; returns the backoff.
 
         Full jitter: a random wait up to the exponential bound, so that
         partitions and processes failing together do not retry in step.
+        ``delay``: the wait, when the caller already knows it.
         """
-        bound = min(self._retry_backoff_max, self._retry_backoff * 2.0 ** min(opts.attempt - 1, 1000))
-        delay = bound * self._random.random()
+        if delay is None:
+            bound = min(self._retry_backoff_max, self._retry_backoff * 2.0 ** min(opts.attempt - 1, 1000))
+            delay = bound * self._random.random()
         with part.lock:
             part.retried += opts.size
         if telemetry.has_handlers(telemetry.FLUSH_RETRY):
