@@ -1797,3 +1797,34 @@ async def test_a_forked_child_finds_the_buffer_closed(AsyncBuffer: Any, anyio_ba
         buf.insert(6)
         assert await buf.sync_flush(timeout=30) == [None]
     assert got == [1, 2, 3, 6]
+
+
+async def test_an_ainsert_cancelled_while_it_waits_emits_its_exception_event(AsyncBuffer: Any) -> None:
+    """One start and one exception event, even when the wait for room ends in a cancellation."""
+    events: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+    telemetry.attach_many(
+        "async-cancelled-ainsert",
+        [telemetry.INSERT_START, telemetry.INSERT_STOP, telemetry.INSERT_EXCEPTION],
+        lambda event, measurements, metadata, config: events.append((event, dict(metadata))),
+    )
+    release = asyncio.Event()
+
+    async def handle_flush(batch: list[Any], opts: Any) -> None:
+        await release.wait()
+
+    buf = AsyncBuffer(handle_flush=handle_flush, name="cancel-wait", max_size=1, flush_interval=BIG)
+    async with buf:
+        buf.insert(1)  # sealed: in flight, blocked
+        buf.insert(2)  # the partition is full
+        events.clear()
+        waiter = asyncio.ensure_future(buf.ainsert(3, timeout=30))
+        await await_for(lambda: len(events) == 1)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        release.set()
+    kinds = [event for event, metadata in events if metadata["buffer"] == "cancel-wait"]
+    assert kinds[:2] == [telemetry.INSERT_START, telemetry.INSERT_EXCEPTION]
+    (exception,) = [md for event, md in events if event == telemetry.INSERT_EXCEPTION]
+    assert isinstance(exception["reason"], asyncio.CancelledError)
+    assert buf.stats()["inserted"] == 2

@@ -376,7 +376,7 @@ class _AsyncLayer(_LayerBase[T]):
             start = self._insert_started()
             try:
                 p = await self._ainsert_raw(item, timeout)
-            except Exception as exc:
+            except BaseException as exc:  # a cancellation while it waited included
                 self._insert_failed(start, exc)
                 raise
             self._insert_done(start, p, batch=False)
@@ -404,7 +404,7 @@ class _AsyncLayer(_LayerBase[T]):
             start = self._insert_started()
             try:
                 result = await self._ainsert_batch_raw(items, timeout)
-            except Exception as exc:
+            except BaseException as exc:  # a cancellation while it waited included
                 self._insert_failed(start, exc)
                 raise
             self._insert_done(start, result, batch=True)

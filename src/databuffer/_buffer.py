@@ -515,7 +515,7 @@ class _LayerBase(_CoreMethods, Generic[T]):
         )
         return start
 
-    def _insert_failed(self, start: int, exc: Exception) -> None:
+    def _insert_failed(self, start: int, exc: BaseException) -> None:
         end = _monotonic_ns()
         _emit_insert_event(
             telemetry.INSERT_EXCEPTION,
