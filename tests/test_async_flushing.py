@@ -1483,3 +1483,31 @@ async def test_max_size_jitter_with_ainsert_batch(AsyncBuffer):
     assert all(0 < len(b) <= 5 for b in batches), batches
     assert all(o.size == len(b) for b, o, _ in recorder.calls)
     assert recorder.items() == list(range(60))
+
+
+async def test_the_insert_then_ainsert_idiom_lets_the_flushers_run(AsyncBuffer):
+    """After a plain insert found a partition full, the next ainsert yields to the loop once.
+
+    With several partitions, ainsert stores its item in the next partition,
+    which often has room: without that yield, the producer would not let the
+    full partitions' flusher tasks run until every partition was full, and
+    nearly every insert would raise BufferFull.
+    """
+    flushed = 0
+
+    async def count(batch, opts):
+        nonlocal flushed
+        flushed += len(batch)
+
+    items, slow = 20_000, 0
+    async with AsyncBuffer(handle_flush=count, partitions=4, max_size=100, flush_interval=3600) as buf:
+        for i in range(items):
+            try:
+                buf.insert(i)
+            except BufferFull:
+                slow += 1
+                await buf.ainsert(i)
+    assert flushed == items
+    batches = items // 100
+    # About one BufferFull per two to four batches; without the yield, dozens per batch.
+    assert slow <= batches, f"{slow} inserts found their partition full, for {batches} batches"

@@ -179,6 +179,9 @@ class _AsyncLayer(_LayerBase[T]):
         self._shut_down = False
         # In a forked child: closed, its loop belongs to the parent.
         self._forked = False
+        # A plain insert found a partition full (set from any thread, a
+        # benign race: it only makes one ainsert yield once more or less).
+        self._room_wanted = False
         # aclose() scheduled from another thread at interpreter exit.
         self._exit_close: concurrent.futures.Future[None] | None = None
         _registry.add(self)
@@ -413,20 +416,39 @@ class _AsyncLayer(_LayerBase[T]):
 
     async def _ainsert_raw(self, item: Any, timeout: float | None) -> int:
         try:
-            return int(self._insert_raw(item, None))
+            p = int(self._insert_raw(item, None))
         except _NoRoom as full:
             p, seq = full.partition, full.seq
+        else:
+            if self._room_wanted:
+                await self._let_flushers_run()
+            return p
         await self._wait_for_room(p, seq, 0, timeout, batch=False)
         return p
 
     async def _ainsert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
         try:
             p, n = self._insert_batch_raw(items, None)
-            return p, n
         except _NoRoom as full:
             p, seq, stored = full.partition, full.seq, full.stored
+        else:
+            if self._room_wanted:
+                await self._let_flushers_run()
+            return p, n
         await self._wait_for_room(p, seq, stored, timeout, batch=True)
         return p, len(seq)
+
+    async def _let_flushers_run(self) -> None:
+        """Yield to the loop once, after a plain insert found a partition full.
+
+        The usual hot path is ``insert``, then ``await ainsert`` on
+        ``BufferFull``; with several partitions, round-robin stores that
+        ``ainsert``'s item in another partition, which often has room, so it
+        would return without ever yielding, and the full partition's flusher
+        (woken by its seal) would not run until every partition was full.
+        """
+        self._room_wanted = False
+        await asyncio.sleep(0)
 
     # -- slow paths called by the core ------------------------------------
 
@@ -438,6 +460,8 @@ class _AsyncLayer(_LayerBase[T]):
         raise self._no_room(p, seq, start, batch=True)
 
     def _no_room(self, p: int, seq: Sequence[Any], stored: int, *, batch: bool) -> _NoRoom:
+        # The next ainsert that finds room yields once (_let_flushers_run).
+        self._room_wanted = True
         call = "ainsert_batch" if batch else "ainsert"
         return _NoRoom(
             f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
@@ -474,6 +498,7 @@ class _AsyncLayer(_LayerBase[T]):
                     room: asyncio.Future[None] = loop.create_future()
                     part.room.append(room)
                     await room
+                    self._room_wanted = False  # this call yielded
         except TimeoutError:
             raise BufferFull(
                 f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
