@@ -162,8 +162,9 @@ def _memory_table(memory: dict[str, dict[str, Any]], write: Any) -> None:
         write(line)
 
 
-# Tables in the order of the issue: insert, insert_batch, telemetry, end to end, threads.
-_SECTIONS = ("insert,", "insert_batch", "insert with one telemetry", "end to end", "threads")
+# Tables in the order of the issue: insert, insert_batch, telemetry, end to end, threads;
+# the AsyncBuffer tables (test_bench_async.py) after the end-to-end ones.
+_SECTIONS = ("insert,", "insert_batch", "insert with one telemetry", "end to end", "AsyncBuffer", "threads")
 
 
 def _section(group: Group) -> int:

@@ -19,14 +19,41 @@ ITEMS = 20_000
 TINY = ["--items", str(ITEMS), "--memory-items", str(ITEMS), "--rounds", "1", "--repeat", "1"]
 
 HANDOFF = "thread hand-off per 1,000-item batch"
+ASYNC_CALL = "AsyncBuffer.insert: call (best block)"
+ASYNC_AMORTIZED = "AsyncBuffer.insert: amortized"
+# AsyncBuffer.insert beside deque.append, Buffer.insert, and Buffer.insert timed the same way.
+ASYNC_INSERT = [ASYNC_CALL, ASYNC_AMORTIZED] * 3
+ASYNC_VERSUS = (
+    ["deque.append"] * 2
+    + ["Buffer.insert, same rounds"] * 2
+    + ["Buffer.insert timed the same way (coroutine, yield per block)"] * 2
+)
+LOOPS = _bench.available_loops()
+# (partitions, max_size, loops): AsyncBuffer's defaults on every loop, then
+# the options of the Buffer end-to-end figures on asyncio's loop.
+ASYNC_CONFIGS = [(1, 5000, LOOPS), (4, 1000, ["asyncio"])]
+
+
+def async_end_to_end() -> list[tuple[str, int, int]]:
+    """The AsyncBuffer end-to-end rows (figure, partitions, max_size), in table order."""
+    return [
+        (f"AsyncBuffer end to end {p}x{m:,}, {how}" + ("" if loop == "asyncio" else f", {loop}"), p, m)
+        for p, m, loops in ASYNC_CONFIGS
+        for how in ("insert_batch(1,000)/ainsert_batch", "insert/ainsert")
+        for loop in loops
+    ]
+
+
 FIGURES = [
     "insert: call (best block)",
     "insert: amortized",
     HANDOFF,
+    *ASYNC_INSERT,
     "insert_batch(1,000): call (best block)",
     "insert_batch(1,000): amortized",
     "end to end, insert_batch(1,000)",
     "end to end, insert",
+    *(figure for figure, _, _ in async_end_to_end()),
     f"memory, {ITEMS:,} buffered Nones",
 ]
 ROW = re.compile(
@@ -75,6 +102,64 @@ def test_bench_prints_the_table(core_name: str) -> None:
     assert "databuffer bench: memory" in proc.stderr
 
 
+def test_bench_table_has_the_async_rows(core_name: str) -> None:
+    proc = run_cli("bench", *TINY, core=core_name)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    rows = table_rows(out)
+    by_figure: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_figure.setdefault(row["figure"], []).append(row)
+    # AsyncBuffer.insert: against deque.append, Buffer.insert, and the control.
+    async_insert = [row for row in rows if row["figure"].startswith("AsyncBuffer.insert")]
+    assert [row["figure"] for row in async_insert] == ASYNC_INSERT
+    assert [row["versus"] for row in async_insert] == ASYNC_VERSUS
+    # The same denominators as the Buffer rows of the same run.
+    buffer_call, buffer_amortized = (
+        by_figure["insert: call (best block)"][0],
+        by_figure["insert: amortized"][0],
+    )
+    assert async_insert[0]["baseline"] == buffer_call["baseline"]  # deque.append
+    assert async_insert[2]["baseline"] == buffer_call["databuffer"]  # Buffer.insert
+    assert async_insert[3]["baseline"] == buffer_amortized["databuffer"]
+    for call, amortized in zip(async_insert[::2], async_insert[1::2], strict=True):
+        # Per item, a call is never dearer than the amortized cost.
+        assert float(call["databuffer"].replace(",", "")) <= float(amortized["databuffer"].replace(",", ""))
+    # End to end: items/s beside a Buffer of the same options, with flush counts.
+    e2e = [row for row in rows if row["figure"].startswith("AsyncBuffer end to end")]
+    expected = async_end_to_end()
+    assert [row["figure"] for row in e2e] == [figure for figure, _, _ in expected]
+    for row, (_, _, max_size) in zip(e2e, expected, strict=True):
+        assert row["unit"] == "items/s"
+        assert row["versus"].startswith("Buffer, same options and N; ")
+        flushes = re.search(r"; ([\d,]+) flushes, ", row["versus"])
+        assert flushes is not None, row
+        # At least N / max_size batches: more when a partition's share is not a multiple.
+        assert int(flushes.group(1).replace(",", "")) >= ITEMS // max_size
+    settings = out.splitlines()[1]
+    for partitions, max_size, loops in ASYNC_CONFIGS:
+        assert (
+            f"AsyncBuffer end to end {partitions}x{max_size:,} = partitions={partitions}, "
+            f"max_size={max_size:,}, loops: {', '.join(loops)}"
+        ) in settings
+    # The idiom is spelled out, and the target is reported for each insert/ainsert
+    # figure on asyncio's loop, never enforced.
+    assert "`try: buf.insert(x)` `except BufferFull: await buf.ainsert(x)`" in out
+    targets = re.findall(
+        r"^target: AsyncBuffer end to end (\dx[\d,]+), insert/ainsert \(asyncio loop\) >= 5,000,000 items/s "
+        r"on the compiled core: (.+)$",
+        out,
+        re.M,
+    )
+    assert [config for config, _ in targets] == ["1x5,000", "4x1,000"], out
+    for _, verdict in targets:
+        if core_name == "c":
+            assert re.fullmatch(r"(met|NOT met) \([\d,]+ items/s\)", verdict), verdict
+        else:
+            assert verdict.startswith("not checked, the core is the pure-Python one (")
+    assert "databuffer bench: AsyncBuffer end to end 4x1,000, insert (asyncio)" in proc.stderr
+
+
 def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--json", *TINY]) == 0
     captured = capsys.readouterr()
@@ -85,7 +170,13 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
     assert env["using_extension"] is _bench.USING_EXTENSION
     assert isinstance(env["gil_enabled"], bool)
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert data["settings"] == {"rounds": 1, "items": ITEMS, "repeat": 1, "memory_items": ITEMS}
+    assert data["settings"] == {
+        "rounds": 1,
+        "items": ITEMS,
+        "repeat": 1,
+        "memory_items": ITEMS,
+        "async_end_to_end": [{"partitions": p, "max_size": m, "loops": lp} for p, m, lp in ASYNC_CONFIGS],
+    }
     assert len(data["rows"]) == len(FIGURES) + (2 if _bench.USING_EXTENSION else 0)
     for row in data["rows"]:
         for key in ("databuffer", "baseline", "ratio"):
@@ -94,6 +185,34 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["mode"] for r in results["end_to_end"]] == ["insert_batch", "insert"]
     assert all(r["flushed"] == ITEMS and r["flushes"] >= ITEMS // 1000 for r in results["end_to_end"])
     assert results["memory"]["items"] == ITEMS
+    insert = results["insert"]
+    for key in ("async_buffer", "async_control"):
+        assert insert[key]["items"] == _bench.BLOCK
+        assert 0 < insert[key]["best"] <= insert[key]["total"]
+    async_e2e = results["async_end_to_end"]
+    assert [(r["partitions"], r["max_size"], r["mode"], r["loop"]) for r in async_e2e] == [
+        (p, m, mode, loop)
+        for p, m, loops in ASYNC_CONFIGS
+        for mode in ("insert_batch", "insert")
+        for loop in loops
+    ]
+    for r in async_e2e:
+        assert r["items"] == r["flushed"] == ITEMS
+        assert r["flushes"] >= ITEMS // r["max_size"]
+        assert r["problems"] == []
+        for key in ("items_per_second", "buffer_items_per_second", "flushes_per_second"):
+            assert positive_finite(r[key]), r
+    target = results["async_target"]
+    assert target["target_items_per_second"] == _bench.ASYNC_TARGET == 5_000_000
+    inserts = [r for r in async_e2e if r["mode"] == "insert" and r["loop"] == "asyncio"]
+    assert [(f["partitions"], f["max_size"], f["items_per_second"]) for f in target["figures"]] == [
+        (r["partitions"], r["max_size"], r["items_per_second"]) for r in inserts
+    ]
+    if _bench.USING_EXTENSION:
+        assert all(f["met"] is (f["items_per_second"] >= 5_000_000) for f in target["figures"])
+        assert target["met"] is all(f["met"] for f in target["figures"])
+    else:
+        assert target["met"] is None and all(f["met"] is None for f in target["figures"])
 
 
 def test_count_mismatch_fails_loudly(
@@ -114,6 +233,32 @@ def test_count_mismatch_fails_loudly(
         in captured.err
     )
     assert f"end to end (insert_batch): handle_flush got {ITEMS // 4:,} items" in captured.err
+
+
+def test_async_count_mismatch_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def lossy(self: Any, batch: list[Any], opts: Any) -> None:
+        self.items[opts.partition] += len(batch) - 1  # one item of every batch is lost
+        self.batches[opts.partition] += 1
+
+    monkeypatch.setattr(_bench._AsyncCounter, "handle_flush", lossy)
+    status = main(["bench", *TINY])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "check: FAILED" in captured.out
+    # N / max_size batches (N/4 per partition is a multiple of max_size), an item short each.
+    for partitions, max_size, loops in ASYNC_CONFIGS:
+        short = ITEMS - ITEMS // max_size
+        for mode in ("insert", "insert_batch"):
+            for loop in loops:
+                assert (
+                    f"check failed: AsyncBuffer end to end {partitions}x{max_size:,} ({mode}, {loop}): "
+                    f"handle_flush got {short:,} items, expected {ITEMS:,}"
+                ) in captured.err
+    assert "check failed: AsyncBuffer.insert: handle_flush got" in captured.err
+    # The Buffer figures were not touched.
+    assert "check failed: end to end" not in captured.err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["bench", "--help"]])
@@ -144,6 +289,15 @@ def test_bench_functions_with_tiny_sizes() -> None:
         assert 0 < timing.best <= timing.total
         assert positive_finite(timing.call_ns) and timing.call_ns <= timing.amortized_ns
 
+    for timing in (insert.async_buffer, insert.async_control):
+        assert timing is not None
+        assert timing.items == _bench.BLOCK
+        assert timing.total_items == 4 * _bench.BLOCK
+        assert 0 < timing.best <= timing.total
+        assert positive_finite(timing.call_ns) and timing.call_ns <= timing.amortized_ns
+    plain = _bench.bench_insert(rounds=1, blocks=2, pure=False, asynchronous=False)
+    assert plain.problems == [] and plain.async_buffer is None and plain.async_control is None
+
     batch = _bench.bench_insert_batch(rounds=2, blocks=1)
     assert batch.problems == []
     assert batch.buffer.items == batch.extend.items == _bench.BATCH_CALLS * _bench.BLOCK
@@ -156,6 +310,33 @@ def test_bench_functions_with_tiny_sizes() -> None:
 
     with pytest.raises(ValueError, match="mode"):
         _bench.bench_end_to_end("append", items=10)
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+@pytest.mark.parametrize("mode", ["insert", "insert_batch"])
+def test_bench_async_end_to_end_counts(AsyncBuffer: type, Buffer: type, mode: str, partitions: int) -> None:
+    # 5,000 items in batches of at most 500: BufferFull, then ainsert/ainsert_batch, on every loop.
+    results = _bench.bench_async_end_to_end(
+        mode,
+        items=5_000,
+        repeat=2,
+        partitions=partitions,
+        max_size=500,
+        async_class=AsyncBuffer,
+        buffer_class=Buffer,
+    )
+    assert [r.loop for r in results] == LOOPS
+    for r in results:
+        assert r.problems == [] and r.flushed == 5_000
+        assert (r.mode, r.items, r.partitions, r.max_size) == (mode, 5_000, partitions, 500)
+        assert r.flushes >= 10
+        assert positive_finite(r.items_per_second) and positive_finite(r.buffer_items_per_second)
+        assert positive_finite(r.flushes_per_second)
+    assert len({r.buffer_seconds for r in results}) == 1  # one baseline for every loop
+    with pytest.raises(ValueError, match="mode"):
+        _bench.bench_async_end_to_end("append", items=10)
+    with pytest.raises(ValueError, match="loop"):
+        _bench.bench_async_end_to_end("insert", items=10, loops=["trio"])
 
 
 def test_bench_memory_counts_the_buffered_items(Buffer: type) -> None:

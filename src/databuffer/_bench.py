@@ -15,6 +15,12 @@ were measured on, however fast or noisy it is:
 * end to end: N items through a 4-partition buffer into a counting
   ``handle_flush``, by ``insert_batch`` and by ``insert``, until all are
   flushed (and counted), versus a ``deque.append`` loop of the same N;
+* ``AsyncBuffer``: its ``insert`` on a running loop, timed in the same
+  interleaved rounds as ``Buffer.insert`` (versus ``deque.append`` and
+  versus ``Buffer.insert``), and end to end: N items from a coroutine into an
+  ``AsyncBuffer`` with an ``async def`` counting ``handle_flush``, until
+  ``aclose()`` returned, versus a ``Buffer`` of the same options, runs
+  alternating; on asyncio's default loop and on uvloop when importable;
 * memory: bytes per buffered ``None`` (tracemalloc), versus a list.
 
 Only the standard library is used.  Each ``bench_*`` function returns a result
@@ -25,8 +31,10 @@ dataclass; :func:`run` runs them all, :func:`format_table` shows a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import gc
+import importlib
 import json
 import math
 import platform
@@ -35,18 +43,22 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from . import USING_EXTENSION, Buffer, __version__, _buffer, _core_py, telemetry
+from . import USING_EXTENSION, AsyncBuffer, Buffer, BufferFull, __version__, _buffer, _core_py, telemetry
 
 __all__ = (
+    "ASYNC_MAX_SIZE",
+    "ASYNC_PARTITIONS",
+    "ASYNC_TARGET",
     "BLOCK",
     "DEFAULT_ITEMS",
     "DEFAULT_MEMORY_ITEMS",
     "DEFAULT_REPEAT",
     "DEFAULT_ROUNDS",
+    "AsyncEndToEndResult",
     "BatchResult",
     "BenchReport",
     "EndToEndResult",
@@ -56,6 +68,8 @@ __all__ = (
     "Row",
     "Timing",
     "add_arguments",
+    "available_loops",
+    "bench_async_end_to_end",
     "bench_end_to_end",
     "bench_insert",
     "bench_insert_batch",
@@ -105,6 +119,16 @@ _OPTIONS: dict[str, Any] = {
 # the calls, not of making and freeing items.
 _ITEM = ("tick", 1)
 
+#: The ``AsyncBuffer`` end-to-end figures use its defaults (one partition of
+#: 5,000), on every loop of :func:`available_loops`, and the options of the
+#: ``Buffer`` end-to-end figures (:data:`PARTITIONS` of :data:`MAX_SIZE`), on
+#: asyncio's loop; each beside a ``Buffer`` of the same options.
+ASYNC_PARTITIONS = 1
+ASYNC_MAX_SIZE = 5000
+#: Items/s the ``AsyncBuffer`` end-to-end ``insert`` figure should reach on
+#: the compiled core (asyncio's default loop); reported, never enforced.
+ASYNC_TARGET = 5_000_000
+
 
 class _PyBuffer(_buffer._BufferLayer[Any], _core_py.BufferCore):
     """``Buffer`` over the pure-Python core (the default may be the compiled one)."""
@@ -122,6 +146,26 @@ class _Counter:
         self.batches = [0] * partitions
 
     def handle_flush(self, batch: list[Any], opts: Any) -> None:
+        self.items[opts.partition] += len(batch)
+        self.batches[opts.partition] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.items)
+
+    @property
+    def flushes(self) -> int:
+        return sum(self.batches)
+
+
+class _AsyncCounter:
+    """The ``async def`` ``handle_flush`` of an ``AsyncBuffer``: counts as :class:`_Counter` does."""
+
+    def __init__(self, partitions: int) -> None:
+        self.items = [0] * partitions
+        self.batches = [0] * partitions
+
+    async def handle_flush(self, batch: list[Any], opts: Any) -> None:
         self.items[opts.partition] += len(batch)
         self.batches[opts.partition] += 1
 
@@ -224,6 +268,9 @@ class _Subject:
             t0 = perf()
             self.drain()
             total += perf() - t0
+        self._account(blocks, best, total, record)
+
+    def _account(self, blocks: int, best: float, total: float, record: bool) -> None:
         if self.reset is not None:
             self.reset()
         self.items += blocks * self.calls * self.items_per_call
@@ -235,6 +282,60 @@ class _Subject:
     def timing(self) -> Timing:
         per_block = self.calls * self.items_per_call
         return Timing(self.name, per_block, self.best, self.total, self.blocks * per_block)
+
+
+class _AsyncSubject(_Subject):
+    """A subject whose blocks run in a coroutine on an event loop (an ``AsyncBuffer``'s).
+
+    Each chunk is one ``runner.run()`` of a coroutine that times the blocks
+    with the same loop as :meth:`_Subject.chunk`; after each block it yields
+    to the loop once (``asyncio.sleep(0)``), so that the flusher tasks take
+    the batches the block sealed.  The yield counts in the total (the
+    amortized figure), not in the block's time; the drain, timed as well,
+    awaits ``adrain()`` (the buffer's ``sync_flush``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        calls: int,
+        items_per_call: int,
+        *,
+        blocks: int,
+        runner: asyncio.Runner,
+        adrain: Callable[[], Awaitable[Any]],
+    ) -> None:
+        super().__init__(name, fn, arg, calls, items_per_call, blocks=blocks)
+        self.runner = runner
+        self.adrain = adrain
+
+    def chunk(self, blocks: int, *, record: bool = True) -> None:
+        best, total = self.runner.run(self._blocks(blocks))
+        self._account(blocks, best, total, record)
+
+    async def _blocks(self, blocks: int) -> tuple[float, float]:
+        perf = time.perf_counter
+        pause = asyncio.sleep
+        fn = self.fn
+        arg = self.arg
+        calls = range(self.calls)
+        best = math.inf
+        total = 0.0
+        for _ in range(blocks):
+            t0 = perf()
+            for _ in calls:
+                fn(arg)
+            dt = perf() - t0
+            if dt < best:
+                best = dt
+            await pause(0)
+            total += perf() - t0
+        t0 = perf()
+        await self.adrain()
+        total += perf() - t0
+        return best, total
 
 
 def _interleave(subjects: Sequence[_Subject], rounds: int) -> None:
@@ -271,6 +372,14 @@ class InsertResult:
             items each (so ``call_ns`` is per item of a batch); ``None`` if
             not timed.
         problems: items not flushed exactly once; empty if none.
+        async_buffer: ``insert`` on an ``AsyncBuffer`` of the same options
+            (same core), started on a running loop, called from a
+            coroutine on it (see :class:`_AsyncSubject`); ``None`` if not
+            timed.
+        async_control: ``insert`` on a second ``Buffer`` (same options and
+            core), timed exactly as ``async_buffer`` is (in a coroutine on
+            the same loop, yielding after each block): what the harness
+            alone adds to ``buffer``; ``None`` if not timed.
     """
 
     buffer: Timing
@@ -278,6 +387,8 @@ class InsertResult:
     pure: Timing | None
     handoff: Timing | None = None
     problems: list[str] = field(default_factory=list)
+    async_buffer: Timing | None = None
+    async_control: Timing | None = None
 
 
 class HandOff:
@@ -320,6 +431,7 @@ def bench_insert(
     *,
     pure: bool | None = None,
     pure_blocks: int = PURE_CHUNK_BLOCKS,
+    asynchronous: bool = True,
 ) -> InsertResult:
     """Time ``insert`` against ``deque.append`` (and the pure-Python core), interleaved.
 
@@ -335,12 +447,20 @@ def bench_insert(
             core is the compiled one.
         pure_blocks: blocks per chunk of the pure-Python core, several times
             slower: fewer, so that the others get more blocks in the same time.
+        asynchronous: also time ``insert`` on an ``AsyncBuffer`` (same
+            options, default core), started on an asyncio loop and called
+            from a coroutine on it, ``blocks`` blocks per chunk; between
+            blocks the coroutine yields once to the loop, where the
+            flusher tasks run (see :class:`_AsyncSubject`).  And, as its
+            control, ``insert`` on another ``Buffer`` timed the same way.
     """
     if pure is None:
         pure = USING_EXTENSION
     counter = _Counter(PARTITIONS)
     d: collections.deque[Any] = collections.deque()
-    subjects = [_Subject("deque.append", d.append, _ITEM, BLOCK, 1, blocks=blocks, reset=d.clear)]
+    subjects: list[_Subject] = [
+        _Subject("deque.append", d.append, _ITEM, BLOCK, 1, blocks=blocks, reset=d.clear)
+    ]
     buffers = []
     hand_off = HandOff()
     # Each round trip stands for one batch of MAX_SIZE items.
@@ -348,24 +468,62 @@ def bench_insert(
     classes: list[tuple[str, type, int]] = [("insert", Buffer, blocks)]
     if pure:
         classes.append(("insert (pure-Python core)", _PyBuffer, pure_blocks))
+    async_counter = _AsyncCounter(PARTITIONS)
+    control_counter = _Counter(PARTITIONS)
+    async_subjects: list[_AsyncSubject] = []
+    runner = asyncio.Runner() if asynchronous else None
+    abuf: AsyncBuffer[Any] | None = None
     try:
         for name, cls, n in classes:
             subject, buf = _buffer_subject(name, cls, counter, "insert", _ITEM, BLOCK, 1, n)
             subjects.append(subject)
             buffers.append(buf)
+        if runner is not None:
+            abuf = AsyncBuffer(handle_flush=async_counter.handle_flush, name="bench-async-insert", **_OPTIONS)
+            runner.run(abuf.start())
+            control = Buffer(
+                handle_flush=control_counter.handle_flush, name="bench-insert-control", **_OPTIONS
+            )
+            buffers.append(control)
+
+            async def control_drain() -> None:
+                control.sync_flush()
+
+            for name, fn, drain in (
+                ("AsyncBuffer.insert", abuf.insert, abuf.sync_flush),
+                ("Buffer.insert, timed as AsyncBuffer.insert", control.insert, control_drain),
+            ):
+                async_subjects.append(
+                    _AsyncSubject(name, fn, _ITEM, BLOCK, 1, blocks=blocks, runner=runner, adrain=drain)
+                )
         gc.collect()
-        _interleave([*subjects, handoff], rounds)
+        _interleave([*subjects, *async_subjects, handoff], rounds)
     finally:
         hand_off.close()
         for buf in buffers:
             buf.close()
+        if runner is not None:
+            try:
+                if abuf is not None:
+                    runner.run(abuf.aclose())
+            finally:
+                runner.close()
     expected = sum(s.items for s in subjects[1:])
+    problems = _count_problem("insert", counter.total, expected)
+    async_buffer = async_control = None
+    if async_subjects:
+        a, c = async_subjects
+        problems += _count_problem("AsyncBuffer.insert", async_counter.total, a.items)
+        problems += _count_problem("insert (timed as AsyncBuffer.insert)", control_counter.total, c.items)
+        async_buffer, async_control = a.timing(), c.timing()
     return InsertResult(
         buffer=subjects[1].timing(),
         deque=subjects[0].timing(),
         pure=subjects[2].timing() if pure else None,
         handoff=handoff.timing(),
-        problems=_count_problem("insert", counter.total, expected),
+        problems=problems,
+        async_buffer=async_buffer,
+        async_control=async_control,
     )
 
 
@@ -470,9 +628,11 @@ def _deque_loop(items: int) -> float:
     return seconds
 
 
-def _buffer_run(mode: str, items: int, buffer_class: type) -> tuple[float, _Counter]:
-    counter = _Counter(PARTITIONS)
-    buf = buffer_class(handle_flush=counter.handle_flush, name=f"bench-{mode}", **_OPTIONS)
+def _buffer_run(
+    mode: str, items: int, buffer_class: type, options: dict[str, Any] = _OPTIONS
+) -> tuple[float, _Counter]:
+    counter = _Counter(options["partitions"])
+    buf = buffer_class(handle_flush=counter.handle_flush, name=f"bench-{mode}", **options)
     try:
         item = _ITEM
         if mode == "insert":
@@ -531,6 +691,212 @@ def bench_end_to_end(
         if seconds < best:
             best, flushes = seconds, counter.flushes
     return EndToEndResult(mode, items, best, flushes, flushed, baseline, problems)
+
+
+# -- 5. AsyncBuffer end to end ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class AsyncEndToEndResult:
+    """N items from a coroutine into an ``AsyncBuffer`` until ``aclose()`` returned, beside a ``Buffer``.
+
+    Attributes:
+        mode: ``"insert"``: one ``buf.insert(x)`` per item, and on
+            ``BufferFull`` (the partition full while its batch is flushing)
+            ``await buf.ainsert(x)``; ``"insert_batch"``: lists of
+            :data:`BLOCK` items, ``buf.insert_batch(chunk)``, and on
+            ``BufferFull`` ``await buf.ainsert_batch(chunk[exc.stored:])``.
+        loop: ``"asyncio"`` (its default event loop) or ``"uvloop"``.
+        items: N.
+        partitions: the partitions of both buffers.
+        max_size: the ``max_size`` of both buffers.
+        seconds: best wall time from the first insert until ``aclose()``
+            returned (every batch flushed).
+        flushes: ``handle_flush`` calls in that run.
+        flushed: items that reached ``handle_flush`` in the worst run.
+        buffer_seconds: best wall time of a ``Buffer`` of the same options
+            (and core), N items inserted the same way (``insert`` or
+            ``insert_batch``), until ``close()`` returned; its runs
+            alternate with the ``AsyncBuffer`` ones.
+        problems: runs in which either buffer did not flush exactly N items.
+    """
+
+    mode: str
+    loop: str
+    items: int
+    partitions: int
+    max_size: int
+    seconds: float
+    flushes: int
+    flushed: int
+    buffer_seconds: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds
+
+    @property
+    def flushes_per_second(self) -> float:
+        return self.flushes / self.seconds
+
+    @property
+    def buffer_items_per_second(self) -> float:
+        return self.items / self.buffer_seconds
+
+
+def available_loops() -> list[str]:
+    """The event loops the ``AsyncBuffer`` figures run on: asyncio's, and uvloop's when importable."""
+    loops = ["asyncio"]
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        pass
+    else:
+        loops.append("uvloop")
+    return loops
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if loop == "asyncio":
+        return None
+    if loop == "uvloop":
+        factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module("uvloop").new_event_loop
+        return factory
+    raise ValueError(f"loop must be 'asyncio' or 'uvloop', got {loop!r}")
+
+
+async def _produce(buf: AsyncBuffer[Any], mode: str, items: int) -> float:
+    """Insert ``items`` items the fast way, then ``aclose()``; the seconds it all took."""
+    perf = time.perf_counter
+    item = _ITEM
+    if mode == "insert":
+        insert = buf.insert
+        ainsert = buf.ainsert
+        t0 = perf()
+        for _ in range(items):
+            try:
+                insert(item)
+            except BufferFull:
+                await ainsert(item)
+    else:
+        insert_batch = buf.insert_batch
+        ainsert_batch = buf.ainsert_batch
+        chunk = [item] * BLOCK
+        full, rest = divmod(items, BLOCK)
+        last = chunk[:rest]
+        t0 = perf()
+        for _ in range(full):
+            try:
+                insert_batch(chunk)
+            except BufferFull as exc:
+                await ainsert_batch(chunk[exc.stored :])
+        if rest:
+            try:
+                insert_batch(last)
+            except BufferFull as exc:
+                await ainsert_batch(last[exc.stored :])
+    await buf.aclose()
+    return perf() - t0
+
+
+def _async_run(
+    mode: str, items: int, async_class: type, loop: str, options: dict[str, Any]
+) -> tuple[float, _AsyncCounter]:
+    counter = _AsyncCounter(options["partitions"])
+    buf = async_class(handle_flush=counter.handle_flush, name=f"bench-async-{mode}", **options)
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        try:
+            runner.run(buf.start())
+            seconds = runner.run(_produce(buf, mode, items))
+        finally:
+            runner.run(buf.aclose())
+    return seconds, counter
+
+
+def bench_async_end_to_end(
+    mode: str,
+    items: int = DEFAULT_ITEMS,
+    repeat: int = DEFAULT_REPEAT,
+    *,
+    loops: Sequence[str] | None = None,
+    partitions: int = ASYNC_PARTITIONS,
+    max_size: int = ASYNC_MAX_SIZE,
+    async_class: type = AsyncBuffer,
+    buffer_class: type = Buffer,
+) -> list[AsyncEndToEndResult]:
+    """Push ``items`` items from a coroutine through an ``AsyncBuffer`` and close it; best of ``repeat``.
+
+    Each repetition runs a ``Buffer`` of the same options (the baseline),
+    then the ``AsyncBuffer`` on each loop of ``loops``, each on a new event
+    loop, the buffer built and started before the clock starts.  The
+    ``handle_flush`` is an ``async def`` that counts; every run checks that
+    it got exactly ``items`` items.  See :class:`AsyncEndToEndResult`.
+
+    Args:
+        mode: ``"insert"`` or ``"insert_batch"`` (lists of :data:`BLOCK` items).
+        items: N, >= 1.
+        repeat: runs of each; the fastest counts.
+        loops: ``"asyncio"`` and/or ``"uvloop"``; by default
+            :func:`available_loops`.
+        partitions: of both buffers (no timed flushes, no jitter, as in
+            the other figures).
+        max_size: of both buffers.
+        async_class: the ``AsyncBuffer`` class to run.
+        buffer_class: the ``Buffer`` class of the baseline.
+
+    Returns:
+        One result per loop, in the order of ``loops``, with the same baseline.
+    """
+    if mode not in ("insert", "insert_batch"):
+        raise ValueError(f"mode must be 'insert' or 'insert_batch', got {mode!r}")
+    if items < 1 or repeat < 1:
+        raise ValueError(f"items and repeat must be >= 1, got {items!r} and {repeat!r}")
+    loops = available_loops() if loops is None else list(loops)
+    for loop in loops:
+        _loop_factory(loop)  # a bad name fails before anything runs
+    options = {**_OPTIONS, "partitions": partitions, "max_size": max_size}
+    config = f"{partitions}x{max_size:,}"
+    baseline = math.inf
+    best = dict.fromkeys(loops, math.inf)
+    flushes = dict.fromkeys(loops, 0)
+    flushed = dict.fromkeys(loops, items)
+    problems: dict[str, list[str]] = {loop: [] for loop in loops}
+    baseline_problems: list[str] = []
+    for _ in range(repeat):
+        gc.collect()
+        seconds, counter = _buffer_run(mode, items, buffer_class, options)
+        baseline = min(baseline, seconds)
+        if counter.total != items:
+            baseline_problems = _count_problem(
+                f"AsyncBuffer end to end {config} ({mode}): its Buffer baseline", counter.total, items
+            )
+        for loop in loops:
+            gc.collect()
+            seconds, acounter = _async_run(mode, items, async_class, loop, options)
+            if acounter.total != items:
+                flushed[loop] = acounter.total
+                problems[loop] = _count_problem(
+                    f"AsyncBuffer end to end {config} ({mode}, {loop})", acounter.total, items
+                )
+            if seconds < best[loop]:
+                best[loop], flushes[loop] = seconds, acounter.flushes
+    return [
+        AsyncEndToEndResult(
+            mode,
+            loop,
+            items,
+            partitions,
+            max_size,
+            best[loop],
+            flushes[loop],
+            flushed[loop],
+            baseline,
+            # The baseline's problem is reported once, with the first loop.
+            problems[loop] + (baseline_problems if n == 0 else []),
+        )
+        for n, loop in enumerate(loops)
+    ]
 
 
 # -- 6. memory ------------------------------------------------------------
@@ -684,14 +1050,43 @@ class BenchReport:
     end_to_end: list[EndToEndResult] = field(default_factory=list)
     memory: MemoryResult | None = None
     seconds: float = 0.0
+    async_end_to_end: list[AsyncEndToEndResult] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
         found: list[str] = []
-        for result in (self.insert, self.insert_batch, *self.end_to_end, self.memory):
+        for result in (self.insert, self.insert_batch, *self.end_to_end, *self.async_end_to_end, self.memory):
             if result is not None:
                 found += result.problems
         return found
+
+    @property
+    def async_target(self) -> dict[str, Any] | None:
+        """The ``AsyncBuffer`` end-to-end ``insert`` figures (asyncio's loop) against :data:`ASYNC_TARGET`.
+
+        One entry per buffer configuration in ``figures``; ``met`` (overall:
+        all of them) is ``None`` on the pure-Python core, the target being
+        for the compiled one.  ``None`` when no such figure was measured.
+        """
+        compiled = bool(self.env.get("using_extension"))
+        figures = [
+            {
+                "figure": f"{_async_figure(r)} (asyncio loop)",
+                "partitions": r.partitions,
+                "max_size": r.max_size,
+                "items_per_second": r.items_per_second,
+                "met": r.items_per_second >= ASYNC_TARGET if compiled else None,
+            }
+            for r in self.async_end_to_end
+            if r.mode == "insert" and r.loop == "asyncio"
+        ]
+        if not figures:
+            return None
+        return {
+            "target_items_per_second": ASYNC_TARGET,
+            "figures": figures,
+            "met": all(f["met"] for f in figures) if compiled else None,
+        }
 
     @property
     def ok(self) -> bool:
@@ -713,6 +1108,19 @@ class BenchReport:
                 vs = "same, pure-Python core"
                 rows.append(Row("insert: call (best block)", "ns/item", b.call_ns, p.call_ns, vs))
                 rows.append(Row("insert: amortized", "ns/item", b.amortized_ns, p.amortized_ns, vs))
+            if r.async_buffer is not None:
+                a = r.async_buffer
+                call, amortized = "AsyncBuffer.insert: call (best block)", "AsyncBuffer.insert: amortized"
+                rows.append(Row(call, "ns/item", a.call_ns, d.call_ns, "deque.append"))
+                rows.append(Row(amortized, "ns/item", a.amortized_ns, d.amortized_ns, "deque.append"))
+                vs = "Buffer.insert, same rounds"
+                rows.append(Row(call, "ns/item", a.call_ns, b.call_ns, vs))
+                rows.append(Row(amortized, "ns/item", a.amortized_ns, b.amortized_ns, vs))
+                if r.async_control is not None:
+                    c = r.async_control
+                    vs = "Buffer.insert timed the same way (coroutine, yield per block)"
+                    rows.append(Row(call, "ns/item", a.call_ns, c.call_ns, vs))
+                    rows.append(Row(amortized, "ns/item", a.amortized_ns, c.amortized_ns, vs))
         if self.insert_batch is not None:
             b, e = self.insert_batch.buffer, self.insert_batch.extend
             vs = "list.clear + list.extend"
@@ -724,6 +1132,13 @@ class BenchReport:
             note = f"{e2e.flushes:,} flushes, {e2e.flushes_per_second:,.0f}/s"
             vs = "deque.append loop"
             rows.append(Row(fig, "items/s", e2e.items_per_second, e2e.baseline_items_per_second, vs, note))
+        for a2e in self.async_end_to_end:
+            fig = _async_figure(a2e)
+            if a2e.loop != "asyncio":
+                fig += f", {a2e.loop}"
+            note = f"{a2e.flushes:,} flushes, {a2e.flushes_per_second:,.0f}/s"
+            vs = "Buffer, same options and N"
+            rows.append(Row(fig, "items/s", a2e.items_per_second, a2e.buffer_items_per_second, vs, note))
         if self.memory is not None:
             m = self.memory
             diff = m.bytes_per_item - m.list_bytes_per_item
@@ -757,6 +1172,16 @@ class BenchReport:
             }
             for r in self.end_to_end
         ]
+        results["async_end_to_end"] = [
+            {
+                **asdict(r),
+                "items_per_second": r.items_per_second,
+                "flushes_per_second": r.flushes_per_second,
+                "buffer_items_per_second": r.buffer_items_per_second,
+            }
+            for r in self.async_end_to_end
+        ]
+        results["async_target"] = self.async_target
         if self.memory is not None:
             m = self.memory
             results["memory"] = {
@@ -777,6 +1202,12 @@ class BenchReport:
             }
         )
         return document
+
+
+def _async_figure(result: AsyncEndToEndResult) -> str:
+    """``AsyncBuffer end to end PxM, insert/ainsert``: partitions x max_size, and how it inserts."""
+    how = "insert/ainsert" if result.mode == "insert" else f"insert_batch({BLOCK:,})/ainsert_batch"
+    return f"AsyncBuffer end to end {result.partitions}x{result.max_size:,}, {how}"
 
 
 def _finite(value: Any) -> Any:
@@ -821,6 +1252,11 @@ def format_table(report: BenchReport) -> str:
         f"settings: {s['rounds']} rounds of {CHUNK_BLOCKS} blocks x {BLOCK} calls, "
         f"end to end N={s['items']:,} best of {s['repeat']}, memory N={s['memory_items']:,}; "
         f"buffers: partitions={PARTITIONS}, max_size={MAX_SIZE}"
+        + "".join(
+            f"; AsyncBuffer end to end {c['partitions']}x{c['max_size']:,} = partitions={c['partitions']}, "
+            f"max_size={c['max_size']:,}, loops: {', '.join(c['loops'])}"
+            for c in s.get("async_end_to_end", [])
+        )
     )
     if env["telemetry_handlers"]:
         lines.append(f"warning: {env['telemetry_handlers']} telemetry handler(s) attached")
@@ -862,6 +1298,38 @@ def format_table(report: BenchReport) -> str:
         "call = fastest block of calls; amortized = all time, waiting for the buffer's flushes "
         "included, over all calls"
     )
+    if report.insert is not None and report.insert.async_buffer is not None:
+        lines.append(
+            "AsyncBuffer.insert: the same blocks, run by a coroutine on the buffer's loop, which yields "
+            "to it once after each block"
+        )
+        lines.append(
+            "  (the flusher tasks run then: counted in amortized, not in call); a second Buffer is timed "
+            "the same way, as a control"
+        )
+    if report.async_end_to_end:
+        lines.append(
+            "AsyncBuffer end to end PxM (partitions x max_size): N items from a coroutine, into an async def "
+            "handle_flush that counts, until `await buf.aclose()` returned;"
+        )
+        lines.append("  insert/ainsert = `try: buf.insert(x)` `except BufferFull: await buf.ainsert(x)`;")
+        lines.append(
+            "  insert_batch/ainsert_batch = `try: buf.insert_batch(chunk)` "
+            "`except BufferFull as exc: await buf.ainsert_batch(chunk[exc.stored:])`;"
+        )
+        lines.append(
+            "  baseline: a Buffer of the same options, N inserted by the same call, until close() "
+            "returned, runs alternating"
+        )
+    target = report.async_target
+    if target is not None:
+        for figure in target["figures"]:
+            goal = f"target: {figure['figure']} >= {ASYNC_TARGET:,} items/s on the compiled core: "
+            measured = f"{figure['items_per_second']:,.0f} items/s"
+            if figure["met"] is None:
+                lines.append(goal + f"not checked, the core is the pure-Python one ({measured})")
+            else:
+                lines.append(goal + ("met" if figure["met"] else "NOT met") + f" ({measured})")
     lines.append("check: " + ("OK, every item flushed exactly once" if report.ok else "FAILED"))
     lines.append(f"time: {report.seconds:.1f} s")
     return "\n".join(lines)
@@ -878,9 +1346,9 @@ def run(
     """Run every figure and return the report.
 
     Args:
-        rounds: interleaved rounds of the ``insert`` and ``insert_batch``
-            figures.
-        items: N of the end-to-end figures.
+        rounds: interleaved rounds of the ``insert`` (``Buffer`` and
+            ``AsyncBuffer``) and ``insert_batch`` figures.
+        items: N of the end-to-end figures (``Buffer`` and ``AsyncBuffer``).
         repeat: runs of each end-to-end figure; the fastest counts.
         memory_items: N of the memory figure.
         progress: where to say which figure runs; ``None`` says nothing.
@@ -892,8 +1360,19 @@ def run(
             elapsed = time.perf_counter() - start
             print(f"databuffer bench: {what} ({elapsed:.1f} s)", file=progress, flush=True)
 
-    settings = {"rounds": rounds, "items": items, "repeat": repeat, "memory_items": memory_items}
-    say("insert")
+    # AsyncBuffer's defaults on every loop; the Buffer end-to-end options on asyncio's.
+    async_configs = [
+        (ASYNC_PARTITIONS, ASYNC_MAX_SIZE, available_loops()),
+        (PARTITIONS, MAX_SIZE, ["asyncio"]),
+    ]
+    settings: dict[str, Any] = {
+        "rounds": rounds,
+        "items": items,
+        "repeat": repeat,
+        "memory_items": memory_items,
+        "async_end_to_end": [{"partitions": p, "max_size": m, "loops": lp} for p, m, lp in async_configs],
+    }
+    say("insert (Buffer and AsyncBuffer)")
     insert = bench_insert(rounds)
     say("insert_batch")
     batch = bench_insert_batch(rounds)
@@ -901,6 +1380,13 @@ def run(
     for mode in ("insert_batch", "insert"):
         say(f"end to end, {mode}")
         end_to_end.append(bench_end_to_end(mode, items, repeat))
+    async_end_to_end: list[AsyncEndToEndResult] = []
+    for p, m, loops in async_configs:
+        for mode in ("insert_batch", "insert"):
+            say(f"AsyncBuffer end to end {p}x{m:,}, {mode} ({', '.join(loops)})")
+            async_end_to_end += bench_async_end_to_end(
+                mode, items, repeat, loops=loops, partitions=p, max_size=m
+            )
     say("memory")
     memory = bench_memory(memory_items)
     return BenchReport(
@@ -911,6 +1397,7 @@ def run(
         end_to_end=end_to_end,
         memory=memory,
         seconds=time.perf_counter() - start,
+        async_end_to_end=async_end_to_end,
     )
 
 
@@ -937,7 +1424,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=DEFAULT_ITEMS,
         metavar="N",
-        help="items pushed through the buffer in the end-to-end figures (default: %(default)s)",
+        help="items pushed through the buffer in the end-to-end figures, Buffer and AsyncBuffer "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--memory-items",
@@ -952,8 +1440,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=DEFAULT_ROUNDS,
         metavar="N",
-        help=f"interleaved rounds of the insert and insert_batch figures, each of {CHUNK_BLOCKS} "
-        f"blocks of {BLOCK} calls per subject (default: %(default)s)",
+        help=f"interleaved rounds of the insert (Buffer and AsyncBuffer) and insert_batch figures, "
+        f"each of {CHUNK_BLOCKS} blocks of {BLOCK} calls per subject (default: %(default)s)",
     )
     parser.add_argument(
         "--repeat",
@@ -968,7 +1456,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 DESCRIPTION = (
     "Time databuffer against baselines measured in the same run and print the ratios: "
     "insert vs deque.append (and vs the pure-Python core), insert_batch vs list.extend, "
-    "N items end to end until flushed vs a deque.append loop, and bytes per buffered item "
+    "N items end to end until flushed vs a deque.append loop, AsyncBuffer.insert on a running "
+    "loop vs deque.append and Buffer.insert, N items end to end through an AsyncBuffer (asyncio, "
+    "and uvloop when importable) vs a Buffer of the same options, and bytes per buffered item "
     "vs a list. Progress goes to stderr, the table (or JSON) to stdout. The exit status is 1 "
     "if an item was not flushed exactly once."
 )
