@@ -376,13 +376,7 @@ class _AsyncLayer(_LayerBase[T]):
         if timeout is not None:
             _check_seconds("timeout", timeout, zero_ok=True)
         if _core_py.insert_telemetry() and not getattr(_emitting, "insert", False):
-            start = self._insert_started()
-            try:
-                p = await self._ainsert_raw(item, timeout)
-            except BaseException as exc:  # a cancellation while it waited included
-                self._insert_failed(start, exc)
-                raise
-            self._insert_done(start, p, batch=False)
+            await self._ainstrumented(self._ainsert_raw, item, timeout, batch=False)
             return
         await self._ainsert_raw(item, timeout)
 
@@ -404,15 +398,21 @@ class _AsyncLayer(_LayerBase[T]):
         if timeout is not None:
             _check_seconds("timeout", timeout, zero_ok=True)
         if _core_py.insert_telemetry() and not getattr(_emitting, "insert", False):
-            start = self._insert_started()
-            try:
-                result = await self._ainsert_batch_raw(items, timeout)
-            except BaseException as exc:  # a cancellation while it waited included
-                self._insert_failed(start, exc)
-                raise
-            self._insert_done(start, result, batch=True)
+            await self._ainstrumented(self._ainsert_batch_raw, items, timeout, batch=True)
             return
         await self._ainsert_batch_raw(items, timeout)
+
+    async def _ainstrumented(
+        self, raw: Callable[[Any, Any], Awaitable[Any]], arg: Any, timeout: float | None, *, batch: bool
+    ) -> None:
+        """An ``ainsert``/``ainsert_batch`` with its insert events (the wait for room included)."""
+        start = self._insert_started()
+        try:
+            result = await raw(arg, timeout)
+        except BaseException as exc:  # a cancellation while it waited included
+            self._insert_failed(start, exc)
+            raise
+        self._insert_done(start, result, batch=batch)
 
     async def _ainsert_raw(self, item: Any, timeout: float | None) -> int:
         try:
