@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Self
 from . import _core_py
 from ._buffer import (
     _THREAD_EXITS,
-    _TRIGGER_RANK,
     FlushOpts,
     T,
     _check_seconds,
@@ -102,14 +101,18 @@ class _LoopPartition(_PartState):
         self.timer: asyncio.TimerHandle | None = None
         # Loop time of the next timed flush; moved on by every flush.
         self.deadline = 0.0
-        self.flush_upto = 0
-        self.flush_trigger = "manual"
         # ainsert/ainsert_batch calls waiting for room in this partition.
         self.room: list[asyncio.Future[None]] = []
         # The flusher was cancelled by someone else (the loop shutting
         # down): it flushes what is left (draining), then ends (drained).
         self.draining = False
         self.drained = False
+
+    def stop_timer(self) -> None:
+        """Cancel the partition's timed flushes."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class _AsyncLayer(_LayerBase[T]):
@@ -275,9 +278,7 @@ class _AsyncLayer(_LayerBase[T]):
         self._stopping = True
         tasks = []
         for part in self._parts:
-            if part.timer is not None:
-                part.timer.cancel()
-                part.timer = None
+            part.stop_timer()
             if part.task is not None:
                 tasks.append(part.task)
             assert part.wake is not None
@@ -375,7 +376,7 @@ class _AsyncLayer(_LayerBase[T]):
         """
         if timeout is not None:
             _check_seconds("timeout", timeout, zero_ok=True)
-        if _core_py.insert_telemetry() and not getattr(_emitting, "insert", False):
+        if _core_py._insert_events and not getattr(_emitting, "insert", False):
             await self._ainstrumented(self._ainsert_raw, item, timeout, batch=False)
             return
         await self._ainsert_raw(item, timeout)
@@ -397,7 +398,7 @@ class _AsyncLayer(_LayerBase[T]):
         """
         if timeout is not None:
             _check_seconds("timeout", timeout, zero_ok=True)
-        if _core_py.insert_telemetry() and not getattr(_emitting, "insert", False):
+        if _core_py._insert_events and not getattr(_emitting, "insert", False):
             await self._ainstrumented(self._ainsert_batch_raw, items, timeout, batch=True)
             return
         await self._ainsert_batch_raw(items, timeout)
@@ -416,7 +417,7 @@ class _AsyncLayer(_LayerBase[T]):
 
     async def _ainsert_raw(self, item: Any, timeout: float | None) -> int:
         try:
-            p = int(self._insert_raw(item, None))
+            p = self._insert_raw(item, None)
         except _NoRoom as full:
             p, seq = full.partition, full.seq
         else:
@@ -464,8 +465,7 @@ class _AsyncLayer(_LayerBase[T]):
         self._room_wanted = True
         call = "ainsert_batch" if batch else "ainsert"
         return _NoRoom(
-            f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
-            f"previous batch is flushing; await {call}() on the buffer's event loop to wait for room"
+            f"{self._full(p)}; await {call}() on the buffer's event loop to wait for room"
             + (f"; {stored} leading items stored" if batch else ""),
             partition=p,
             seq=seq,
@@ -487,8 +487,7 @@ class _AsyncLayer(_LayerBase[T]):
             # Room is made by this partition's flusher: a flush callback
             # that waited for it could be waiting for itself.
             raise BufferFull(
-                f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
-                "previous batch is flushing, and an insert from the buffer's own flush callbacks "
+                f"{self._full(p)}, and an insert from the buffer's own flush callbacks "
                 "does not wait for room" + (f"; {stored} leading items stored" if batch else ""),
                 stored=stored,
             )
@@ -501,8 +500,7 @@ class _AsyncLayer(_LayerBase[T]):
                     self._room_wanted = False  # this call yielded
         except TimeoutError:
             raise BufferFull(
-                f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
-                f"previous batch is flushing; gave up after {seconds}s"
+                f"{self._full(p)}; gave up after {seconds}s"
                 + (f" with {stored} leading items stored" if batch else ""),
                 stored=stored,
             ) from None
@@ -583,15 +581,7 @@ class _AsyncLayer(_LayerBase[T]):
 
     def _request(self, part: _LoopPartition, trigger: str, upto: int | None = None) -> None:
         """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
-        size, _threshold, _busy, inserted, taken, _flushed, _failed = self._stats(part.index)
-        if upto is None:
-            if size == 0:
-                return
-            upto = inserted
-        if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
-            part.flush_trigger = trigger
-        part.flush_upto = max(part.flush_upto, upto)
-        if part.wake is not None:
+        if self._note_request(part, trigger, upto) and part.wake is not None:
             part.wake.set()
 
     async def _flush_and_wait(self, trigger: str, deadline: float | None) -> _SyncWaiter:
@@ -600,21 +590,14 @@ class _AsyncLayer(_LayerBase[T]):
         assert loop is not None
         waiter = _SyncWaiter(self._partitions)
         try:
-            for part in self._parts:
-                stats = self._stats(part.index)
-                waiter.starts[part.index] = stats[4]
-                waiter.targets[part.index] = stats[3]
-                part.syncs.append(waiter)
-                self._request(part, trigger, waiter.targets[part.index])
+            self._join_flushes(waiter, trigger)
             async with asyncio.timeout_at(deadline):
                 while not self._reached(waiter.targets):
                     progress: asyncio.Future[None] = loop.create_future()
                     self._progress.append(progress)
                     await progress
         finally:
-            for part in self._parts:
-                if waiter in part.syncs:
-                    part.syncs.remove(waiter)
+            self._leave_flushes(waiter)
         return waiter
 
     def _progressed(self) -> None:
@@ -904,9 +887,7 @@ class _AsyncLayer(_LayerBase[T]):
             )
             self._mark_closed()
             for other in self._parts:
-                if other.timer is not None:
-                    other.timer.cancel()
-                    other.timer = None
+                other.stop_timer()
                 other.flush_trigger = "close"
                 other.flush_upto = sys.maxsize
                 _wake_all(other.room)

@@ -172,12 +172,16 @@ class _PartState:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        # Guards syncs and retried (see each layer's partition class for
-        # who writes them).
+        # Guards syncs, retried and the flush request (see each layer's
+        # partition class for who writes them).
         self.lock = threading.Lock()
         self.syncs: list[_SyncWaiter] = []
         # Items handed to handle_flush again after a failed attempt.
         self.retried = 0
+        # The pending flush request: flush the items before sequence
+        # flush_upto, with this trigger (see _LayerBase._note_request).
+        self.flush_upto = 0
+        self.flush_trigger = "manual"
 
 
 def _next_attempt(opts: FlushOpts) -> FlushOpts:
@@ -198,8 +202,6 @@ class _Partition(_PartState):
         # The batch in handle_flush: written by its flusher thread, read by
         # the timer thread; _Flight.claim decides who settles it.
         self.flight: _Flight | None = None
-        self.flush_upto = 0
-        self.flush_trigger = "manual"
         # Inserts waiting for room wait on this condition; waiters is
         # written under it (the flusher reads it unlocked, then takes the
         # lock to notify, so a waiter that registered is never missed).
@@ -477,6 +479,13 @@ class _LayerBase(_CoreMethods, Generic[T]):
     def _check_timeout(self, timeout: object) -> None:
         _check_seconds("timeout", timeout, zero_ok=True)
 
+    def _full(self, p: int) -> str:
+        """The start of a ``BufferFull`` message: partition ``p`` is full while it flushes."""
+        return (
+            f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) "
+            "while its previous batch is flushing"
+        )
+
     def _iterate(self, items: object) -> Iterable[Any]:
         try:
             return iter(items)  # type: ignore[call-overload,no-any-return]
@@ -661,6 +670,47 @@ class _LayerBase(_CoreMethods, Generic[T]):
 
     def _log_error_handler_failure(self, opts: FlushOpts) -> None:
         logger.exception("buffer %r partition %d: handle_flush_error raised", self._name, opts.partition)
+
+    def _request(self, part: Any, trigger: str, upto: int | None = None) -> None:
+        """Ask the flusher of ``part`` to flush items up to sequence ``upto`` (each layer)."""
+        raise NotImplementedError
+
+    def _note_request(
+        self, part: _PartState, trigger: str, upto: int | None, *, when_empty: bool = False
+    ) -> bool:
+        """Record a flush request in ``part``; False if there is nothing to ask for.
+
+        ``upto`` None: everything inserted so far, unless the partition holds
+        nothing (and not ``when_empty``).  A pending request is never
+        downgraded: its trigger only changes for one of higher rank, or once
+        the flusher has taken what it asked for.  Under ``part.lock`` where
+        other threads may request too.
+        """
+        size, _threshold, _busy, inserted, taken, _flushed, _failed = self._stats(part.index)
+        if upto is None:
+            if size == 0 and not when_empty:
+                return False
+            upto = inserted
+        if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
+            part.flush_trigger = trigger
+        part.flush_upto = max(part.flush_upto, upto)
+        return True
+
+    def _join_flushes(self, waiter: _SyncWaiter, trigger: str) -> None:
+        """Make ``waiter`` wait for every item inserted so far, and request their flushes."""
+        for part in self._parts:
+            with part.lock:
+                stats = self._stats(part.index)
+                waiter.starts[part.index] = stats[4]
+                waiter.targets[part.index] = stats[3]
+                part.syncs.append(waiter)
+            self._request(part, trigger, waiter.targets[part.index])
+
+    def _leave_flushes(self, waiter: _SyncWaiter) -> None:
+        for part in self._parts:
+            with part.lock:
+                if waiter in part.syncs:
+                    part.syncs.remove(waiter)
 
     def _record(
         self, part: _PartState, opts: FlushOpts, first: int, result: Any, error: BaseException | None
@@ -933,8 +983,7 @@ class _BufferLayer(_LayerBase[T]):
             # Room is made by this buffer's flushers: a callback that waited
             # for it could be waiting for itself.
             raise BufferFull(
-                f"buffer {self._name!r} partition {p} is full ({self._stats(p)[1]} items) while its "
-                "previous batch is flushing, and an insert from the buffer's own flush callbacks "
+                f"{self._full(p)}, and an insert from the buffer's own flush callbacks "
                 "(handle_flush, handle_flush_error, telemetry handlers) does not wait for room"
                 + (f"; {stored} leading items stored" if batch else ""),
                 stored=stored,
@@ -946,10 +995,8 @@ class _BufferLayer(_LayerBase[T]):
                 while (stored := self._push_many(p, seq, stored)) < len(seq):
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
-                        threshold = self._stats(p)[1]
                         raise BufferFull(
-                            f"buffer {self._name!r} partition {p} is full ({threshold} items) "
-                            f"while its previous batch is flushing; gave up after {seconds}s"
+                            f"{self._full(p)}; gave up after {seconds}s"
                             + (f" with {stored} leading items stored" if batch else ""),
                             stored=stored,
                         )
@@ -973,14 +1020,8 @@ class _BufferLayer(_LayerBase[T]):
     def _request(self, part: _Partition, trigger: str, upto: int | None = None) -> None:
         """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
         with part.lock:
-            size, _threshold, _busy, inserted, taken, _flushed, _failed = self._stats(part.index)
-            if upto is None:
-                if size == 0 and part.orphaned is None:
-                    return
-                upto = inserted
-            if taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
-                part.flush_trigger = trigger
-            part.flush_upto = max(part.flush_upto, upto)
+            if not self._note_request(part, trigger, upto, when_empty=part.orphaned is not None):
+                return
         if part.orphaned is not None:
             self._fail_buffered(part)
         else:
@@ -1012,13 +1053,7 @@ class _BufferLayer(_LayerBase[T]):
         with self._progress:
             self._sync_count += 1
         try:
-            for part in self._parts:
-                with part.lock:
-                    stats = self._stats(part.index)
-                    waiter.starts[part.index] = stats[4]
-                    waiter.targets[part.index] = stats[3]
-                    part.syncs.append(waiter)
-                self._request(part, trigger, waiter.targets[part.index])
+            self._join_flushes(waiter, trigger)
             with self._progress:
                 while not self._reached(waiter.targets):
                     remaining = None if deadline is None else deadline - _monotonic()
@@ -1028,10 +1063,7 @@ class _BufferLayer(_LayerBase[T]):
                         )
                     self._progress.wait(_interruptible(_wait_time(deadline)))
         finally:
-            for part in self._parts:
-                with part.lock:
-                    if waiter in part.syncs:
-                        part.syncs.remove(waiter)
+            self._leave_flushes(waiter)
             with self._progress:
                 self._sync_count -= 1
         return waiter
