@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import shutil
 import sqlite3
 import sys
@@ -400,14 +399,10 @@ def run_demo(
 
 def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The ``loop_factory`` of ``asyncio.Runner`` for one of :data:`LOOPS` (``None``: asyncio's default)."""
-    if loop != "uvloop":
-        return None
     try:
-        uvloop = importlib.import_module("uvloop")
+        return _bench.loop_factory(loop)
     except ImportError as exc:
         raise DemoError(f"uvloop is not installed ({exc}); install it with `pip install uvloop`") from exc
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 class _Tally:

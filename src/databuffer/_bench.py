@@ -158,24 +158,11 @@ class _Counter:
         return sum(self.batches)
 
 
-class _AsyncCounter:
+class _AsyncCounter(_Counter):
     """The ``async def`` ``handle_flush`` of an ``AsyncBuffer``: counts as :class:`_Counter` does."""
 
-    def __init__(self, partitions: int) -> None:
-        self.items = [0] * partitions
-        self.batches = [0] * partitions
-
-    async def handle_flush(self, batch: list[Any], opts: Any) -> None:
-        self.items[opts.partition] += len(batch)
-        self.batches[opts.partition] += 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.items)
-
-    @property
-    def flushes(self) -> int:
-        return sum(self.batches)
+    async def handle_flush(self, batch: list[Any], opts: Any) -> None:  # type: ignore[override]
+        _Counter.handle_flush(self, batch, opts)
 
 
 def _count_problem(what: str, counted: int, expected: int) -> list[str]:
@@ -757,7 +744,11 @@ def available_loops() -> list[str]:
     return loops
 
 
-def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The ``loop_factory`` of ``asyncio.Runner`` for ``"asyncio"`` (None) or ``"uvloop"``.
+
+    Raises ImportError when uvloop is asked for and not installed.
+    """
     if loop == "asyncio":
         return None
     if loop == "uvloop":
@@ -805,7 +796,7 @@ def _async_run(
 ) -> tuple[float, _AsyncCounter]:
     counter = _AsyncCounter(options["partitions"])
     buf = async_class(handle_flush=counter.handle_flush, name=f"bench-async-{mode}", **options)
-    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         try:
             runner.run(buf.start())
             seconds = runner.run(_produce(buf, mode, items))
@@ -854,7 +845,7 @@ def bench_async_end_to_end(
         raise ValueError(f"items and repeat must be >= 1, got {items!r} and {repeat!r}")
     loops = available_loops() if loops is None else list(loops)
     for loop in loops:
-        _loop_factory(loop)  # a bad name fails before anything runs
+        loop_factory(loop)  # a bad name fails before anything runs
     options = {**_OPTIONS, "partitions": partitions, "max_size": max_size}
     config = f"{partitions}x{max_size:,}"
     baseline = math.inf
