@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 import databuffer
-from databuffer import _buffer, _core_py
 
 
 def _env_int(name: str, full: int, quick: int) -> int:
@@ -57,10 +56,6 @@ TIMEOUT = _env_int("DATABUFFER_BENCH_TIMEOUT", 900, 900)
 # A running buffer's timed flushes are pushed far out, so the per-call
 # figures are about size-triggered flushes only.
 FLUSH_INTERVAL = 60.0
-
-
-class PyBuffer(_buffer._BufferLayer, _core_py.BufferCore):
-    """``Buffer`` over the pure-Python core, in the same process."""
 
 
 #: The buffer under test: ``databuffer.Buffer`` (the compiled core when it is available).

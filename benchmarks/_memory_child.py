@@ -54,10 +54,7 @@ def _malloc_trim() -> Callable[[], object]:
 def main() -> None:
     subject, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     import databuffer
-    from databuffer import _buffer, _core_py
-
-    class PyBuffer(_buffer._BufferLayer, _core_py.BufferCore):
-        pass
+    from databuffer._support import PyBuffer
 
     if subject == "compiled" and not databuffer.USING_EXTENSION:
         print(json.dumps({"skip": "compiled core unavailable"}))

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,6 +66,7 @@ from _bench import (
 
 import databuffer
 from databuffer import AsyncBuffer, BufferFull
+from databuffer._support import loop_factory
 
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
@@ -93,13 +93,12 @@ class AsyncFlushCounter:
         self.calls += 1
 
 
-def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def uvloop_or_skip() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's ``loop_factory``; skips the test when uvloop is not installed."""
     try:
-        module = importlib.import_module("uvloop")
+        return loop_factory("uvloop")
     except ImportError:
         pytest.skip("uvloop is not installed")
-    factory: Callable[[], asyncio.AbstractEventLoop] = module.new_event_loop
-    return factory
 
 
 # -- 1. insert -----------------------------------------------------------------------
@@ -230,7 +229,7 @@ def test_async_end_to_end(
         f"max_size={max_size}, {how}, until aclose()/close() returned"
     )
     benchmark.group = title
-    factory = uvloop_factory() if subject == "AsyncBuffer-uvloop" else None
+    factory = uvloop_or_skip() if subject == "AsyncBuffer-uvloop" else None
     producer = make_async_loop(style)
     options: dict[str, Any] = {"partitions": partitions, "max_size": max_size, "insert_timeout": 60.0}
     # Per round: the loop and the object (untimed), then, timed, the producer and the close.

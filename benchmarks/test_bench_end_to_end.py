@@ -33,7 +33,6 @@ from _bench import (
     SUBJECT_LABEL,
     TIMEOUT,
     FlushCounter,
-    PyBuffer,
     Results,
     make_loop,
     median,
@@ -41,6 +40,8 @@ from _bench import (
     otel_batch_processor,
     reps,
 )
+
+from databuffer._support import PyBuffer
 
 pytestmark = pytest.mark.timeout(TIMEOUT)
 

@@ -28,7 +28,6 @@ from _bench import (
     SUBJECT_LABEL,
     TIMEOUT,
     FlushCounter,
-    PyBuffer,
     Results,
     new_buffer,
     otel_batch_processor,
@@ -36,7 +35,8 @@ from _bench import (
 )
 
 from databuffer import telemetry
-from databuffer._bench import HandOff
+from databuffer._cli.bench import HandOff
+from databuffer._support import PyBuffer
 
 pytestmark = pytest.mark.timeout(TIMEOUT)
 

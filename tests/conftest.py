@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from databuffer import _async, _buffer, _compat, _core_py, telemetry
+from databuffer import _compat, _support, telemetry
+from databuffer._async import AsyncBufferMethods
+from databuffer._buffer import BufferMethods
+from databuffer._support import PyAsyncBuffer, PyBuffer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,14 +29,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-class PyBuffer(_buffer._BufferLayer, _core_py.BufferCore):
-    """``Buffer`` over the pure-Python core."""
-
-
-class PyAsyncBuffer(_async._AsyncLayer, _core_py.BufferCore):
-    """``AsyncBuffer`` over the pure-Python core."""
-
-
 def _c_buffer_classes() -> tuple[type, type] | tuple[None, None]:
     if _compat.NO_EXTENSIONS:
         return None, None
@@ -42,10 +37,10 @@ def _c_buffer_classes() -> tuple[type, type] | tuple[None, None]:
     except ImportError:
         return None, None
 
-    class CBuffer(_buffer._BufferLayer, core.BufferCore):
+    class CBuffer(BufferMethods, core.BufferCore):
         """``Buffer`` over the compiled core."""
 
-    class CAsyncBuffer(_async._AsyncLayer, core.BufferCore):
+    class CAsyncBuffer(AsyncBufferMethods, core.BufferCore):
         """``AsyncBuffer`` over the compiled core."""
 
     return CBuffer, CAsyncBuffer
@@ -78,11 +73,11 @@ def Buffer(core_name: str) -> type:
 
 
 @pytest.fixture
-def make_buffer(Buffer: type) -> Iterator[Callable[..., _buffer._BufferLayer]]:
+def make_buffer(Buffer: type) -> Iterator[Callable[..., BufferMethods]]:
     """Build buffers that are closed (with a deadline) when the test ends."""
-    made: list[_buffer._BufferLayer] = []
+    made: list[BufferMethods] = []
 
-    def make(cls: type | None = None, **options: object) -> _buffer._BufferLayer:
+    def make(cls: type | None = None, **options: object) -> BufferMethods:
         buf = (cls or Buffer)(**options)
         made.append(buf)
         return buf
@@ -98,14 +93,6 @@ def AsyncBuffer(core_name: str) -> type:
     return _CAsyncBuffer if core_name == "c" else PyAsyncBuffer  # type: ignore[return-value]
 
 
-def _uvloop_factory() -> Callable[[], Any] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
-
-
 @pytest.fixture(
     params=[
         pytest.param(("asyncio", {}), id="asyncio"),
@@ -116,10 +103,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """anyio's plugin runs each async test on asyncio's default loop and on uvloop."""
     name, options = request.param
     if options.get("loop_factory") == "uvloop":
-        factory = _uvloop_factory()
-        if factory is None:
+        if "uvloop" not in _support.available_loops():
             pytest.skip("uvloop is not installed (it has no wheels for Windows or free-threaded 3.13)")
-        options = {"loop_factory": factory}
+        options = {"loop_factory": _support.loop_factory("uvloop")}
     return name, options
 
 

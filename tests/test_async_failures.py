@@ -25,6 +25,7 @@ import pytest
 from conftest import await_for, core_env
 
 from databuffer import BufferClosed, BufferFull, FlushTimeout, telemetry
+from databuffer._front import engine_of
 
 pytestmark = pytest.mark.anyio
 
@@ -554,7 +555,7 @@ async def test_sync_flush_and_aclose_keep_their_deadline(AsyncBuffer: Any, stuck
         retry_backoff=0.5,
         retry_backoff_max=0.5,
     )
-    buf._random = _AlwaysOne()  # a 0.5 s backoff
+    engine_of(buf).random = _AlwaysOne()  # a 0.5 s backoff
     await buf.start()
     try:
         buf.insert_batch([1, 2, 3])
@@ -1566,17 +1567,24 @@ async def test_a_crashed_flusher_is_restarted_on_the_next_flush_or_timer_round(
         flush_interval=0.1 if how == "timer" else BIG,
         flush_jitter=0,
     )
-    real_take = buf._take
+    engine = engine_of(buf)
+    real_core = engine.core
     crashes: list[int] = []
 
-    def take_once_broken(p: int, upto: int) -> Any:
-        if not crashes:
-            crashes.append(p)
-            raise Boom("the flusher crashed")
-        return real_take(p, upto)
+    class TakeOnceBroken:
+        """The buffer's core, whose first take() raises."""
 
-    # On the instance, before start(): the flusher task reads it when it starts.
-    buf._take = take_once_broken
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_core, name)
+
+        def take(self, p: int, upto: int) -> Any:
+            if not crashes:
+                crashes.append(p)
+                raise Boom("the flusher crashed")
+            return real_core.take(p, upto)
+
+    # Before start(): the flusher task binds core.take when it starts.
+    engine.core = TakeOnceBroken()
     async with buf:
         await await_for(lambda: databuffer_records(caplog, logging.ERROR), timeout=30)
         (record,) = databuffer_records(caplog, logging.ERROR)

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from conftest import run_cli
 
-from databuffer import _bench
-from databuffer.__main__ import build_parser, main
+from databuffer._cli import bench as _bench
+from databuffer._cli import build_parser, main
+from databuffer._support import available_loops
 
 ITEMS = 20_000
 # The smallest run: one round of each interleaved figure, one end-to-end run.
@@ -28,7 +29,7 @@ ASYNC_VERSUS = (
     + ["Buffer.insert, same rounds"] * 2
     + ["Buffer.insert timed the same way (coroutine, yield per block)"] * 2
 )
-LOOPS = _bench.available_loops()
+LOOPS = available_loops()
 # (partitions, max_size, loops): AsyncBuffer's defaults on every loop, then
 # the options of the Buffer end-to-end figures on asyncio's loop.
 ASYNC_CONFIGS = [(1, 5000, LOOPS), (4, 1000, ["asyncio"])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli
 
-from databuffer.__main__ import build_parser
+from databuffer._cli import build_parser
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from conftest import core_env, wait_for
 
 import databuffer
 from databuffer import telemetry
+from databuffer._front import engine_of
 
 BIG = 3600
 # A loaded 2-core machine can be late to wake a thread; the deadlines are
@@ -69,7 +70,7 @@ def test_sync_flush_and_close_keep_their_deadline(
         retry_backoff=3.0,
         retry_backoff_max=3.0,
     )
-    buf._random = _AlwaysOne()  # a 3 s backoff
+    engine_of(buf).random = _AlwaysOne()  # a 3 s backoff
     buf.insert_batch([1, 2, 3])
     buf.flush()
     assert entered.wait(30)
@@ -184,6 +185,7 @@ CTRL_C_SCRIPT = textwrap.dedent(
     """
     import json, signal, sys, threading, time
     from databuffer import Buffer
+    from databuffer._front import engine_of
 
     call = sys.argv[1]
     release = threading.Event()
@@ -200,7 +202,8 @@ CTRL_C_SCRIPT = textwrap.dedent(
 
     def interrupt():
         deadline = time.monotonic() + 30
-        waiting = (lambda: buf._sync_count) if call == "sync_flush" else (lambda: buf._parts[0].waiters)
+        engine = engine_of(buf)
+        waiting = (lambda: engine._sync_count) if call == "sync_flush" else (lambda: engine.parts[0].waiters)
         while not waiting() and time.monotonic() < deadline:
             time.sleep(0.005)
         signal.pthread_kill(main, signal.SIGINT)

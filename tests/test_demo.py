@@ -16,13 +16,13 @@ import pytest
 from conftest import core_env, run_cli
 
 from databuffer import FlushOpts
-from databuffer.__main__ import (
+from databuffer._cli import main
+from databuffer._cli.demo import (
     TABLE,
     Progress,
     SQLiteSink,
     check_table,
     generate_events,
-    main,
     run_demo,
 )
 
@@ -171,7 +171,8 @@ def test_failed_batches_fail_the_check(
 # notice that rows are missing.
 _LOSSY_DEMO = """
 import sys
-from databuffer.__main__ import SQLiteSink, main
+from databuffer._cli import main
+from databuffer._cli.demo import SQLiteSink
 
 original = SQLiteSink.write
 

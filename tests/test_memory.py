@@ -26,6 +26,7 @@ import pytest
 from conftest import Background, wait_for
 
 from databuffer import FlushTimeout
+from databuffer._front import engine_of
 
 BIG = 3600.0  # flush_interval: no timed flushes during a test
 
@@ -46,8 +47,9 @@ def wait_refs(obj: object, expected: int, buf: Any, timeout: float = 10.0) -> No
         if refs(obj) == expected:
             return True
         if GIL_DISABLED:
-            for part in buf._parts:
-                buf._wake(part.index)
+            engine = engine_of(buf)
+            for part in engine.parts:
+                engine.core.wake(part.index)
         return False
 
     try:
@@ -384,94 +386,76 @@ def test_close_timing_out_on_a_stuck_flush_keeps_then_releases_items(make_buffer
     assert refs(item) == base
 
 
-def _core_class(Buffer: type) -> type:
-    return next(c for c in Buffer.__mro__ if c.__name__ == "BufferCore")
+def _bare_core(Buffer: type, partitions: int, max_size: int) -> Any:
+    """A core of the kind ``Buffer`` uses, with no engine (nothing here calls its hooks)."""
+    module = sys.modules[next(c for c in Buffer.__mro__ if c.__name__ == "BufferCore").__module__]
+    return module.Core(partitions, max_size, 0, False, False, None)
 
 
 def test_core_deallocated_while_holding_items_releases_them(Buffer: type) -> None:
     """A core freed with items in its ring and a sealed batch drops their references."""
-    core = _core_class(Buffer)
-
-    class Bare(core):  # type: ignore[misc, valid-type]
-        pass
-
     item = Sentinel()
     base = refs(item)
-    bare = Bare()
-    bare._core_init(2, 10, 0)
+    bare = _bare_core(Buffer, 2, 10)
     for _ in range(10):
-        assert bare._push_many(0, (item,), 0) == 1  # a full batch: sealed, handed to "the flusher"
+        assert bare.push_many(0, (item,), 0) == 1  # a full batch: sealed, handed to "the flusher"
     for _ in range(6):
-        assert bare._push_many(0, (item,), 0) == 1  # in the ring
-    assert bare._push_many(1, [item] * 4, 0) == 4
+        assert bare.push_many(0, (item,), 0) == 1  # in the ring
+    assert bare.push_many(1, [item] * 4, 0) == 4
     # Sealing woke partition 0's flusher, once; nothing woke partition 1's.
-    assert bare._wait_wake(0, 0.0) is True
-    assert bare._wait_wake(0, 0.0) is False
-    assert bare._wait_wake(1, 0.0) is False
+    assert bare.wait_wake(0, 0.0) is True
+    assert bare.wait_wake(0, 0.0) is False
+    assert bare.wait_wake(1, 0.0) is False
     assert refs(item) == base + 20
-    assert bare._size() == 10
-    ref = weakref.ref(bare)
-    del bare
+    assert bare.size() == 10
+    del bare  # the core's last reference: it is deallocated here
     gc.collect()
-    assert ref() is None
     assert refs(item) == base
 
 
 def test_wait_wake_consumes_one_wake_and_times_out(Buffer: type) -> None:
     """The flusher's wait: wakes before it runs count once; a timeout returns False."""
-    core = _core_class(Buffer)
-
-    class Bare(core):  # type: ignore[misc, valid-type]
-        pass
-
-    bare = Bare()
-    bare._core_init(2, 10, 0)
+    bare = _bare_core(Buffer, 2, 10)
     start = time.monotonic()
-    assert bare._wait_wake(0, 0.05) is False
+    assert bare.wait_wake(0, 0.05) is False
     assert time.monotonic() - start >= 0.04
-    bare._wake(1)
-    bare._wake(1)
-    assert bare._wait_wake(1, 0.0) is True
-    assert bare._wait_wake(1, 0.0) is False  # the second wake counted once
-    assert bare._wait_wake(0, 0.0) is False  # partitions do not share wakes
+    bare.wake(1)
+    bare.wake(1)
+    assert bare.wait_wake(1, 0.0) is True
+    assert bare.wait_wake(1, 0.0) is False  # the second wake counted once
+    assert bare.wait_wake(0, 0.0) is False  # partitions do not share wakes
     for bad in (-1, -0.5, math.nan):
         with pytest.raises(ValueError, match="timeout"):
-            bare._wait_wake(0, bad)
+            bare.wait_wake(0, bad)
     with pytest.raises(IndexError):
-        bare._wake(2)
+        bare.wake(2)
     # A wake from another thread ends a wait without a timeout.
-    waiter = Background(bare._wait_wake, 0)
-    bare._wake(0)
+    waiter = Background(bare.wait_wake, 0)
+    bare.wake(0)
     assert waiter.wait(10).error is None and waiter.result is True
 
 
 def test_take_and_dump_on_a_bare_core_hand_over_references(Buffer: type) -> None:
-    core = _core_class(Buffer)
-
-    class Bare(core):  # type: ignore[misc, valid-type]
-        pass
-
     item = Sentinel()
     base = refs(item)
-    bare = Bare()
-    bare._core_init(1, 5, 0)
+    bare = _bare_core(Buffer, 1, 5)
     for _ in range(8):
-        bare._push_many(0, (item,), 0)
+        bare.push_many(0, (item,), 0)
     assert refs(item) == base + 8
-    taken = bare._take(0, 0)
+    taken = bare.take(0, 0)
     assert taken is not None
     batch, by_size, first = taken
     assert (len(batch), by_size, first) == (5, True, 0)
     assert refs(item) == base + 8  # moved, not copied
     del taken, batch
     assert refs(item) == base + 3
-    bare._finish(0, 5, True)
-    rest = bare._take(0, 8)  # a flush request up to sequence 8
+    bare.finish(0, 5, True)
+    rest = bare.take(0, 8)  # a flush request up to sequence 8
     assert rest is not None and len(rest[0]) == 3 and rest[1] is False
     assert refs(item) == base + 3
     del rest
     assert refs(item) == base
-    assert bare._take(0, 8) is None
+    assert bare.take(0, 8) is None
     del bare
     gc.collect()
     assert refs(item) == base

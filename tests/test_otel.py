@@ -33,6 +33,7 @@ from opentelemetry.sdk.metrics.export import (
 
 import databuffer
 from databuffer import FlushTimeout, telemetry
+from databuffer._front import engine_of
 from databuffer.contrib import otel
 
 INSERTED = "databuffer.items.inserted"
@@ -464,19 +465,12 @@ def test_gauge_per_partition(make_buffer, gates, instrument, core_name):
     assert metrics.collect().points(BUFFERED) == {}
 
 
-def test_gauge_with_buffers_closing_during_collection(make_buffer, instrument, core_name, caplog, Buffer):
+def test_gauge_with_buffers_closing_during_collection(
+    make_buffer, instrument, core_name, caplog, monkeypatch
+):
     ok, closing, broken = (f"otel-{kind}-{core_name}" for kind in ("ok", "closing", "broken"))
     metrics = Metrics(ok, closing, broken)
     instrument(metrics.provider)
-
-    class ClosesWhenRead(Buffer):
-        def info(self):
-            self.close()
-            return super().info()
-
-    class Broken(Buffer):
-        def info(self):
-            raise RuntimeError("closing right now")
 
     flushed: list[tuple[str, list[int]]] = []
     options = {
@@ -484,10 +478,24 @@ def test_gauge_with_buffers_closing_during_collection(make_buffer, instrument, c
         "flush_interval": 3600,
     }
     b_ok = make_buffer(name=ok, **options)
-    b_closing = make_buffer(ClosesWhenRead, name=closing, **options)
-    make_buffer(Broken, name=broken, **options)
+    b_closing = make_buffer(name=closing, **options)
+    b_broken = make_buffer(name=broken, **options)
     b_ok.insert_batch([1, 2])
     b_closing.insert_batch([3, 4, 5])
+    # The gauge reads each open buffer's partitions from its engine: one
+    # closes while it is read, one fails to answer.
+    closing_engine = engine_of(b_closing)
+    read = closing_engine.info
+
+    def close_then_read():
+        b_closing.close()
+        return read()
+
+    def broken_info():
+        raise RuntimeError("closing right now")
+
+    monkeypatch.setattr(closing_engine, "info", close_then_read)
+    monkeypatch.setattr(engine_of(b_broken), "info", broken_info)
 
     with caplog.at_level(logging.DEBUG):
         got = metrics.collect()

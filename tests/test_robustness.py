@@ -14,6 +14,7 @@ import pytest
 from conftest import Background, wait_for
 
 from databuffer import BufferClosed, FlushTimeout, telemetry
+from databuffer._front import engine_of
 
 BIG = 3600.0
 
@@ -187,7 +188,7 @@ def test_very_long_times_keep_the_timer_and_timeouts_working(make_buffer: Any) -
         buf.insert(1)
         wait_for(lambda: len(reported) == 1, timeout=30)
         assert isinstance(reported[0], FlushTimeout)
-        assert buf._timer.is_alive()
+        assert engine_of(buf)._timer.is_alive()
         assert buf.sync_flush(timeout=1e12) == []
     finally:
         release.set()
@@ -285,12 +286,13 @@ def test_close_does_not_wait_for_an_append_taken_back(make_buffer: Any, core_nam
     buf.insert(1)
     buf.insert(2)  # sealed: the flusher holds [1, 2] until released
     wait_for(lambda: buf.info()[0]["flushing"])
-    ring = buf._core_parts[0]
+    core = engine_of(buf).core
+    ring = core.parts[0]
     ring.append("in flight")  # an insert between its append and its check
     closing = Background(buf.close, timeout=20)
-    wait_for(lambda: buf._parts[0].syncs)  # close() has read its target
+    wait_for(lambda: engine_of(buf).parts[0].syncs)  # close() has read its target
     with pytest.raises(BufferClosed):
-        buf._appended(ring, "in flight", None)  # the insert's check: closed, take it back
+        core._appended(ring, "in flight", None)  # the insert's check: closed, take it back
     release.set()
     closing.wait(30)
     assert closing.error is None, closing.error

@@ -350,7 +350,8 @@ def test_open_buffers_can_be_listed_while_other_threads_open_and_close_them(make
     # registry of open buffers while other threads may open and close
     # buffers; an unguarded WeakSet copy raised "Set changed size during
     # iteration" then, which would have aborted the exit flush.
-    from databuffer._buffer import _registry
+    from databuffer._front import engine_of
+    from databuffer._registry import registry
 
     stop = threading.Event()
 
@@ -366,10 +367,10 @@ def test_open_buffers_can_be_listed_while_other_threads_open_and_close_them(make
     copies = 0
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline or copies < 200:
-        assert keep in _registry.open_buffers()
+        assert engine_of(keep) in registry.open_engines()
         copies += 1
     stop.set()
     rounds = [c.wait().result for c in churners]
     assert all(c.error is None for c in churners), [c.error for c in churners]
     assert min(rounds) > 0
-    assert [b for b in _registry.open_buffers() if b.name == "churn"] == []
+    assert [e for e in registry.open_engines() if e.name == "churn"] == []

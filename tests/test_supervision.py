@@ -12,6 +12,7 @@ import pytest
 from conftest import wait_for
 
 from databuffer import telemetry
+from databuffer._front import engine_of
 
 BIG = 3600
 
@@ -42,12 +43,12 @@ def test_callbacks_raising_anything_else_leave_the_flusher_running(
     if where == "telemetry":
         telemetry.attach_many("raiser", [telemetry.FLUSH_START, telemetry.FLUSH_STOP], handler)
     buf = make_buffer(handle_flush=flush, handle_flush_error=on_error, max_size=1, flush_interval=BIG)
-    flusher = buf._parts[0].thread
+    flusher = engine_of(buf).parts[0].thread
     buf.insert("bad")
     wait_for(lambda: buf.stats()["in_flight"] == 0 and buf.stats()["inserted"] == 1, timeout=30)
     buf.insert("good")
     buf.sync_flush(timeout=30)
-    assert buf._parts[0].thread is flusher and flusher.is_alive()
+    assert engine_of(buf).parts[0].thread is flusher and flusher.is_alive()
     stats = buf.stats()
     assert stats["inserted"] == stats["flushed"] + stats["failed"] == 2
     if where == "telemetry":
@@ -71,7 +72,7 @@ def test_a_flusher_ended_by_a_callback_is_replaced_and_logged(
         delivered.extend(batch)
 
     buf = make_buffer(handle_flush=flush, handle_flush_error=lambda b, o, e: errors.append(e), max_size=1)
-    first = buf._parts[0].thread
+    first = engine_of(buf).parts[0].thread
     buf.insert("exit")
     first.join(30)
     assert not first.is_alive()
@@ -82,7 +83,7 @@ def test_a_flusher_ended_by_a_callback_is_replaced_and_logged(
         buf.insert(i)
     buf.sync_flush(timeout=30)
     assert delivered == [0, 1, 2, 3, 4]
-    assert buf._parts[0].thread is not first and buf._parts[0].thread.is_alive()
+    assert engine_of(buf).parts[0].thread is not first and engine_of(buf).parts[0].thread.is_alive()
     messages = [r.getMessage() for r in caplog.records]
     ended = f"the flusher of partition 0 ends: a flush callback raised {raised.__name__}"
     assert any(ended in m for m in messages)
@@ -95,8 +96,8 @@ def test_the_next_insert_or_flush_starts_a_thread_that_died(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="databuffer")
     buf = make_buffer(handle_flush=lambda b, o: None, max_size=1000, flush_interval=BIG)
-    timer = buf._timer
-    supervise = buf._supervise
+    timer = engine_of(buf)._timer
+    supervise = engine_of(buf)._supervise
 
     def exit_in_timer() -> None:
         if threading.current_thread() is timer:
@@ -106,14 +107,14 @@ def test_the_next_insert_or_flush_starts_a_thread_that_died(
     # The timer runs _supervise when told a thread ended: make that raise
     # SystemExit in it, so that it dies through its own exit path.  Nothing
     # else restarts a dead timer, so whatever starts a new one is `call`.
-    monkeypatch.setattr(buf, "_supervise", exit_in_timer)
-    with buf._timer_cond:
-        buf._ended = True
-        buf._timer_cond.notify()
+    monkeypatch.setattr(engine_of(buf), "_supervise", exit_in_timer)
+    with engine_of(buf)._timer_cond:
+        engine_of(buf)._ended = True
+        engine_of(buf)._timer_cond.notify()
     timer.join(30)
     assert not timer.is_alive()
     monkeypatch.undo()
-    assert buf._timer is timer
+    assert engine_of(buf)._timer is timer
 
     if call == "insert":
         buf.insert(1)
@@ -123,15 +124,15 @@ def test_the_next_insert_or_flush_starts_a_thread_that_died(
         buf.flush()
     else:
         buf.sync_flush(timeout=30)
-    assert buf._timer is not timer and buf._timer.is_alive()
+    assert engine_of(buf)._timer is not timer and engine_of(buf)._timer.is_alive()
     messages = [r.getMessage() for r in caplog.records]
     assert any("the timer thread ends: a flush callback raised SystemExit" in m for m in messages)
     assert any("started a new timer thread" in m for m in messages)
     # And the new timer works: a timed flush happens.
     buf.insert("timed")
-    with buf._timer_cond:
-        buf._parts[0].deadline = 0.0  # due now
-        buf._timer_cond.notify()
+    with engine_of(buf)._timer_cond:
+        engine_of(buf).parts[0].deadline = 0.0  # due now
+        engine_of(buf)._timer_cond.notify()
     wait_for(lambda: buf.size() == 0, timeout=30)
 
 

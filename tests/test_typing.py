@@ -110,7 +110,7 @@ PROGRAM = textwrap.dedent(
             abuf.insert(1)  # error: Argument 1 to "insert" of "AsyncBuffer" has incompatible type "int"
             await abuf.ainsert(Event("c"), timeout=0.5)
             await abuf.ainsert_batch([Event("d")])
-            await abuf.ainsert("e")  # error: Argument 1 to "ainsert" of "_AsyncLayer" has incompatible type
+            await abuf.ainsert("e")  # error: Argument 1 to "ainsert" of "AsyncBufferMethods" has
             await abuf.flush()
             reveal_type(await abuf.sync_flush())  # reveal: builtins.list[Any]
             reveal_type(abuf.stats()["flushed"])  # reveal: builtins.int

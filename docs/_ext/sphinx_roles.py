@@ -57,12 +57,17 @@ class _Targets:
             return f"databuffer.{name}"
         where = context.path
         if name in self.async_buffer and where.startswith(
-            ("databuffer._async._AsyncLayer", "databuffer._async.AsyncBuffer")
+            ("databuffer._async.AsyncBufferMethods", "databuffer._async.AsyncBuffer", "databuffer._front")
         ):
             return f"databuffer.AsyncBuffer.{name}"
         if name in self.buffer and any(
             where.startswith(cls)
-            for cls in ("databuffer._buffer._BufferLayer", "databuffer._buffer.Buffer", "databuffer._core_py")
+            for cls in (
+                "databuffer._buffer.BufferMethods",
+                "databuffer._buffer.Buffer",
+                "databuffer._front",
+                "databuffer._core_py",
+            )
         ):
             return f"databuffer.Buffer.{name}"
         for module, names in self.modules.items():

@@ -1,8 +1,15 @@
 # cython: language_level=3, embedsignature=True, freethreading_compatible=True
 """Compiled core of databuffer: a ring of object pointers per partition.
 
-Same interface as ``databuffer._core_py`` (the reference implementation, whose
-docstring describes the protocol with the Python layer).
+Two classes, the same interface as ``databuffer._core_py`` (the reference
+implementation); the contract with the engine is ``databuffer._contract``:
+
+- ``Core``: the items and counters of a buffer; the engine holds it and
+  calls its methods (``CoreAPI``); it calls the engine back through
+  ``hooks`` (``CoreHooks``) on an insert's slow paths;
+- ``BufferCore``: the base of ``Buffer`` and ``AsyncBuffer``: ``insert``
+  and ``insert_batch``, and one read-only field, ``_databuffer``, the
+  ``Core`` that ``attach`` gave it.
 
 Thread-safety.  Each partition's ring and fields (``Part``, in ``_part.h``:
 cache-line aligned, so partitions never share a cache line) are guarded by the
@@ -15,12 +22,13 @@ Counters read without the lock by ``size()``/``info()`` go through the
 atomic helpers, so no reader sees a torn value.  A partition's flusher
 sleeps on its wake event (``Part.wake``, see ``_event.h``), which has a
 mutex of its own and is set by sealing inserts without the GIL being given
-up.  ``BufferCore`` fields other than ``_parts``' contents are written once
-in ``_core_init`` (before the buffer is shared), except ``_rr`` and
+up.  ``Core`` fields other than ``_parts``' contents are written once in
+``__init__`` (before the buffer is shared), except ``_rr`` and
 ``_homes_rr`` (atomic), ``_homes`` (a dict: each operation on it is atomic)
-and ``_closed`` (atomic; see ``_mark_closed`` and ``_set_attention``).  A
+and ``_closed`` (atomic; see ``mark_closed`` and ``set_attention``).  A
 thread's cache of its home partitions (``_part.h``) is thread-local: only
-that thread touches it.
+that thread touches it.  ``BufferCore._databuffer`` is written once, by
+``attach``, before the buffer is shared.
 """
 
 cimport cython
@@ -30,40 +38,11 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
+from _decl cimport *
 
-cdef extern from "Python.h":
-    # Borrowed references into a list or tuple returned by PySequence_Fast.
-    PyObject** PySequence_Fast_ITEMS(object) noexcept
-    Py_ssize_t PySequence_Fast_GET_SIZE(object) noexcept
-    ctypedef struct PyListObject:
-        PyObject **ob_item
-    const Py_ssize_t PY_SSIZE_T_MAX
-    # A C method's descriptor, made for another class (see _own_methods).
-    ctypedef struct PyMethodDef:
-        pass
-    ctypedef struct PyMethodDescrObject:
-        PyMethodDef *d_method
-    ctypedef struct PyTypeObject:
-        pass
-    object PyDescr_NewMethod(PyTypeObject *cls, PyMethodDef *meth)
+from databuffer._contract import PartStats
 
-
-cdef extern from "_atomic.h" nogil:
-    const bint DB_FREE_THREADED
-    ctypedef struct db_mutex:
-        pass
-    void db_lock(db_mutex *m)
-    void db_unlock(db_mutex *m)
-    void db_mutex_reinit(db_mutex *m)
-    int64_t db_load(const int64_t *p)
-    void db_store(int64_t *p, int64_t v)
-    void db_store_seq_cst(int64_t *p, int64_t v)
-    int64_t db_add(int64_t *p, int64_t v)
-    bint db_cas(int64_t *p, int64_t expected, int64_t desired)
-    Py_ssize_t db_round_robin(int64_t *counter, Py_ssize_t n)
-
-
-__all__ = ("BufferCore", "insert_telemetry", "set_insert_telemetry")
+__all__ = ("BufferCore", "Core", "attach", "insert_telemetry", "own_methods", "set_insert_telemetry")
 
 # Whether any telemetry handler listens to insert events (0 or 1).  Written
 # by databuffer.telemetry under its registry lock, read by every insert
@@ -79,45 +58,6 @@ def set_insert_telemetry(bint enabled):
 def insert_telemetry():
     """Whether inserts currently emit telemetry events."""
     return db_load(&_insert_events) != 0
-
-
-cdef extern from "_event.h" nogil:
-    # The flusher's wake-up event; see _event.h.
-    ctypedef struct db_event:
-        pass
-    int db_event_init(db_event *e)
-    void db_event_destroy(db_event *e)
-    void db_event_set(db_event *e)
-    int db_event_wait(db_event *e, double seconds)
-
-
-cdef extern from "_part.h" nogil:
-    # One partition; see _part.h (cache-line aligned, so written as C).
-    ctypedef struct Part:
-        db_mutex lock
-        PyObject **ring
-        Py_ssize_t cap
-        Py_ssize_t head
-        Py_ssize_t tail
-        int64_t count
-        int64_t threshold
-        int64_t busy
-        int64_t inserted
-        int64_t taken
-        int64_t flushed
-        int64_t failed
-        PyObject *ready
-        int64_t ready_seq
-        uint64_t rng
-        db_event wake
-    Part *db_parts_new(Py_ssize_t n)
-    void db_parts_free(Part *parts)
-    Py_ssize_t db_home_get(uint64_t serial)
-    void db_home_set(uint64_t serial, Py_ssize_t partition)
-
-
-cdef extern from "pythread.h":
-    unsigned long PyThread_get_thread_ident()
 
 
 cdef enum:
@@ -175,8 +115,9 @@ cdef inline uint64_t rng_next(Part *part) noexcept nogil:
     return x * <uint64_t>0x2545F4914F6CDD1D
 
 
-cdef class BufferCore:
-    """Storage and counters of a buffer: a ring of items per partition."""
+@cython.final
+cdef class Core:
+    """Storage and counters of a buffer: a ring of items per partition (``CoreAPI``)."""
 
     cdef Part *_parts
     cdef Py_ssize_t _n
@@ -192,7 +133,9 @@ cdef class BufferCore:
     cdef int64_t _max_size
     cdef int64_t _jitter
     cdef Py_ssize_t _events     # partitions whose wake event is initialised
-    cdef bint _seal_hook        # call the layer's _sealed(p) after each seal
+    cdef bint _seal_hook        # call hooks.sealed(p) after each seal
+    # The engine (CoreHooks): called on the slow paths of inserts.
+    cdef readonly object hooks
 
     def __cinit__(self, *args, **kwargs):
         self._parts = NULL
@@ -223,20 +166,22 @@ cdef class BufferCore:
         db_parts_free(self._parts)
         self._parts = NULL
 
-    def _core_init(self, Py_ssize_t partitions, Py_ssize_t max_size,
-                   Py_ssize_t max_size_jitter, bint by_thread=False, bint seal_hook=False):
+    def __init__(self, Py_ssize_t partitions, Py_ssize_t max_size, Py_ssize_t max_size_jitter,
+                 bint by_thread, bint seal_hook, hooks):
         """Allocate the rings (capacity ``max_size + max_size_jitter``).
 
         ``by_thread``: dispatch by thread (each thread inserts into a home
         partition, assigned round-robin to threads as they first insert)
         instead of round-robin per insert call.  ``seal_hook``: after each
-        seal, call the layer's ``_sealed(p)`` (with no partition lock held),
-        for a layer whose flushers do not sleep on the wake event.
+        seal, call ``hooks.sealed(p)`` (with no partition lock held), for an
+        engine whose flushers do not sleep on the wake event.  ``hooks``:
+        the engine (``CoreHooks``).
         """
         cdef Py_ssize_t p, cap
         cdef int err
         if self._parts is not NULL:
             raise RuntimeError("the buffer core is already initialised")
+        self.hooks = hooks
         if partitions < 1 or max_size < 1 or max_size_jitter < 0:
             raise ValueError("bad core sizes")
         self._max_size = max_size
@@ -274,39 +219,10 @@ cdef class BufferCore:
             return self._max_size
         return self._max_size + <int64_t>(rng_next(part) % <uint64_t>(self._jitter + 1))
 
-    # -- hot path ---------------------------------------------------------
-
-    @cython.binding(False)
-    def insert(self, item, timeout=None):
-        """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
-
-        Waits under backpressure for at most ``timeout`` seconds (``None``:
-        the buffer's ``insert_timeout``), then raises ``BufferFull`` having
-        stored nothing.  Raises ``BufferClosed`` after ``close()``.
-        """
-        if db_load(&_insert_events):
-            self._insert_instrumented(item, timeout)
-            return
-        insert_one(self, item, timeout)
-
-    @cython.binding(False)
-    def insert_batch(self, items, timeout=None):
-        """Store every item of an iterable, in order, in one partition.
-
-        A batch larger than the flush threshold is split into consecutive
-        flushes.  If room runs out for longer than ``timeout`` seconds,
-        raises ``BufferFull`` whose ``stored`` counts the leading items
-        stored.
-        """
-        if db_load(&_insert_events):
-            self._insert_batch_instrumented(items, timeout)
-            return
-        self._insert_many(items, timeout)
+    # -- inserts ----------------------------------------------------------
 
     cdef tuple _insert_many(self, object items, object timeout):
         cdef Py_ssize_t p, n, done
-        if self._parts is NULL:
-            raise RuntimeError("Buffer.__init__ was not called")
         if timeout is not None:
             check_timeout(self, timeout)
         if type(items) is tuple or (type(items) is list and not DB_FREE_THREADED):
@@ -316,7 +232,7 @@ cdef class BufferCore:
             # take a snapshot (thread-safe) on a free-threaded build.
             seq = tuple(<list>items)
         else:
-            seq = list(self._iterate(items))
+            seq = list(self.hooks.iterate(items))
         n = PySequence_Fast_GET_SIZE(seq)
         if db_load(&self._closed):
             pass_gate(self, 0)
@@ -325,7 +241,7 @@ cdef class BufferCore:
         p = next_partition(self)
         done = self._store_many(p, seq, 0)
         if done < n:
-            self._insert_batch_wait(p, seq, done, timeout)
+            self.hooks.insert_batch_wait(p, seq, done, timeout)
         return (p, n)
 
     cdef Py_ssize_t _store_many(self, Py_ssize_t p, object seq, Py_ssize_t start) except -1:
@@ -404,30 +320,30 @@ cdef class BufferCore:
         if sealed:
             db_event_set(&part.wake)
             if self._seal_hook:
-                self._sealed(p)
+                self.hooks.sealed(p)
         return 0
 
-    # -- used by the Python layer -----------------------------------------
+    # -- called by the engine (CoreAPI) -------------------------------------
 
-    def _push_many(self, Py_ssize_t p, seq, Py_ssize_t start):
+    def push_many(self, Py_ssize_t p, seq, Py_ssize_t start):
         """Store ``seq[start:]`` (a list or tuple) in partition ``p`` while there is room.
 
         Returns the index of the first item not stored.
         """
         self._part(p)
         if not isinstance(seq, (list, tuple)):
-            raise TypeError("_push_many() needs a list or a tuple")
+            raise TypeError("push_many() needs a list or a tuple")
         if start < 0:
             raise ValueError("start must be >= 0")
         if DB_FREE_THREADED and type(seq) is not tuple:
             seq = tuple(seq)
         return self._store_many(p, seq, start)
 
-    def _wake(self, Py_ssize_t p):
+    def wake(self, Py_ssize_t p):
         """Wake the flusher of partition ``p``; wakes before it runs count once."""
         db_event_set(&self._part(p).wake)
 
-    def _wait_wake(self, Py_ssize_t p, timeout=None):
+    def wait_wake(self, Py_ssize_t p, timeout=None):
         """Sleep until partition ``p``'s flusher is woken (the flusher only).
 
         Consumes the wake and returns True; False if ``timeout`` seconds
@@ -444,15 +360,15 @@ cdef class BufferCore:
             got = db_event_wait(&part.wake, seconds)
         return got != 0
 
-    def _insert_raw(self, item, timeout):
+    def insert_raw(self, item, timeout):
         """Insert without telemetry; returns the partition used."""
         return insert_one(self, item, timeout)
 
-    def _insert_batch_raw(self, items, timeout):
+    def insert_batch_raw(self, items, timeout):
         """Insert a batch without telemetry; returns ``(partition, count)``."""
         return self._insert_many(items, timeout)
 
-    def _take(self, Py_ssize_t p, int64_t upto):
+    def take(self, Py_ssize_t p, int64_t upto):
         """Give the flusher its next batch, or None once it is idle.
 
         Returns ``(batch, by_size, first_seq)``; see the reference core.
@@ -496,7 +412,7 @@ cdef class BufferCore:
             k = due
             batch = PyList_New(k)
 
-    def _finish(self, Py_ssize_t p, int64_t n, bint ok):
+    def finish(self, Py_ssize_t p, int64_t n, bint ok):
         """Count a finished batch of ``n`` items as flushed or failed."""
         cdef Part *part = self._part(p)
         if ok:
@@ -504,46 +420,24 @@ cdef class BufferCore:
         else:
             db_add(&part.failed, n)
 
-    @staticmethod
-    def _own_methods(cls):
-        """Give ``cls`` descriptors of its own for ``insert`` and ``insert_batch``.
+    def finished_upto(self, Py_ssize_t p, int64_t target):
+        """Whether every item of partition ``p`` before sequence ``target`` has finished."""
+        cdef Part *part = self._part(p)
+        return db_load(&part.flushed) + db_load(&part.failed) >= target
 
-        CPython specializes a call through an attribute (``buf.insert(x)``)
-        to a C method only when the instance's type is exactly the class the
-        method descriptor was made for; a buffer is always an instance of a
-        subclass of ``BufferCore``, so every such call took the generic path
-        (about 1.5x slower).  The layer calls this for each subclass: the
-        same C functions, in descriptors made for that class.  A method the
-        class (or a base between it and the core) overrides is left alone.
-        """
-        cdef PyMethodDescrObject *ours
-        cdef PyMethodDescrObject *found
-        if not isinstance(cls, type) or not issubclass(cls, BufferCore):
-            raise TypeError(f"_own_methods() needs a subclass of BufferCore, not {cls!r}")
-        for name in ("insert", "insert_batch"):
-            core = BufferCore.__dict__[name]
-            attr = getattr(cls, name)
-            if type(attr) is not type(core):
-                continue  # overridden in Python
-            ours = <PyMethodDescrObject *>core
-            found = <PyMethodDescrObject *>attr
-            if found.d_method != ours.d_method or attr.__objclass__ is cls:
-                continue  # another C method, or made for this class already
-            setattr(cls, name, PyDescr_NewMethod(<PyTypeObject *>cls, ours.d_method))
-
-    def _is_closed(self):
+    def is_closed(self):
         return db_load(&self._closed) == GATE_CLOSED
 
-    def _set_attention(self):
-        """Make the next insert call the layer's ``_attend()`` (once).
+    def set_attention(self):
+        """Make the next insert call ``hooks.attend()`` (once).
 
-        The layer calls this when one of its threads ended early.  Inserts
+        The engine calls this when one of its threads ended early.  Inserts
         see the gate closed-for-now, take their slow path, and the one that
-        reopens it calls ``_attend()`` before going on.
+        reopens it calls ``hooks.attend()`` before going on.
         """
         db_cas(&self._closed, GATE_OPEN, GATE_ATTEND)
 
-    def _mark_closed(self):
+    def mark_closed(self):
         """Refuse every later insert.
 
         Inserts read ``_closed`` under the partition's lock: passing through
@@ -556,23 +450,23 @@ cdef class BufferCore:
             db_lock(&self._parts[p].lock)
             db_unlock(&self._parts[p].lock)
 
-    # -- fork (called by the layer's os.register_at_fork hooks) -----------
+    # -- fork (called by the engine from the os.register_at_fork hooks) ----
 
-    def _fork_prepare(self):
+    def fork_prepare(self):
         """Before ``fork()``: take every partition's lock, so that no ring is
-        half-updated in the child.  Released by ``_fork_parent`` in the
-        parent; the child starts over (``_fork_child``)."""
+        half-updated in the child.  Released by ``fork_parent`` in the
+        parent; the child starts over (``fork_child``)."""
         cdef Py_ssize_t p
         for p in range(self._n):
             db_lock(&self._parts[p].lock)
 
-    def _fork_parent(self):
-        """After ``fork()``, in the parent: release what ``_fork_prepare`` took."""
+    def fork_parent(self):
+        """After ``fork()``, in the parent: release what ``fork_prepare`` took."""
         cdef Py_ssize_t p
         for p in range(self._n):
             db_unlock(&self._parts[p].lock)
 
-    def _fork_child(self):
+    def fork_child(self):
         """After ``fork()``, in the child: an empty buffer with fresh locks and events.
 
         The items buffered or in flight belong to the parent, which flushes
@@ -611,8 +505,8 @@ cdef class BufferCore:
         db_cas(&self._closed, GATE_ATTEND, GATE_OPEN)
         return dropped
 
-    def _stats(self, Py_ssize_t p):
-        """``(size, threshold, busy, inserted, taken, flushed, failed)``.
+    def stats(self, Py_ssize_t p):
+        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed)``.
 
         One consistent snapshot: read under the partition's lock, so that
         ``inserted == size + taken``, and ``flushed + failed <= taken``
@@ -629,16 +523,16 @@ cdef class BufferCore:
         flushed = db_load(&part.flushed)
         failed = db_load(&part.failed)
         db_unlock(&part.lock)
-        return (count, threshold, busy != 0, inserted, taken, flushed, failed)
+        return PartStats(count, threshold, busy != 0, inserted, taken, flushed, failed)
 
-    def _size(self):
+    def size(self):
         cdef Py_ssize_t p
         cdef int64_t total = 0
         for p in range(self._n):
             total += db_load(&self._parts[p].count)
         return total
 
-    def _dump(self):
+    def dump(self):
         cdef Py_ssize_t p, i, idx, k
         cdef Part *part
         cdef PyObject **dest
@@ -666,14 +560,12 @@ cdef class BufferCore:
         return out
 
     cdef Part *_part(self, Py_ssize_t p) except NULL:
-        if self._parts is NULL:
-            raise RuntimeError("Buffer.__init__ was not called")
         if p < 0 or p >= self._n:
             raise IndexError(f"no partition {p}")
         return &self._parts[p]
 
 
-cdef inline Py_ssize_t next_partition(BufferCore self) except -1:
+cdef inline Py_ssize_t next_partition(Core self) except -1:
     """The partition of the next insert call: round-robin, or the thread's home."""
     cdef Py_ssize_t p
     if not self._by_thread:
@@ -684,7 +576,7 @@ cdef inline Py_ssize_t next_partition(BufferCore self) except -1:
     return home_partition(self)
 
 
-cdef Py_ssize_t home_partition(BufferCore self) except -1:
+cdef Py_ssize_t home_partition(Core self) except -1:
     """The calling thread's home partition, from the buffer's table (cache miss)."""
     ident = PyThread_get_thread_ident()
     home = self._homes.get(ident)
@@ -696,14 +588,12 @@ cdef Py_ssize_t home_partition(BufferCore self) except -1:
     return <Py_ssize_t>home
 
 
-cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) except -1:
+cdef inline Py_ssize_t insert_one(Core self, object item, object timeout) except -1:
     """The insert hot path: a plain function so the C compiler can inline it."""
     cdef Py_ssize_t p
     cdef Part *part
     cdef bint stored = False
     cdef bint seal = False
-    if self._parts is NULL:
-        raise RuntimeError("Buffer.__init__ was not called")
     if timeout is not None:
         check_timeout(self, timeout)
     p = next_partition(self)
@@ -724,21 +614,21 @@ cdef inline Py_ssize_t insert_one(BufferCore self, object item, object timeout) 
     if self._store_many(p, (item,), 0) == 0:
         # Full (or a seal pending): the general path, which re-checks
         # everything; waits for room if the partition is still flushing.
-        self._insert_wait(p, item, timeout)
+        self.hooks.insert_wait(p, item, timeout)
     return p
 
 
-cdef int pass_gate(BufferCore self, Py_ssize_t stored) except -1:
+cdef int pass_gate(Core self, Py_ssize_t stored) except -1:
     """The gate is not open: raise if the buffer is closed, else attend (once)."""
     if db_load(&self._closed) == GATE_CLOSED:
-        raise self._closed_error(stored)
+        raise self.hooks.closed_error(stored)
     if db_cas(&self._closed, GATE_ATTEND, GATE_OPEN):
-        self._attend()
+        self.hooks.attend()
     return 0
 
 
-cdef inline int check_timeout(BufferCore self, object timeout) except -1:
-    """Accept a finite number of seconds >= 0; let the layer name anything else."""
+cdef inline int check_timeout(Core self, object timeout) except -1:
+    """Accept a finite number of seconds >= 0; let the engine name anything else."""
     cdef double seconds
     if type(timeout) is float:
         seconds = timeout
@@ -746,5 +636,86 @@ cdef inline int check_timeout(BufferCore self, object timeout) except -1:
             return 0
     elif type(timeout) is int and timeout >= 0:
         return 0
-    self._check_timeout(timeout)
+    self.hooks.check_timeout(timeout)
     return 0
+
+
+cdef class BufferCore:
+    """The base of ``Buffer`` and ``AsyncBuffer``: the insert methods, over a ``Core``.
+
+    Its only state is ``_databuffer``, the ``Core`` given by ``attach``
+    (read-only, written once before the buffer is shared).
+    """
+
+    cdef readonly Core _databuffer
+
+    @cython.binding(False)
+    def insert(self, item, timeout=None):
+        """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
+
+        Waits under backpressure for at most ``timeout`` seconds (``None``:
+        the buffer's ``insert_timeout``), then raises ``BufferFull`` having
+        stored nothing.  Raises ``BufferClosed`` after ``close()``.
+        """
+        cdef Core core = self._databuffer
+        if core is None:
+            raise not_initialised(self)
+        if db_load(&_insert_events):
+            core.hooks.insert_instrumented(item, timeout)
+            return
+        insert_one(core, item, timeout)
+
+    @cython.binding(False)
+    def insert_batch(self, items, timeout=None):
+        """Store every item of an iterable, in order, in one partition.
+
+        A batch larger than the flush threshold is split into consecutive
+        flushes.  If room runs out for longer than ``timeout`` seconds,
+        raises ``BufferFull`` whose ``stored`` counts the leading items
+        stored.
+        """
+        cdef Core core = self._databuffer
+        if core is None:
+            raise not_initialised(self)
+        if db_load(&_insert_events):
+            core.hooks.insert_batch_instrumented(items, timeout)
+            return
+        core._insert_many(items, timeout)
+
+
+cdef object not_initialised(BufferCore buf):
+    return RuntimeError(f"{type(buf).__name__}.__init__ was not called")
+
+
+def attach(BufferCore buf, Core core):
+    """Give ``buf`` its core (once: a second call raises ``RuntimeError``)."""
+    if buf._databuffer is not None:
+        raise RuntimeError(f"{type(buf).__name__}.__init__ was called twice")
+    buf._databuffer = core
+
+
+def own_methods(cls):
+    """Give ``cls`` descriptors of its own for ``insert`` and ``insert_batch``.
+
+    CPython specializes a call through an attribute (``buf.insert(x)``)
+    to a C method only when the instance's type is exactly the class the
+    method descriptor was made for; a buffer is always an instance of a
+    subclass of ``BufferCore``, so every such call took the generic path
+    (about 1.5x slower).  The front classes call this for each subclass:
+    the same C functions, in descriptors made for that class.  A method the
+    class (or a base between it and the core) overrides is left alone.
+    """
+    cdef PyMethodDescrObject *ours
+    cdef PyMethodDescrObject *found
+    if not isinstance(cls, type) or not issubclass(cls, BufferCore):
+        raise TypeError(f"own_methods() needs a subclass of BufferCore, not {cls!r}")
+    for name in ("insert", "insert_batch"):
+        core = BufferCore.__dict__[name]
+        attr = getattr(cls, name)
+        if type(attr) is not type(core):
+            continue  # overridden in Python
+        ours = <PyMethodDescrObject *>core
+        found = <PyMethodDescrObject *>attr
+        if found.d_method != ours.d_method or attr.__objclass__ is cls:
+            continue  # another C method, or made for this class already
+        setattr(cls, name, PyDescr_NewMethod(<PyTypeObject *>cls, ours.d_method))

@@ -37,3 +37,16 @@ if TYPE_CHECKING:
     from ._core_py import BufferCore as BufferCore
 else:
     BufferCore = core.BufferCore
+
+
+def core_module_of(front: object) -> ModuleType:
+    """The core module whose ``BufferCore`` ``front`` is built on (the tests build both)."""
+    if core is not _core_py and isinstance(front, core.BufferCore):
+        return core
+    return _core_py
+
+
+def own_methods(cls: type) -> None:
+    """Let CPython specialize ``buf.insert(x)`` for ``cls`` (see the compiled core's ``own_methods``)."""
+    core_module_of_class = core if core is not _core_py and issubclass(cls, core.BufferCore) else _core_py
+    core_module_of_class.own_methods(cls)

@@ -1,19 +1,21 @@
 """Pure-Python core: the reference implementation of ``databuffer._core``.
 
-Both cores expose the same class, ``BufferCore``, which ``Buffer`` inherits
-from.  The core owns the buffered items and the counters; the Python layer
-(``databuffer._buffer``) owns threads, timers, waiting and callbacks.  The
-core calls back into the layer through methods that the layer defines:
-``_insert_wait``, ``_insert_batch_wait``, ``_insert_instrumented``,
-``_insert_batch_instrumented``, ``_closed_error``, ``_check_timeout``,
-``_iterate``, ``_attend`` (called by one insert after ``_set_attention``)
-and, when ``_core_init`` was given ``seal_hook=True``, ``_sealed(p)``: called
-after each seal, with no partition lock held (``AsyncBuffer`` wakes its
-flusher task on the event loop from there).
+Both cores define the same two classes.  ``Core`` owns the buffered items
+and the counters (``CoreAPI`` in ``databuffer._contract``); the engine
+(``databuffer._threaded`` or ``databuffer._asyncio``) owns threads or
+tasks, timers, waiting and callbacks, and the core calls it back through
+``Core.hooks`` (``CoreHooks``): ``insert_wait``, ``insert_batch_wait``,
+``insert_instrumented``, ``insert_batch_instrumented``, ``closed_error``,
+``check_timeout``, ``iterate``, ``attend`` (called by one insert after
+``set_attention``) and, when the core was made with ``seal_hook=True``,
+``sealed(p)``: called after each seal, with no partition lock held
+(``AsyncBuffer`` wakes its flusher task on the event loop from there).
+``BufferCore`` is the base of ``Buffer`` and ``AsyncBuffer``: ``insert``
+and ``insert_batch`` over the ``Core`` in its one slot, ``_databuffer``.
 
 The core also owns each partition's wake-up of its flusher thread: the
-layer's flusher sleeps in ``_wait_wake(p)``; a sealing insert, and the layer
-itself (flush requests, close), wake it with ``_wake(p)``.
+engine's flusher sleeps in ``wait_wake(p)``; a sealing insert, and the
+engine itself (flush requests, close), wake it with ``wake(p)``.
 
 Per partition the items move ring -> batch (handed to the flusher) ->
 finished.  Sequence counters count items, in insertion order:
@@ -41,7 +43,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ("BufferCore", "insert_telemetry", "set_insert_telemetry")
+from ._contract import CoreHooks, PartStats, Taken
+
+__all__ = ("BufferCore", "Core", "attach", "insert_telemetry", "own_methods", "set_insert_telemetry")
 
 # Whether any telemetry handler listens to insert events.  Written by
 # databuffer.telemetry under its registry lock, read racily by inserts (a
@@ -73,7 +77,7 @@ class _Ring(deque):  # type: ignore[type-arg]
     the flusher has not taken out yet (they are no longer counted as
     buffered).  Appends need no lock: ``deque.append`` is atomic, and
     ``insert`` appends first and checks afterwards (see
-    ``BufferCore._appended``).  Items leave only from the left, and only under
+    ``Core._appended``).  Items leave only from the left, and only under
     ``lock``, which also guards every other field.  ``limit`` (the number
     of items at which the partition is full: ``ready_count + threshold``; 0
     once the buffer is closed, and while a locked section must not see
@@ -124,87 +128,51 @@ class _Ring(deque):  # type: ignore[type-arg]
         self.wake.acquire()
 
 
-class BufferCore:
-    """Storage and counters of a buffer: a ring of items per partition."""
+class Core:
+    """Storage and counters of a buffer: a ring of items per partition (``CoreAPI``)."""
 
-    _core_parts: tuple[_Ring, ...] = ()
-    # Written under every partition's lock (_mark_closed); read without one.
-    _core_closed = False
-    # Set under every partition's lock (_set_attention), cleared by the
-    # insert that takes it (_pass_gate, under _core_gate_lock).
-    _core_attention = False
-
-    def _core_init(
+    def __init__(
         self,
         partitions: int,
         max_size: int,
         max_size_jitter: int,
-        by_thread: bool = False,
-        seal_hook: bool = False,
+        by_thread: bool,
+        seal_hook: bool,
+        hooks: CoreHooks,
     ) -> None:
-        if self._core_parts:
-            raise RuntimeError("the buffer core is already initialised")
-        self._core_max_size = max_size
-        self._core_jitter = max_size_jitter
-        self._core_random = random.Random()
-        self._core_n = partitions
-        self._core_by_thread = by_thread
-        self._core_seal_hook = seal_hook
-        self._core_parts = tuple(_Ring(p, self._draw()) for p in range(partitions))
-        self._core_gate_lock = threading.Lock()
-        self._core_rr = self._dispatcher()
+        # Written once, before the buffer is shared.
+        self.hooks = hooks
+        self.max_size = max_size
+        self.jitter = max_size_jitter
+        self.random = random.Random()
+        self.n = partitions
+        self.by_thread = by_thread
+        self.seal_hook = seal_hook
+        self.parts = tuple(_Ring(p, self._draw()) for p in range(partitions))
+        # Written under every partition's lock (mark_closed); read without one.
+        self.closed = False
+        # Set under every partition's lock (set_attention), cleared by the
+        # insert that takes it (_pass_gate, under gate_lock).
+        self.attention = False
+        self.gate_lock = threading.Lock()
+        # The round-robin dispatcher, advanced with next() (thread-safe).
+        self.rr = self._dispatcher()
 
     def _dispatcher(self) -> Iterator[_Ring]:
         # The round-robin dispatcher, advanced with next(): calling a stored
         # cycle.__next__ (a method-wrapper) costs about twice as much.
-        if self._core_by_thread:
-            return _ThreadHomes(self._core_parts)
+        if self.by_thread:
+            return _ThreadHomes(self.parts)
         if _GIL_DISABLED:
-            return _LockedCycle(self._core_parts)
-        return itertools.cycle(self._core_parts)
-
-    @staticmethod
-    def _own_methods(cls: type) -> None:
-        """Nothing to do: see the compiled core (its C methods need it, Python ones do not)."""
+            return _LockedCycle(self.parts)
+        return itertools.cycle(self.parts)
 
     def _draw(self) -> int:
-        if self._core_jitter:
-            return self._core_max_size + self._core_random.randint(0, self._core_jitter)
-        return self._core_max_size
+        if self.jitter:
+            return self.max_size + self.random.randint(0, self.jitter)
+        return self.max_size
 
-    # -- hot path ---------------------------------------------------------
-
-    def insert(self, item: Any, timeout: float | None = None) -> None:
-        """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
-
-        Waits under backpressure for at most ``timeout`` seconds (``None``:
-        the buffer's ``insert_timeout``), then raises ``BufferFull`` having
-        stored nothing.  Raises ``BufferClosed`` after ``close()``.
-        """
-        if _insert_events:
-            self._insert_instrumented(item, timeout)  # type: ignore[attr-defined]
-            return
-        if timeout is not None:
-            self._check_timeout(timeout)  # type: ignore[attr-defined]
-        ring = next(self._core_rr)
-        # Append first, check afterwards: a full ring or a close (limit 0)
-        # seen after the append is dealt with under the lock.
-        ring.append(item)
-        if len(ring) >= ring.limit:
-            self._appended(ring, item, timeout)
-
-    def insert_batch(self, items: Iterable[Any], timeout: float | None = None) -> None:
-        """Store every item of an iterable, in order, in one partition.
-
-        A batch larger than the flush threshold is split into consecutive
-        flushes.  If room runs out for longer than ``timeout`` seconds,
-        raises ``BufferFull`` whose ``stored`` counts the leading items
-        stored.
-        """
-        if _insert_events:
-            self._insert_batch_instrumented(items, timeout)  # type: ignore[attr-defined]
-            return
-        self._insert_batch_raw(items, timeout)
+    # -- inserts ----------------------------------------------------------
 
     def _appended(self, ring: _Ring, item: Any, timeout: float | None) -> None:
         """After a lock-free append: seal a full ring, or undo the append.
@@ -215,11 +183,11 @@ class BufferCore:
         """
         if ring.lock._is_owned():  # type: ignore[attr-defined]
             return  # re-entered (see _reentrant_store): the append is all
-        if self._core_attention:
+        if self.attention:
             self._pass_gate()
         refused = full = sealed = False
         with ring.lock:
-            if self._core_closed:
+            if self.closed:
                 # _mark_closed ran after the append, or before it: the item
                 # is either still buffered (take it back out and refuse it)
                 # or already handed to the closing flush (it is stored).
@@ -231,48 +199,48 @@ class BufferCore:
                 elif size >= ring.threshold and not ring.busy:
                     self._seal(ring)
                     sealed = True
-        if sealed and self._core_seal_hook:
-            self._sealed(ring.partition)  # type: ignore[attr-defined]
+        if sealed and self.seal_hook:
+            self.hooks.sealed(ring.partition)
         if refused:
-            raise self._closed_error()  # type: ignore[attr-defined]
+            raise self.hooks.closed_error()
         if full:
             self._store_locked(ring, item, timeout)
 
     def _store_locked(self, ring: _Ring, item: Any, timeout: float | None) -> None:
         """Store ``item`` under the partition's lock, or wait for room (backpressure)."""
-        if self._push_many(ring.partition, (item,), 0) == 0:
-            self._insert_wait(ring.partition, item, timeout)  # type: ignore[attr-defined]
+        if self.push_many(ring.partition, (item,), 0) == 0:
+            self.hooks.insert_wait(ring.partition, item, timeout)
 
-    def _insert_raw(self, item: Any, timeout: float | None) -> int:
+    def insert_raw(self, item: Any, timeout: float | None) -> int:
         if timeout is not None:
-            self._check_timeout(timeout)  # type: ignore[attr-defined]
-        if self._core_attention:
+            self.hooks.check_timeout(timeout)
+        if self.attention:
             self._pass_gate()
-        ring = next(self._core_rr)
+        ring = next(self.rr)
         self._store_locked(ring, item, timeout)
         return ring.partition
 
-    def _insert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
+    def insert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
         if timeout is not None:
-            self._check_timeout(timeout)  # type: ignore[attr-defined]
-        seq = items if type(items) is list or type(items) is tuple else list(self._iterate(items))  # type: ignore[attr-defined]
+            self.hooks.check_timeout(timeout)
+        seq = items if type(items) is list or type(items) is tuple else list(self.hooks.iterate(items))
         n = len(seq)
-        if self._core_closed:
-            raise self._closed_error()  # type: ignore[attr-defined]
-        if self._core_attention:
+        if self.closed:
+            raise self.hooks.closed_error()
+        if self.attention:
             self._pass_gate()
         if n == 0:
             return -1, 0
-        p = next(self._core_rr).partition
-        done = self._push_many(p, seq, 0)
+        p = next(self.rr).partition
+        done = self.push_many(p, seq, 0)
         if done < n:
-            self._insert_batch_wait(p, seq, done, timeout)  # type: ignore[attr-defined]
+            self.hooks.insert_batch_wait(p, seq, done, timeout)
         return p, n
 
     def _seal(self, ring: _Ring) -> None:
         """Hand a full batch to the idle flusher (under ``ring.lock``).
 
-        The caller calls the layer's ``_sealed`` afterwards, once the lock
+        The caller calls ``hooks.sealed`` afterwards, once the lock
         is released, if ``seal_hook`` was asked for.
 
         The items stay at the head of the ring until the flusher takes
@@ -287,31 +255,31 @@ class BufferCore:
         self._set_limit(ring)
         _release(ring.wake)
 
-    # -- used by the Python layer -----------------------------------------
+    # -- called by the engine (CoreAPI) -------------------------------------
 
-    def _wake(self, p: int) -> None:
+    def wake(self, p: int) -> None:
         """Wake the flusher of partition ``p``; wakes before it runs count once."""
-        _release(self._core_parts[p].wake)
+        _release(self.parts[p].wake)
 
-    def _wait_wake(self, p: int, timeout: float | None = None) -> bool:
+    def wait_wake(self, p: int, timeout: float | None = None) -> bool:
         """Sleep until partition ``p``'s flusher is woken (the flusher only).
 
         Consumes the wake and returns True; False if ``timeout`` seconds
         (``None``: no limit) passed first.
         """
-        wake = self._core_parts[p].wake
+        wake = self.parts[p].wake
         if timeout is None:
             return wake.acquire()
         if not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         return wake.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
 
-    def _push_many(self, p: int, seq: Sequence[Any], start: int) -> int:
+    def push_many(self, p: int, seq: Sequence[Any], start: int) -> int:
         """Store ``seq[start:]`` in partition ``p`` while there is room.
 
         Returns the index of the first item not stored.
         """
-        ring = self._core_parts[p]
+        ring = self.parts[p]
         n = len(seq)
         if ring.lock._is_owned():  # type: ignore[attr-defined]
             _reentrant_store(ring, seq, start)
@@ -328,7 +296,7 @@ class BufferCore:
             ring.limit = 0
             try:
                 while i < n:
-                    if self._core_closed:
+                    if self.closed:
                         closed = True
                         break
                     room = ring.threshold - (len(ring) - ring.ready_count)
@@ -348,21 +316,21 @@ class BufferCore:
             finally:
                 ring.hold -= 1
                 self._set_limit(ring)
-        if sealed and self._core_seal_hook:
+        if sealed and self.seal_hook:
             # Once per call: the partition's flusher takes every batch due.
-            self._sealed(p)  # type: ignore[attr-defined]
+            self.hooks.sealed(p)
         if closed:
-            raise self._closed_error(i)  # type: ignore[attr-defined]
+            raise self.hooks.closed_error(i)
         return i
 
-    def _take(self, p: int, upto: int) -> tuple[list[Any], bool, int] | None:
+    def take(self, p: int, upto: int) -> Taken | None:
         """Give the flusher its next batch, or None once it is idle.
 
         Returns ``(batch, by_size, first_seq)``.  A batch is due when one
         was sealed, when the ring is full, or when items before sequence
         number ``upto`` (a flush request) are still in the ring.
         """
-        ring = self._core_parts[p]
+        ring = self.parts[p]
         while True:
             # Made before the lock is taken (see the module docstring), for
             # the size read here; used only if that is still the size due.
@@ -401,72 +369,87 @@ class BufferCore:
                     break
         return batch, by_size, first
 
-    def _finish(self, p: int, n: int, ok: bool) -> None:
+    def finished_upto(self, p: int, target: int) -> bool:
+        """Whether every item of partition ``p`` before sequence ``target`` has finished.
+
+        ``inserted`` (``taken + size``) can drop below a target read while
+        a lock-free append was in flight: an append refused (the buffer
+        closed, or the partition was full) is taken back out, and so never
+        counts as inserted.  Such a target counts as reached once everything
+        actually inserted before it has finished.
+        """
+        ring = self.parts[p]
+        with ring.lock:
+            inserted = ring.taken + len(ring) - ring.ready_count
+            done = ring.flushed + ring.failed
+        return done >= min(target, inserted)
+
+    def finish(self, p: int, n: int, ok: bool) -> None:
         """Count a finished batch of ``n`` items as flushed or failed."""
-        ring = self._core_parts[p]
+        ring = self.parts[p]
         with ring.lock:
             if ok:
                 ring.flushed += n
             else:
                 ring.failed += n
 
-    def _is_closed(self) -> bool:
-        return self._core_closed
+    def is_closed(self) -> bool:
+        return self.closed
 
-    def _set_attention(self) -> None:
-        """Make the next insert call the layer's ``_attend()`` (once)."""
+    def set_attention(self) -> None:
+        """Make the next insert call ``hooks.attend()`` (once)."""
         self._set_gate(attention=True)
 
     def _pass_gate(self) -> None:
         """Reopen the gate after ``_set_attention`` and attend, in one insert only."""
-        with self._core_gate_lock:
-            if not self._core_attention:
+        with self.gate_lock:
+            if not self.attention:
                 return
             self._set_gate(attention=False)
-        self._attend()  # type: ignore[attr-defined]
+        self.hooks.attend()
 
-    def _mark_closed(self) -> None:
+    def mark_closed(self) -> None:
         """Refuse every later insert."""
         self._set_gate(closed=True)
 
     def _set_gate(self, *, closed: bool | None = None, attention: bool | None = None) -> None:
         """Set the flags that send inserts to their slow path, under every partition's lock."""
-        for ring in self._core_parts:
+        for ring in self.parts:
             ring.lock.acquire()
         try:
             if closed is not None:
-                self._core_closed = closed
+                self.closed = closed
             if attention is not None:
-                self._core_attention = attention
-            for ring in self._core_parts:
+                self.attention = attention
+            for ring in self.parts:
                 self._set_limit(ring)
         finally:
-            for ring in self._core_parts:
+            for ring in self.parts:
                 ring.lock.release()
 
-    # -- fork (called by the layer's os.register_at_fork hooks) -----------
+    # -- fork (called by the engine from the os.register_at_fork hooks) ----
 
-    def _fork_prepare(self) -> None:
+    def fork_prepare(self) -> None:
         """Before ``fork()``: take every partition's lock (see the compiled core)."""
-        for ring in self._core_parts:
+        for ring in self.parts:
             ring.lock.acquire()
 
-    def _fork_parent(self) -> None:
-        """After ``fork()``, in the parent: release what ``_fork_prepare`` took."""
-        for ring in reversed(self._core_parts):
+    def fork_parent(self) -> None:
+        """After ``fork()``, in the parent: release what ``fork_prepare`` took."""
+        for ring in reversed(self.parts):
             ring.lock.release()
 
-    def _fork_child(self) -> list[Any]:
+    def fork_child(self) -> list[Any]:
         """After ``fork()``, in the child: an empty buffer with fresh locks.
 
         The parent's items are dropped (returned, for the caller to release
         once the buffer is consistent); the counters start from zero.
         """
         dropped: list[Any] = []
-        self._core_random.seed()
-        self._core_gate_lock = threading.Lock()
-        self._core_attention = False
-        for ring in self._core_parts:
+        self.random.seed()
+        self.gate_lock = threading.Lock()
+        self.attention = False
+        for ring in self.parts:
             dropped.extend(ring)
             ring.clear()
             ring.lock = threading.RLock()
@@ -477,16 +460,16 @@ class BufferCore:
             ring.ready_count = ring.ready_seq = ring.taken = ring.flushed = ring.failed = 0
             ring.threshold = self._draw()
             self._set_limit(ring)
-        self._core_rr = self._dispatcher()
+        self.rr = self._dispatcher()
         return dropped
 
-    def _stats(self, p: int) -> tuple[int, int, bool, int, int, int, int]:
-        """``(size, threshold, busy, inserted, taken, flushed, failed)``.
+    def stats(self, p: int) -> PartStats:
+        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed)``.
 
         ``inserted`` is ``taken + size``: an append refused because the
         buffer closed is taken back out, so it never counts.
         """
-        ring = self._core_parts[p]
+        ring = self.parts[p]
         with ring.lock:
             size = len(ring) - ring.ready_count
             threshold = ring.threshold
@@ -494,11 +477,11 @@ class BufferCore:
             taken = ring.taken
             flushed = ring.flushed
             failed = ring.failed
-        return size, threshold, busy, taken + size, taken, flushed, failed
+        return PartStats(size, threshold, busy, taken + size, taken, flushed, failed)
 
-    def _size(self) -> int:
+    def size(self) -> int:
         total = 0
-        for ring in self._core_parts:
+        for ring in self.parts:
             with ring.lock:
                 total += len(ring) - ring.ready_count
         return total
@@ -529,14 +512,14 @@ class BufferCore:
 
     def _set_limit(self, ring: _Ring) -> None:
         """Recompute ``ring.limit`` (under ``ring.lock``)."""
-        if self._core_closed or ring.hold or self._core_attention:
+        if self.closed or ring.hold or self.attention:
             ring.limit = 0
         else:
             ring.limit = ring.ready_count + ring.threshold
 
-    def _dump(self) -> list[Any]:
+    def dump(self) -> list[Any]:
         out: list[Any] = []
-        for ring in self._core_parts:
+        for ring in self.parts:
             out.extend(self._snapshot(ring))
         return out
 
@@ -632,3 +615,76 @@ class _ThreadHomes:
                 home = self._homes.setdefault(ident, home)
         self._local.home = home
         return home
+
+
+class BufferCore:
+    """The base of ``Buffer`` and ``AsyncBuffer``: the insert methods, over a ``Core``.
+
+    Its only state is the slot ``_databuffer``: the ``Core`` given by
+    ``attach``, written once before the buffer is shared.
+    """
+
+    __slots__ = ("_databuffer",)
+    _databuffer: Core
+
+    def insert(self, item: Any, timeout: float | None = None) -> None:
+        """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
+
+        Waits under backpressure for at most ``timeout`` seconds (``None``:
+        the buffer's ``insert_timeout``), then raises ``BufferFull`` having
+        stored nothing.  Raises ``BufferClosed`` after ``close()``.
+        """
+        try:
+            core = self._databuffer
+        except AttributeError:
+            raise _not_initialised(self) from None
+        if _insert_events:
+            core.hooks.insert_instrumented(item, timeout)
+            return
+        if timeout is not None:
+            core.hooks.check_timeout(timeout)
+        ring = next(core.rr)
+        # Append first, check afterwards: a full ring or a close (limit 0)
+        # seen after the append is dealt with under the lock.
+        ring.append(item)
+        if len(ring) >= ring.limit:
+            core._appended(ring, item, timeout)
+
+    def insert_batch(self, items: Iterable[Any], timeout: float | None = None) -> None:
+        """Store every item of an iterable, in order, in one partition.
+
+        A batch larger than the flush threshold is split into consecutive
+        flushes.  If room runs out for longer than ``timeout`` seconds,
+        raises ``BufferFull`` whose ``stored`` counts the leading items
+        stored.
+        """
+        try:
+            core = self._databuffer
+        except AttributeError:
+            raise _not_initialised(self) from None
+        if _insert_events:
+            core.hooks.insert_batch_instrumented(items, timeout)
+            return
+        core.insert_batch_raw(items, timeout)
+
+
+def _not_initialised(buf: BufferCore) -> RuntimeError:
+    return RuntimeError(f"{type(buf).__name__}.__init__ was not called")
+
+
+# The slot's own descriptor: a subclass's attribute of the same name cannot hide it.
+_slot = BufferCore.__dict__["_databuffer"]
+
+
+def attach(buf: BufferCore, core: Core) -> None:
+    """Give ``buf`` its core (once: a second call raises ``RuntimeError``)."""
+    try:
+        _slot.__get__(buf)
+    except AttributeError:
+        _slot.__set__(buf, core)
+        return
+    raise RuntimeError(f"{type(buf).__name__}.__init__ was called twice")
+
+
+def own_methods(cls: type) -> None:
+    """Nothing to do: see the compiled core (its C methods need it, Python ones do not)."""

@@ -16,10 +16,12 @@ import gc
 import os
 import signal
 import sys
+import time
 from typing import Any
 
-from . import telemetry
-from ._buffer import _check_seconds, _monotonic, _registry, logger
+from ._lifecycle import logger
+from ._options import check_seconds
+from ._registry import registry
 
 __all__ = ("close_open_buffers", "flush_on_sigterm", "get_exit_timeout", "set_exit_timeout")
 
@@ -46,7 +48,7 @@ def set_exit_timeout(seconds: float) -> None:
         ValueError: ``seconds`` is negative, NaN or infinite.
     """
     global _exit_timeout
-    _exit_timeout = _check_seconds("exit timeout", seconds, zero_ok=True)
+    _exit_timeout = check_seconds("exit timeout", seconds, zero_ok=True)
 
 
 def get_exit_timeout() -> float:
@@ -65,19 +67,19 @@ def close_open_buffers(timeout: float | None = None) -> None:
     Args:
         timeout: seconds for all of them together; ``None``: the exit timeout.
     """
-    seconds = _exit_timeout if timeout is None else _check_seconds("timeout", timeout, zero_ok=True)
-    deadline = _monotonic() + seconds
-    buffers = [buf for buf in _registry.open_buffers() if not buf._in_own_thread()]
+    seconds = _exit_timeout if timeout is None else check_seconds("timeout", timeout, zero_ok=True)
+    deadline = time.monotonic() + seconds
+    buffers = [buf for buf in registry.open_engines() if not buf.in_own_thread()]
     # Start every close flush first, so that a slow buffer does not hold
     # the others' flushes back.
     for buf in buffers:
         try:
-            buf._begin_close()
+            buf.begin_close()
         except Exception:
             logger.exception("buffer %r: starting its close flush failed", buf.name)
     for buf in buffers:
         try:
-            buf._close_blocking(timeout=max(0.0, deadline - _monotonic()))
+            buf.close_blocking(timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             stats = buf.stats()
             logger.error(
@@ -160,10 +162,10 @@ def _before_fork() -> None:
     _gc_was_enabled[0] = gc.isenabled()
     gc.disable()
     # Held until after the fork: no buffer is added or closed meanwhile.
-    _registry.lock.acquire()
-    for buf in _registry.all_buffers_locked():
+    registry.lock.acquire()
+    for buf in registry.all_engines_locked():
         try:
-            buf._fork_before()
+            buf.fork_before()
         except BaseException:
             _after_fork_in_parent()  # release what was taken so far
             raise
@@ -172,8 +174,8 @@ def _before_fork() -> None:
 
 def _after_fork_in_parent() -> None:
     while _forking:
-        _forking.pop()._fork_after_parent()
-    _registry.lock.release()
+        _forking.pop().fork_after_parent()
+    registry.lock.release()
     _restore_gc()
 
 
@@ -183,13 +185,12 @@ def _restore_gc() -> None:
 
 
 def _after_fork_in_child() -> None:
-    telemetry._after_fork_in_child()
-    _registry.lock.release()  # taken by this thread in _before_fork
+    registry.lock.release()  # taken by this thread in _before_fork
     dropped = []
     buffers, _forking[:] = list(_forking), []
     for buf in buffers:
         try:
-            dropped.append(buf._fork_after_child())
+            dropped.append(buf.fork_after_child())
         except Exception:
             logger.exception("buffer %r: restarting it in the forked child failed", buf.name)
     # Last: collecting, and dropping the parent's items, may run __del__

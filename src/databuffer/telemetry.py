@@ -38,6 +38,7 @@ entirely (a flag checked in the core).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -107,6 +108,12 @@ def _after_fork_in_child() -> None:
     """In a forked child: a fresh registry lock (a parent thread may have held it)."""
     global _lock
     _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    # Registered before databuffer._shutdown's hooks (this module is imported
+    # first), so it runs first in the child: buffers restarted there may emit.
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _as_event(event: object) -> Event:

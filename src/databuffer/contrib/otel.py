@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from .. import __version__, telemetry
-from .._buffer import _registry
+from .._registry import registry
 
 __all__ = ("Instrumentation", "instrument")
 
@@ -320,7 +320,7 @@ class Instrumentation:
         if not any(inst._provider is self._provider for inst in _instrumentations):
             return []
         sizes: dict[tuple[str, int], int] = {}
-        for buf in _registry.open_buffers():
+        for buf in registry.open_engines():
             try:
                 partitions = buf.info()
             except Exception:  # closing or forked meanwhile: skip it this time

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import collections
 import gc
-import importlib
 import json
 import math
 import platform
@@ -47,7 +46,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from . import USING_EXTENSION, AsyncBuffer, Buffer, BufferFull, __version__, _buffer, _core_py, telemetry
+from .. import USING_EXTENSION, AsyncBuffer, Buffer, BufferFull, __version__, _core_py, telemetry
+from .._support import PyBuffer, available_loops, loop_factory
 
 __all__ = (
     "ASYNC_MAX_SIZE",
@@ -68,7 +68,6 @@ __all__ = (
     "Row",
     "Timing",
     "add_arguments",
-    "available_loops",
     "bench_async_end_to_end",
     "bench_end_to_end",
     "bench_insert",
@@ -120,18 +119,15 @@ _OPTIONS: dict[str, Any] = {
 _ITEM = ("tick", 1)
 
 #: The ``AsyncBuffer`` end-to-end figures use its defaults (one partition of
-#: 5,000), on every loop of :func:`available_loops`, and the options of the
-#: ``Buffer`` end-to-end figures (:data:`PARTITIONS` of :data:`MAX_SIZE`), on
-#: asyncio's loop; each beside a ``Buffer`` of the same options.
+#: 5,000), on every loop of :func:`~databuffer._support.available_loops`, and
+#: the options of the ``Buffer`` end-to-end figures (:data:`PARTITIONS` of
+#: :data:`MAX_SIZE`), on asyncio's loop; each beside a ``Buffer`` of the same
+#: options.
 ASYNC_PARTITIONS = 1
 ASYNC_MAX_SIZE = 5000
 #: Items/s the ``AsyncBuffer`` end-to-end ``insert`` figure should reach on
 #: the compiled core (asyncio's default loop); reported, never enforced.
 ASYNC_TARGET = 5_000_000
-
-
-class _PyBuffer(_buffer._BufferLayer[Any], _core_py.BufferCore):
-    """``Buffer`` over the pure-Python core (the default may be the compiled one)."""
 
 
 class _Counter:
@@ -454,7 +450,7 @@ def bench_insert(
     handoff = _Subject("hand-off", hand_off.trip, None, HANDOFF_TRIPS, MAX_SIZE, blocks=HANDOFF_CHUNK_BLOCKS)
     classes: list[tuple[str, type, int]] = [("insert", Buffer, blocks)]
     if pure:
-        classes.append(("insert (pure-Python core)", _PyBuffer, pure_blocks))
+        classes.append(("insert (pure-Python core)", PyBuffer, pure_blocks))
     async_counter = _AsyncCounter(PARTITIONS)
     control_counter = _Counter(PARTITIONS)
     async_subjects: list[_AsyncSubject] = []
@@ -732,31 +728,6 @@ class AsyncEndToEndResult:
         return self.items / self.buffer_seconds
 
 
-def available_loops() -> list[str]:
-    """The event loops the ``AsyncBuffer`` figures run on: asyncio's, and uvloop's when importable."""
-    loops = ["asyncio"]
-    try:
-        importlib.import_module("uvloop")
-    except ImportError:
-        pass
-    else:
-        loops.append("uvloop")
-    return loops
-
-
-def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The ``loop_factory`` of ``asyncio.Runner`` for ``"asyncio"`` (None) or ``"uvloop"``.
-
-    Raises ImportError when uvloop is asked for and not installed.
-    """
-    if loop == "asyncio":
-        return None
-    if loop == "uvloop":
-        factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module("uvloop").new_event_loop
-        return factory
-    raise ValueError(f"loop must be 'asyncio' or 'uvloop', got {loop!r}")
-
-
 async def _produce(buf: AsyncBuffer[Any], mode: str, items: int) -> float:
     """Insert ``items`` items the fast way, then ``aclose()``; the seconds it all took."""
     perf = time.perf_counter
@@ -829,7 +800,7 @@ def bench_async_end_to_end(
         items: N, >= 1.
         repeat: runs of each; the fastest counts.
         loops: ``"asyncio"`` and/or ``"uvloop"``; by default
-            :func:`available_loops`.
+            :func:`~databuffer._support.available_loops`.
         partitions: of both buffers (no timed flushes, no jitter, as in
             the other figures).
         max_size: of both buffers.

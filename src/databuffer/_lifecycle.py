@@ -1,0 +1,560 @@
+"""The life of a batch, written once for both engines.
+
+``Engine`` is what the threaded engine (``_threaded.ThreadEngine``, behind
+``Buffer``) and the asyncio engine (``_asyncio.AsyncEngine``, behind
+``AsyncBuffer``) share: the core and its hooks (``CoreHooks``), the
+counters, the flush requests, the ``sync_flush`` bookkeeping, telemetry,
+and every decision about a batch.
+
+A batch's life (``Engine.life``) is a generator: it decides, and yields
+*effects* for the engine to carry out in its own way:
+
+- ``(CALL, attempt)``: call ``handle_flush`` for the attempt, within
+  ``flush_timeout``; the engine sends back an :class:`Outcome`;
+- ``(SLEEP, delay)``: wait ``delay`` seconds before a retry; the engine
+  sends back None, or the exception that interrupted the wait (the batch is
+  then settled with it, and the engine raises it once the life is over);
+- ``(HANDLE_ERROR, attempt, error)``: call ``handle_flush_error``; a
+  failure of it is logged, never raised (an exception that must end the
+  flusher, the engine throws into the life: the batch is still counted).
+
+The life returns the error the batch settled with.  So the engines differ
+only in how they call, wait, sleep and time out (threads and a timer
+thread; tasks, ``asyncio.timeout`` and ``asyncio.sleep``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+
+from . import _instrument, telemetry
+from ._compat import core_module_of
+from ._contract import CoreAPI, Taken
+from ._errors import BufferClosed
+from ._options import Callbacks, Options, check_seconds
+from ._registry import registry
+from ._types import COUNTERS, BufferStats, Counters, FlushOpts, PartitionInfo
+
+if TYPE_CHECKING:
+    from ._contract import CoreHooks
+
+__all__ = (
+    "CALL",
+    "HANDLE_ERROR",
+    "SLEEP",
+    "THREAD_EXITS",
+    "Attempt",
+    "Engine",
+    "Life",
+    "Outcome",
+    "PartState",
+    "SyncWaiter",
+    "logger",
+    "raised",
+)
+
+T = TypeVar("T")
+_E = TypeVar("_E", bound=BaseException)
+
+logger = logging.getLogger("databuffer")
+
+_monotonic_ns = time.monotonic_ns
+
+# Raised by a callback, these end the thread (or task) that ran it, after
+# the batch is reported; any other exception is the batch's failure.
+THREAD_EXITS = (SystemExit, KeyboardInterrupt)
+
+# A pending flush request is never downgraded by a weaker one.
+_TRIGGER_RANK = {"interval": 0, "manual": 1, "close": 2}
+
+# The effects a batch's life yields (see the module docstring).
+CALL = "call"
+SLEEP = "sleep"
+HANDLE_ERROR = "handle_error"
+
+
+class Attempt:
+    """One call of ``handle_flush`` for a batch (owned by the flusher running its life)."""
+
+    __slots__ = ("batch", "began_ns", "first", "opts", "start_ns")
+
+    def __init__(self, batch: list[Any], opts: FlushOpts, first: int, began_ns: int = 0) -> None:
+        self.batch = batch
+        self.opts = opts
+        # The sequence number of the batch's first item.
+        self.first = first
+        # When this attempt started, and when the batch's first attempt did.
+        self.start_ns = 0
+        self.began_ns = began_ns
+
+    def start(self) -> None:
+        self.start_ns = _monotonic_ns()
+        if not self.began_ns:
+            self.began_ns = self.start_ns
+
+    def retry(self) -> Attempt:
+        """The batch's next attempt."""
+        o = self.opts
+        opts = FlushOpts(o.meta, o.size, o.partition, o.buffer, o.trigger, o.attempt + 1)
+        return Attempt(self.batch, opts, self.first, self.began_ns)
+
+
+class Outcome(NamedTuple):
+    """What a ``CALL`` effect came to.
+
+    ``again``: the call was interrupted by the event loop shutting down; it
+    is tried again at once, whatever the retries left.  ``final``: settle
+    the batch whatever the retries left.
+    """
+
+    result: Any
+    error: BaseException | None
+    again: bool = False
+    final: bool = False
+
+
+#: A batch's life: yields effects, is sent what they came to, returns the error it settled with.
+Life = Generator[tuple[Any, ...], Any, BaseException | None]
+
+
+class SyncWaiter:
+    """One ``sync_flush``/``close`` call waiting for its partitions."""
+
+    __slots__ = ("errors", "results", "starts", "targets")
+
+    def __init__(self, partitions: int) -> None:
+        # Per partition: sequence numbers [start, target) that this call flushes.
+        self.starts = [0] * partitions
+        self.targets = [0] * partitions
+        self.results: list[list[Any]] = [[] for _ in range(partitions)]
+        self.errors: list[list[BaseException]] = [[] for _ in range(partitions)]
+
+    def outcome(self, name: str) -> list[Any]:
+        """What ``sync_flush`` returns: the results in partition order; raises the failures."""
+        errors = [error for errs in self.errors for error in errs]
+        if errors:
+            # An ExceptionGroup, or a BaseExceptionGroup if a batch failed
+            # with a BaseException (which an ExceptionGroup cannot hold).
+            raise BaseExceptionGroup(f"sync_flush of buffer {name!r}: {len(errors)} flush(es) failed", errors)
+        return [result for results in self.results for result in results]
+
+
+class PartState:
+    """Per-partition state that both engines keep."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        # Guards syncs, retried and the writes of the flush request.  The
+        # flusher reads flush_upto and flush_trigger without it: a stale
+        # read is harmless, since every request also wakes the flusher,
+        # which then reads them again.
+        self.lock = threading.Lock()
+        self.syncs: list[SyncWaiter] = []
+        # Items handed to handle_flush again after a failed attempt.
+        self.retried = 0
+        # The pending flush request: flush the items before sequence
+        # flush_upto, with this trigger (see Engine.note_request).
+        self.flush_upto = 0
+        self.flush_trigger = "manual"
+
+
+def raised(error: _E) -> _E:
+    """``error`` with a traceback, as if raised here, without a reference cycle."""
+    try:
+        raise error
+    except BaseException:
+        return error
+    finally:
+        error = None  # type: ignore[assignment]  # the traceback holds this frame
+
+
+class Engine(Generic[T]):
+    """The machinery of one buffer, shared by both engines (see the module docstring).
+
+    Implements ``CoreHooks`` but for the hooks that depend on how the engine
+    waits (``insert_wait``, ``insert_batch_wait``, ``attend``, ``sealed``).
+    """
+
+    parts: Sequence[PartState]
+
+    def __init__(self, front: Any, options: Options, callbacks: Callbacks, *, seal_hook: bool) -> None:
+        # Written once, here, before the buffer is shared.
+        self.config = options
+        self.name = options.name
+        self.flush_fn = callbacks.flush
+        self.error_fn = callbacks.flush_error
+        # Draws the jitter of timed flushes and retries (random.Random is thread-safe).
+        self.random = random.Random()
+        # Set once: every flush is done and the flushers are to end
+        # (stopping), and they have (stopped).
+        self.stopping = False
+        self.stopped = False
+        module = core_module_of(front)
+        core: CoreAPI = module.Core(
+            options.partitions,
+            options.max_size,
+            options.max_size_jitter,
+            options.by_thread,
+            seal_hook,
+            cast("CoreHooks", self),
+        )
+        module.attach(front, core)
+        self.core = core
+
+    # -- CoreHooks shared by both engines ---------------------------------
+
+    def closed_error(self, stored: int = 0) -> BufferClosed:
+        if stored:
+            return BufferClosed(
+                f"buffer {self.name!r} was closed after {stored} leading items of the batch were stored",
+                stored=stored,
+            )
+        return BufferClosed(f"buffer {self.name!r} is closed")
+
+    def check_timeout(self, timeout: object) -> None:
+        check_seconds("timeout", timeout, zero_ok=True)
+
+    def iterate(self, items: object) -> Iterator[Any]:
+        try:
+            return iter(items)  # type: ignore[call-overload,no-any-return]
+        except TypeError:
+            raise TypeError(
+                f"insert_batch() needs an iterable of items, not {type(items).__name__} {items!r}"
+            ) from None
+
+    def insert_instrumented(self, item: Any, timeout: float | None) -> None:
+        _instrument.instrumented(self.name, self.core.insert_raw, item, timeout, batch=False)
+
+    def insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None) -> None:
+        _instrument.instrumented(self.name, self.core.insert_batch_raw, items, timeout, batch=True)
+
+    # -- state and counters -----------------------------------------------
+
+    def describe(self) -> str:
+        return f"buffer {self.name!r}"
+
+    def full(self, p: int) -> str:
+        """The start of a ``BufferFull`` message: partition ``p`` is full while it flushes."""
+        return (
+            f"buffer {self.name!r} partition {p} is full ({self.core.stats(p).threshold} items) "
+            "while its previous batch is flushing"
+        )
+
+    def next_interval(self) -> float:
+        """Seconds to a partition's next timed flush: the interval plus its jitter."""
+        # uniform(0, jitter) as random.uniform computes it, without its frame.
+        return self.config.flush_interval + self.config.flush_jitter * self.random.random()
+
+    def counters(self, part: PartState) -> tuple[Counters, int, bool]:
+        """A partition's item counters (one snapshot), its threshold, and whether it is flushing."""
+        s = self.core.stats(part.index)
+        counters: Counters = {
+            "inserted": s.inserted,
+            "size": s.size,
+            "in_flight": s.taken - s.flushed - s.failed,
+            "flushed": s.flushed,
+            "retried": part.retried,
+            "failed": s.failed,
+        }
+        return counters, s.threshold, s.busy
+
+    def info(self) -> list[PartitionInfo]:
+        config = self.config
+        out: list[PartitionInfo] = []
+        for part in self.parts:
+            counters, threshold, busy = self.counters(part)
+            out.append(
+                {
+                    "partition": part.index,
+                    "name": self.name,
+                    "flush_size": threshold,
+                    "flush_interval": config.flush_interval,
+                    "flush_jitter": config.flush_jitter,
+                    "flush_timeout": config.flush_timeout,
+                    "flushing": busy,
+                    **counters,
+                }
+            )
+        return out
+
+    def stats(self) -> BufferStats:
+        totals = cast(Counters, dict.fromkeys(COUNTERS, 0))
+        for part in self.parts:
+            counters, _threshold, _busy = self.counters(part)
+            for key in COUNTERS:
+                totals[key] += counters[key]
+        return {
+            "name": self.name,
+            "partitions": self.config.partitions,
+            "closed": self.core.is_closed(),
+            **totals,
+        }
+
+    # -- flush requests and sync_flush ------------------------------------
+
+    def note_request(
+        self, part: PartState, trigger: str, upto: int | None, *, when_empty: bool = False
+    ) -> bool:
+        """Record a flush request in ``part``; False if there is nothing to ask for.
+
+        ``upto`` None: everything inserted so far, unless the partition holds
+        nothing (and not ``when_empty``).  A pending request is never
+        downgraded: its trigger only changes for one of higher rank, or once
+        the flusher has taken what it asked for.  Under ``part.lock`` where
+        other threads may request too.
+        """
+        s = self.core.stats(part.index)
+        if upto is None:
+            if s.size == 0 and not when_empty:
+                return False
+            upto = s.inserted
+        if s.taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
+            part.flush_trigger = trigger
+        part.flush_upto = max(part.flush_upto, upto)
+        return True
+
+    def request(self, part: Any, trigger: str, upto: int | None = None) -> None:
+        """Ask the flusher of ``part`` to flush the items before sequence ``upto`` (each engine)."""
+        raise NotImplementedError
+
+    def join_flushes(self, waiter: SyncWaiter, trigger: str) -> None:
+        """Make ``waiter`` wait for every item inserted so far, and request their flushes."""
+        for part in self.parts:
+            with part.lock:
+                s = self.core.stats(part.index)
+                waiter.starts[part.index] = s.taken
+                waiter.targets[part.index] = s.inserted
+                part.syncs.append(waiter)
+            self.request(part, trigger, waiter.targets[part.index])
+
+    def leave_flushes(self, waiter: SyncWaiter) -> None:
+        for part in self.parts:
+            with part.lock:
+                if waiter in part.syncs:
+                    part.syncs.remove(waiter)
+
+    def reached(self, targets: list[int]) -> bool:
+        """Whether every partition has finished the items before its target."""
+        finished_upto = self.core.finished_upto
+        return all(finished_upto(p, target) for p, target in enumerate(targets))
+
+    # -- the life of a batch ----------------------------------------------
+
+    def life(self, part: PartState, taken: Taken) -> Life:
+        """A batch the core handed out (``take``), from its first attempt to its settlement."""
+        attempt = self.first_attempt(part, taken)
+        del taken
+        max_retries = self.config.max_retries
+        while True:
+            attempt.start()
+            outcome: Outcome = yield (CALL, attempt)
+            result, error, again, final = outcome
+            del outcome
+            if (
+                error is None
+                or final
+                or isinstance(error, THREAD_EXITS)
+                or (attempt.opts.attempt > max_retries and not again)
+            ):
+                break
+            delay = self.report_retry(part, attempt.opts, attempt.start_ns, error, 0.0 if again else None)
+            if delay > 0:
+                interrupted = yield (SLEEP, delay)
+                if interrupted is not None:
+                    result, error = None, interrupted
+                    break
+            attempt = attempt.retry()
+        try:
+            return (yield from self.settle(part, attempt, result, error))
+        finally:
+            # The error's traceback may hold this frame: without this, the
+            # batch would live on in a cycle until the cyclic GC runs.
+            error = None
+
+    def failed_life(self, part: PartState, taken: Taken, error: BaseException) -> Life:
+        """A batch the core handed out, reported failed with ``error`` without calling ``handle_flush``."""
+        attempt = self.first_attempt(part, taken)
+        attempt.start()
+        return (yield from self.settle(part, attempt, None, error))
+
+    def first_attempt(self, part: PartState, taken: Taken) -> Attempt:
+        """The first attempt at a batch the core handed out; emits its ``start`` event."""
+        batch, by_size, first = taken
+        trigger = "size" if by_size else part.flush_trigger
+        opts = FlushOpts(self.config.flush_meta, len(batch), part.index, self.name, trigger)
+        self.report_start(opts)
+        return Attempt(batch, opts, first)
+
+    def batch_for(self, attempt: Attempt) -> list[Any]:
+        """The list ``handle_flush`` gets: with retries, each attempt its own copy
+        (a ``handle_flush`` that consumed its list must not empty the next try)."""
+        return list(attempt.batch) if self.config.max_retries else attempt.batch
+
+    def settle(self, part: PartState, attempt: Attempt, result: Any, error: BaseException | None) -> Life:
+        """Report a finished batch: telemetry, error handler, counters, waiters."""
+        opts = attempt.opts
+        try:
+            self.report_outcome(opts, attempt.began_ns, error)
+            if error is not None:
+                yield (HANDLE_ERROR, attempt, error)
+        finally:
+            # Whatever a callback raised, the batch is finished and counted.
+            self.record(part, opts, attempt.first, result, error)
+            self.progressed()
+        return error
+
+    def record(
+        self, part: PartState, opts: FlushOpts, first: int, result: Any, error: BaseException | None
+    ) -> None:
+        """Count a settled batch and hand its outcome to the waiting ``sync_flush`` calls."""
+        if part.syncs:
+            with part.lock:
+                for waiter in part.syncs:
+                    if waiter.starts[opts.partition] <= first < waiter.targets[opts.partition]:
+                        if error is None:
+                            waiter.results[opts.partition].append(result)
+                        else:
+                            waiter.errors[opts.partition].append(error)
+        self.core.finish(opts.partition, opts.size, error is None)
+
+    def progressed(self) -> None:
+        """A batch was settled: let waiting ``sync_flush``/``close`` calls check again (each engine)."""
+        raise NotImplementedError
+
+    # -- reporting --------------------------------------------------------
+
+    def log_callback_escape(self, p: int) -> None:
+        # Only a BaseException from a callback gets here (the batch is
+        # already counted); the flusher must outlive it.
+        logger.exception("buffer %r partition %d: a flush callback raised; the flusher goes on", self.name, p)
+
+    def log_error_handler_failure(self, opts: FlushOpts) -> None:
+        logger.exception("buffer %r partition %d: handle_flush_error raised", self.name, opts.partition)
+
+    def emit_flush_event(self, event: tuple[str, ...], measurements: dict[str, Any], metadata: Any) -> None:
+        """Emit an event in the middle of a batch's flush: a handler's failure must not stop it."""
+        try:
+            telemetry.execute(event, measurements, metadata)
+        except THREAD_EXITS:
+            raise
+        except BaseException:
+            self.log_callback_escape(metadata["partition"])
+
+    def report_start(self, opts: FlushOpts) -> None:
+        """The ``flush`` ``start`` event of a batch."""
+        if telemetry.has_handlers(telemetry.FLUSH_START):
+            self.emit_flush_event(
+                telemetry.FLUSH_START,
+                {"system_time": time.time_ns(), "monotonic_time": _monotonic_ns()},
+                {
+                    "buffer": self.name,
+                    "partition": opts.partition,
+                    "size": opts.size,
+                    "trigger": opts.trigger,
+                },
+            )
+
+    def report_retry(
+        self,
+        part: PartState,
+        opts: FlushOpts,
+        start_ns: int,
+        error: BaseException,
+        delay: float | None = None,
+    ) -> float:
+        """Count a failed attempt that will be retried and emit its event; returns the backoff.
+
+        Full jitter: a random wait up to the exponential bound, so that
+        partitions and processes failing together do not retry in step.
+        ``delay``: the wait, when the caller already knows it.
+        """
+        if delay is None:
+            config = self.config
+            bound = min(config.retry_backoff_max, config.retry_backoff * 2.0 ** min(opts.attempt - 1, 1000))
+            delay = bound * self.random.random()
+        with part.lock:
+            part.retried += opts.size
+        if telemetry.has_handlers(telemetry.FLUSH_RETRY):
+            end = _monotonic_ns()
+            self.emit_flush_event(
+                telemetry.FLUSH_RETRY,
+                {"duration": end - start_ns, "delay": int(delay * 1e9), "monotonic_time": end},
+                {
+                    "buffer": self.name,
+                    "partition": opts.partition,
+                    "size": opts.size,
+                    "trigger": opts.trigger,
+                    "attempt": opts.attempt,
+                    "kind": "error",
+                    "reason": error,
+                    "stacktrace": error.__traceback__,
+                },
+            )
+        return delay
+
+    def report_outcome(self, opts: FlushOpts, began_ns: int, error: BaseException | None) -> None:
+        """The ``flush`` ``stop`` or ``exception`` event of a settled batch."""
+        event = telemetry.FLUSH_STOP if error is None else telemetry.FLUSH_EXCEPTION
+        if telemetry.has_handlers(event):
+            end = _monotonic_ns()
+            metadata: dict[str, Any] = {
+                "buffer": self.name,
+                "partition": opts.partition,
+                "size": opts.size,
+                "trigger": opts.trigger,
+                "attempt": opts.attempt,
+            }
+            if error is not None:
+                metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
+            telemetry.execute(event, {"duration": end - began_ns, "monotonic_time": end}, metadata)
+
+    def not_awaitable(self, result: Any) -> TypeError | None:
+        """The error of a ``handle_flush`` that returned an awaitable to an engine that calls it.
+
+        The awaitable is closed (a coroutine would otherwise warn that it
+        was never awaited).  None for any other result.
+        """
+        if result is None or not hasattr(type(result), "__await__"):
+            return None
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        return TypeError(
+            f"handle_flush of {self.describe()} returned {type(result).__name__}, an awaitable that "
+            "nothing awaits: the batch was not flushed; Buffer calls handle_flush from a thread, "
+            "use AsyncBuffer for an async handle_flush"
+        )
+
+    # -- the process-wide hooks (_shutdown) call these on every buffer -----
+
+    def register(self) -> None:
+        registry.add(self)
+
+    def unregister(self) -> None:
+        registry.discard_open(self)
+
+    def in_own_thread(self) -> bool:
+        """Whether the caller cannot wait for this buffer (it runs the buffer's flushes)."""
+        raise NotImplementedError
+
+    def begin_close(self) -> None:
+        """Start closing without waiting (interpreter exit)."""
+        raise NotImplementedError
+
+    def close_blocking(self, timeout: float | None) -> None:
+        """Close from a thread that may wait, within ``timeout`` (interpreter exit)."""
+        raise NotImplementedError
+
+    def fork_before(self) -> None:
+        raise NotImplementedError
+
+    def fork_after_parent(self) -> None:
+        raise NotImplementedError
+
+    def fork_after_child(self) -> list[Any]:
+        raise NotImplementedError

@@ -1,0 +1,50 @@
+"""The buffers of this process: closed at interpreter exit, quiesced around ``fork()``."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._lifecycle import Engine
+
+__all__ = ("Registry", "registry")
+
+
+class Registry:
+    """Every buffer's engine, open or closed (each is quiesced around
+    ``fork()``), and the open ones (closed at interpreter exit).
+
+    Weak: the registry keeps no buffer alive (an open buffer is kept alive
+    by its own threads or tasks).  Guarded by ``lock``: a WeakSet cannot be
+    copied while another thread adds to it.  The GC's removals need no lock
+    (a WeakSet defers them while it is iterated).  Around ``fork()`` the
+    forking thread holds ``lock``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._open: weakref.WeakSet[Engine[Any]] = weakref.WeakSet()
+        self._all: weakref.WeakSet[Engine[Any]] = weakref.WeakSet()
+
+    def add(self, engine: Engine[Any]) -> None:
+        with self.lock:
+            self._open.add(engine)
+            self._all.add(engine)
+
+    def discard_open(self, engine: Engine[Any]) -> None:
+        with self.lock:
+            self._open.discard(engine)
+
+    def open_engines(self) -> list[Engine[Any]]:
+        """A copy of the open buffers' engines."""
+        with self.lock:
+            return list(self._open)
+
+    def all_engines_locked(self) -> list[Engine[Any]]:
+        """A copy of every buffer's engine; the caller holds ``lock``."""
+        return list(self._all)
+
+
+registry = Registry()

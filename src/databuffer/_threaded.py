@@ -1,0 +1,693 @@
+"""The threaded engine, behind ``Buffer``: one flusher thread per partition and one timer thread.
+
+A flusher sleeps on its partition's wake event in the core
+(``Core.wait_wake``); sealing inserts, flush requests and ``close`` wake
+it.  It takes the partition's batches from the core one at a time and runs
+each batch's life (``Engine.life``) to its end, carrying out its effects:
+it calls ``handle_flush``, sleeps before a retry, calls
+``handle_flush_error``.
+
+The timer thread requests the timed flushes and enforces ``flush_timeout``:
+it abandons a ``handle_flush`` call that runs past it (``_abandon``) and
+starts a new flusher thread, which goes on with the batch's life where the
+stuck call left it, reporting it as ``FlushTimeout``.  Exactly one of the
+two concludes an attempt: whoever takes the attempt's ``claim`` first.
+
+Locks, what each guards, and their order: see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, overload
+
+from ._contract import Taken
+from ._errors import BufferFull, FlushTimeout
+from ._lifecycle import (
+    CALL,
+    SLEEP,
+    THREAD_EXITS,
+    Attempt,
+    Engine,
+    Life,
+    Outcome,
+    PartState,
+    SyncWaiter,
+    T,
+    logger,
+    raised,
+)
+from ._options import Callbacks, Options, check_timeout
+
+__all__ = ("ThreadEngine",)
+
+_monotonic = time.monotonic
+
+# How long the main thread waits at a time in a loop that checks again
+# anyway: CPython 3.13t can miss a signal (Ctrl-C) that arrives just as a
+# wait starts, until that wait ends.
+_MAIN_THREAD_WAIT_STEP = 0.25
+
+
+class _OwnedThread(threading.Thread):
+    """A thread of a buffer's engine (see ``ThreadEngine.in_own_thread``)."""
+
+    def __init__(self, owner: ThreadEngine[Any], **kwargs: Any) -> None:
+        super().__init__(daemon=True, **kwargs)
+        self.owner = owner
+
+
+class _Watch:
+    """An attempt in ``handle_flush``, watched by the timer thread for ``flush_timeout``.
+
+    Exactly one of the flusher (the call returned) and the timer thread (the
+    call ran past ``deadline``) concludes the attempt: whoever takes
+    ``claim`` first, a non-blocking acquire.  A retry is a new watch, so a
+    late timer can never claim it by mistake.
+    """
+
+    __slots__ = ("attempt", "claim", "deadline", "life")
+
+    def __init__(self, life: Life, attempt: Attempt, deadline: float) -> None:
+        self.life = life
+        self.attempt = attempt
+        self.deadline = deadline
+        self.claim = threading.Lock()
+
+
+class _Partition(PartState):
+    """Per-partition state of the threaded engine."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        # The attempt in handle_flush: written by its flusher thread, read by
+        # the timer thread; _Watch.claim decides who concludes it.
+        self.flight: _Watch | None = None
+        # Inserts waiting for room wait on this condition; waiters is
+        # written under it (the flusher reads it unlocked, then takes the
+        # lock to notify, so a waiter that registered is never missed).
+        self.room = threading.Condition(threading.Lock())
+        self.waiters = 0
+        # Next timed flush (monotonic seconds).  Re-armed by the flusher
+        # when it starts a flush and by the timer when it fires; the timer
+        # thread reads it, and is woken (_wake_timer_before) when it moves earlier.
+        self.deadline = math.inf
+        # The current flusher thread: replaced by the timer thread after a
+        # timeout (published before it starts), joined by close().
+        self.thread: threading.Thread | None = None
+        # Set (by the timer thread, once) when a flusher timed out and no
+        # thread could replace it (at interpreter shutdown on Python 3.12,
+        # for one): the partition's batches are then reported failed with
+        # this error instead of waiting for a flusher that will not come.
+        self.orphaned: BaseException | None = None
+
+
+class ThreadEngine(Engine[T]):
+    """The machinery of a ``Buffer``: threads, timer, waits for room, ``sync_flush`` and ``close``."""
+
+    parts: list[_Partition]
+
+    def __init__(self, front: Any, options: Options, callbacks: Callbacks) -> None:
+        super().__init__(front, options, callbacks, seal_hook=False)
+        self._start()
+        self.register()
+
+    def _start(self) -> None:
+        """Make the engine's state and start its threads (at construction, and in a forked child)."""
+        self.parts = [_Partition(p) for p in range(self.config.partitions)]
+        # Guards starting threads (part.thread, _timer): _supervise must not
+        # see a thread published but not started yet.
+        self._threads_lock = threading.RLock()
+        # Serializes close(); stopping is set once every flush is done and
+        # tells the threads to exit.
+        self._close_lock = threading.Lock()
+        # sync_flush/close waiters wait on _progress for finished flushes;
+        # _sync_count (guarded by it) lets flushers skip the notify.
+        self._progress = threading.Condition(threading.Lock())
+        self._sync_count = 0
+        # The timer thread sleeps on _timer_cond until _timer_wake_at
+        # (both guarded by it); the deadlines of the partitions too.
+        self._timer_cond = threading.Condition(threading.Lock())
+        self._timer_wake_at = math.inf
+        # A thread of the buffer ended early: the timer runs _supervise
+        # (guarded by _timer_cond).
+        self._ended = False
+        self._timer: threading.Thread | None = None
+
+        now = _monotonic()
+        for part in self.parts:
+            part.deadline = now + self.next_interval()
+            self._start_flusher(part, None)
+        self._start_timer()
+
+    # -- operations (called by Buffer) ------------------------------------
+
+    def flush(self) -> None:
+        if self.stopped:
+            return
+        self._supervise()
+        for part in self.parts:
+            self.request(part, "manual")
+
+    def sync_flush(self, timeout: float | None) -> list[Any]:
+        deadline = _deadline(timeout)
+        if self.stopped:
+            return []
+        self._refuse_flusher_thread("sync_flush")
+        self._supervise()
+        return self._flush_and_wait("manual", deadline).outcome(self.name)
+
+    def close(self, timeout: float | None) -> None:
+        deadline = _deadline(timeout)
+        if self.stopped:
+            return
+        self._refuse_flusher_thread("close")
+        # Inserts stop at once, even while another thread is in close().
+        self.core.mark_closed()
+        self._supervise()
+        if not self._close_lock.acquire(timeout=-1 if deadline is None else _wait_time(deadline)):
+            raise TimeoutError(f"buffer {self.name!r}: another close() is still flushing")
+        try:
+            if self.stopped:
+                return
+            for part in self.parts:
+                with part.room:
+                    part.room.notify_all()
+            self._flush_and_wait("close", deadline)
+            self.stopping = True
+            current = threading.current_thread()
+            for part in self.parts:
+                self.core.wake(part.index)
+            with self._timer_cond:
+                self._timer_cond.notify()
+            for thread in [part.thread for part in self.parts] + [self._timer]:
+                if thread is not None and thread is not current:
+                    thread.join(_wait_time(deadline))
+                    if thread.is_alive():
+                        raise TimeoutError(
+                            f"buffer {self.name!r}: its threads did not stop before the timeout ran out"
+                        )
+            self.stopped = True
+            self.unregister()
+        finally:
+            self._close_lock.release()
+
+    # -- what _shutdown calls ----------------------------------------------
+
+    def close_blocking(self, timeout: float | None) -> None:
+        """Close from any thread, waiting at most ``timeout`` (``close_open_buffers``)."""
+        self.close(timeout)
+
+    def begin_close(self) -> None:
+        """Refuse inserts and ask every partition to flush for close; do not wait."""
+        if self.stopped:
+            return
+        self.core.mark_closed()
+        self._supervise()
+        for part in self.parts:
+            self.request(part, "close")
+
+    def fork_before(self) -> None:
+        """Quiesce before ``fork()``: hold the partitions' locks, the engine's then the core's."""
+        for part in self.parts:
+            part.lock.acquire()
+        self.core.fork_prepare()
+
+    def fork_after_parent(self) -> None:
+        self.core.fork_parent()
+        for part in reversed(self.parts):
+            part.lock.release()
+
+    def fork_after_child(self) -> list[Any]:
+        """In a forked child: start over empty, with fresh locks and threads.
+
+        The parent's items stay the parent's (it flushes them): the child
+        drops its copies, so nothing is delivered twice.  Returns them, for
+        the caller to release once every buffer is consistent again.
+        """
+        dropped = self.core.fork_child()
+        if self.stopping or self.core.is_closed():
+            # Closed (or closing) in the parent: nothing to flush here.
+            self.stopping = self.stopped = True
+            self.unregister()
+            self.parts = [_Partition(p) for p in range(self.config.partitions)]
+            return dropped
+        self._start()
+        return dropped
+
+    # -- CoreHooks: the slow paths of inserts -----------------------------
+
+    def insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
+        """Wait for room in partition ``p`` and store ``item`` (backpressure)."""
+        self._wait_for_room(p, (item,), 0, timeout, batch=False)
+
+    def insert_batch_wait(self, p: int, seq: Sequence[Any], start: int, timeout: float | None) -> None:
+        """Store ``seq[start:]`` in partition ``p``, waiting for room between chunks."""
+        self._wait_for_room(p, seq, start, timeout, batch=True)
+
+    def attend(self) -> None:
+        """Called by the core from one insert after ``set_attention``."""
+        self._supervise()
+
+    def sealed(self, p: int) -> None:
+        """Never called: this engine's flushers sleep on the core's wake event (no seal hook)."""
+
+    def _wait_for_room(
+        self, p: int, seq: Sequence[Any], stored: int, timeout: float | None, *, batch: bool
+    ) -> None:
+        seconds = self.config.insert_timeout if timeout is None else float(timeout)
+        part = self.parts[p]
+        if self.in_own_thread():
+            # Room is made by this buffer's flushers: a callback that waited
+            # for it could be waiting for itself.
+            raise BufferFull(
+                f"{self.full(p)}, and an insert from the buffer's own flush callbacks "
+                "(handle_flush, handle_flush_error, telemetry handlers) does not wait for room"
+                + (f"; {stored} leading items stored" if batch else ""),
+                stored=stored,
+            )
+        push_many = self.core.push_many
+        deadline = _monotonic() + seconds
+        with part.room:
+            part.waiters += 1
+            try:
+                while (stored := push_many(p, seq, stored)) < len(seq):
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0:
+                        raise BufferFull(
+                            f"{self.full(p)}; gave up after {seconds}s"
+                            + (f" with {stored} leading items stored" if batch else ""),
+                            stored=stored,
+                        )
+                    part.room.wait(_interruptible(remaining))
+            except KeyboardInterrupt as exc:
+                # Ctrl-C while waiting: the items stored so far stay stored.
+                if batch:
+                    exc.add_note(
+                        f"insert_batch stored {stored} leading items of the call before it was interrupted"
+                    )
+                raise
+            finally:
+                part.waiters -= 1
+
+    # -- flush requests and waits -----------------------------------------
+
+    def request(self, part: _Partition, trigger: str, upto: int | None = None) -> None:
+        """Ask the flusher of ``part`` to flush items up to sequence ``upto``."""
+        with part.lock:
+            if not self.note_request(part, trigger, upto, when_empty=part.orphaned is not None):
+                return
+        if part.orphaned is not None:
+            self._fail_buffered(part)
+        else:
+            self.core.wake(part.index)
+
+    def in_own_thread(self) -> bool:
+        """Whether the caller is one of this buffer's threads (a flush callback).
+
+        Flusher threads that were abandoned after a timeout count too.
+        """
+        thread = threading.current_thread()
+        return isinstance(thread, _OwnedThread) and thread.owner is self
+
+    def _refuse_flusher_thread(self, call: str) -> None:
+        """Raise if called from this buffer's own flusher or timer thread.
+
+        Such a call (from ``handle_flush``, ``handle_flush_error`` or a flush
+        telemetry handler) would wait for the flush it is part of.
+        """
+        if self.in_own_thread():
+            raise RuntimeError(
+                f"{call}() of buffer {self.name!r} cannot be called from its own flush callbacks "
+                "(handle_flush, handle_flush_error, telemetry handlers): it would wait for itself; "
+                "use flush(), or call it from another thread"
+            )
+
+    def _flush_and_wait(self, trigger: str, deadline: float | None) -> SyncWaiter:
+        """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
+        waiter = SyncWaiter(self.config.partitions)
+        with self._progress:
+            self._sync_count += 1
+        try:
+            self.join_flushes(waiter, trigger)
+            with self._progress:
+                while not self.reached(waiter.targets):
+                    remaining = None if deadline is None else deadline - _monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(
+                            f"buffer {self.name!r}: flushes still running when the timeout ran out"
+                        )
+                    self._progress.wait(_interruptible(_wait_time(deadline)))
+        finally:
+            self.leave_flushes(waiter)
+            with self._progress:
+                self._sync_count -= 1
+        return waiter
+
+    def progressed(self) -> None:
+        if self._sync_count:
+            with self._progress:
+                self._progress.notify_all()
+
+    # -- threads ----------------------------------------------------------
+
+    def _start_flusher(self, part: _Partition, resume: tuple[Life, Outcome] | None) -> None:
+        thread = _OwnedThread(
+            self,
+            target=self._flusher_main,
+            args=(part, resume),
+            name=f"databuffer-{self.name}-flusher-{part.index}",
+        )
+        with self._threads_lock:
+            # Published before it runs: once it settles a timed-out batch,
+            # close() may join part.thread, which must not be the stuck one.
+            part.thread = thread
+            thread.start()
+
+    def _start_timer(self) -> None:
+        thread = _OwnedThread(self, target=self._timer_main, name=f"databuffer-{self.name}-timer")
+        with self._threads_lock:
+            self._timer = thread
+            thread.start()
+
+    def _supervise(self) -> None:
+        """Start a new thread in place of any of the buffer's threads that ended early.
+
+        A flusher whose batch timed out ends on purpose (it is no longer
+        ``part.thread``), and all end once the buffer stops; any other
+        thread of the buffer that is not alive has died.
+        """
+        if self.stopping:
+            return
+        with self._threads_lock:
+            if self.stopping:
+                return
+            try:
+                for part in self.parts:
+                    thread = part.thread
+                    if thread is not None and not thread.is_alive():
+                        # It takes what is due before it first waits: no wake needed.
+                        self._start_flusher(part, None)
+                        logger.warning(
+                            "buffer %r: started a new flusher for partition %d (the last one ended)",
+                            self.name,
+                            part.index,
+                        )
+                if self._timer is not None and not self._timer.is_alive():
+                    self._start_timer()
+                    logger.warning("buffer %r: started a new timer thread (the last one ended)", self.name)
+            except RuntimeError as exc:  # no new threads: the interpreter is shutting down
+                logger.error("buffer %r: cannot replace an ended thread: %s", self.name, exc)
+
+    def _thread_ended(self, which: str, exc: BaseException) -> None:
+        """Log why one of the buffer's threads ends early; have it restarted.
+
+        SystemExit and KeyboardInterrupt raised by a callback end the thread
+        that ran it (after the batch was reported); anything else getting
+        here is a fault of the buffer itself.  Either way the next insert,
+        flush or timer round starts a new thread (``_supervise``).
+        """
+        if isinstance(exc, THREAD_EXITS):
+            logger.warning(
+                "buffer %r: %s ends: a flush callback raised %s; a new one starts on the next "
+                "insert or flush",
+                self.name,
+                which,
+                type(exc).__name__,
+            )
+        else:
+            logger.error(
+                "buffer %r: %s ends on an error; a new one starts on the next insert or flush",
+                self.name,
+                which,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        self.core.set_attention()
+        if threading.current_thread() is not self._timer:
+            # The timer replaces it at once, too.
+            with self._timer_cond:
+                self._ended = True
+                self._timer_cond.notify()
+
+    # -- flushing ---------------------------------------------------------
+
+    def _flusher_main(self, part: _Partition, resume: tuple[Life, Outcome] | None) -> None:
+        p = part.index
+        try:
+            if resume is not None:
+                life, outcome = resume
+                resume = None  # do not hold the batch for the thread's life
+                try:
+                    if not self._drive(part, life, outcome):
+                        return
+                except THREAD_EXITS:
+                    raise
+                except BaseException:
+                    self.log_callback_escape(p)
+                finally:
+                    life = outcome = None  # type: ignore[assignment]
+            # Bound once: this loop runs once per batch.
+            take, drive, life_of, wait_wake = self.core.take, self._drive, self.life, self.core.wait_wake
+            while True:
+                while True:
+                    taken = take(p, part.flush_upto)
+                    _room_freed(part)
+                    if taken is None:
+                        break
+                    try:
+                        if not drive(part, life_of(part, taken)):
+                            return
+                    except THREAD_EXITS:
+                        raise
+                    except BaseException:
+                        self.log_callback_escape(p)
+                if self.stopping:
+                    return
+                # The core's wake event: set by sealing inserts, flush
+                # requests and close.
+                wait_wake(p)
+        except BaseException as exc:
+            self._thread_ended(f"the flusher of partition {p}", exc)
+
+    def _drive(self, part: _Partition, life: Life, value: Any = None) -> bool:
+        """Carry out a batch's life from where it stands; False if this thread was abandoned.
+
+        Raises what must end the thread (``SystemExit``, ``KeyboardInterrupt``
+        from a callback), once the batch is counted.
+        """
+        effect: tuple[Any, ...] | None = None
+        try:
+            while True:
+                effect = life.send(value)
+                value = None
+                if effect[0] is CALL:
+                    value = self._call(part, life, effect[1])
+                    if value is None:
+                        return False  # abandoned by the timer; a new flusher took it over
+                elif effect[0] is SLEEP:
+                    time.sleep(effect[1])
+                else:
+                    self._handle_error(life, effect[1], effect[2])
+        except StopIteration as stop:
+            # Only the error that must end the thread is kept: the frame
+            # outlives this call in the error's traceback (as an f_back),
+            # and any other error kept here would keep its batch alive in a
+            # cycle until the cyclic GC runs.
+            ending = stop.value if isinstance(stop.value, THREAD_EXITS) else None
+        value = effect = None
+        if ending is not None:
+            try:
+                raise ending
+            finally:
+                ending = None
+        return True
+
+    def _call(self, part: _Partition, life: Life, attempt: Attempt) -> Outcome | None:
+        """Call ``handle_flush`` under the timer's watch; None if the timer abandoned the call."""
+        # One clock read (time.monotonic() is the same clock, in seconds).
+        now = attempt.start_ns * 1e-9
+        watch = _Watch(life, attempt, now + self.config.flush_timeout)
+        part.flight = watch
+        # The flush happens now: the partition's next timed flush counts from here.
+        part.deadline = now + self.next_interval()
+        # No wake for the watch's deadline: the timer never sleeps longer than
+        # flush_timeout, so it is awake by the deadline of any flush started
+        # after it went to sleep.  Waking it for every batch cost a thread
+        # switch per batch.
+        self._wake_timer_before(part.deadline)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            try:
+                result = self.flush_fn(self.batch_for(attempt), attempt.opts)
+            except BaseException as exc:  # any failure of the callback is the batch's failure
+                error = exc
+            if result is not None and (error := self.not_awaitable(result)) is not None:
+                result = None
+            if not watch.claim.acquire(False):
+                return None
+            part.flight = None
+            return Outcome(result, error, final=part.orphaned is not None)
+        finally:
+            # The error's traceback holds this frame: without this, the
+            # error would keep the batch alive (in a cycle, until the
+            # cyclic GC runs, or as long as whoever got the error keeps it).
+            error = None
+            del attempt, watch, life
+
+    def _handle_error(self, life: Life, attempt: Attempt, error: BaseException) -> None:
+        try:
+            outcome = self.error_fn(attempt.batch, attempt.opts, error)
+            if outcome is not None and hasattr(type(outcome), "__await__"):
+                self.not_awaitable(outcome)
+                raise TypeError("handle_flush_error returned an awaitable that nothing awaits")
+        except Exception:
+            self.log_error_handler_failure(attempt.opts)
+        except BaseException as exc:
+            life.throw(exc)  # the batch is counted (its finally), then exc goes on
+
+    def _wake_timer_before(self, deadline: float) -> None:
+        """Make the timer thread wake by ``deadline`` (written before this call).
+
+        The timer publishes the time it sleeps until in _timer_wake_at
+        (math.inf while awake, when it rescans every deadline anyway), so
+        the lock is only taken when the new deadline comes first.
+        """
+        if deadline < self._timer_wake_at:
+            with self._timer_cond:
+                self._timer_cond.notify()
+
+    # -- the timer ----------------------------------------------------------
+
+    def _timer_main(self) -> None:
+        try:
+            self._timer_loop()
+        except BaseException as exc:
+            self._thread_ended("the timer thread", exc)
+
+    def _timer_loop(self) -> None:
+        cond = self._timer_cond
+        with cond:
+            while not self.stopping:
+                if self._ended:
+                    self._ended = False
+                    cond.release()
+                    try:
+                        self._supervise()
+                    finally:
+                        cond.acquire()
+                now = _monotonic()
+                # Flushes that start while the timer sleeps do not wake it
+                # (_call): it rescans after at most flush_timeout.
+                wake = now + self.config.flush_timeout
+                due: list[_Partition] = []
+                overdue: list[tuple[_Partition, _Watch]] = []
+                for part in self.parts:
+                    if part.deadline <= now:
+                        part.deadline = now + self.next_interval()
+                        due.append(part)
+                    wake = min(wake, part.deadline)
+                    watch = part.flight
+                    if watch is not None:
+                        if watch.deadline <= now:
+                            overdue.append((part, watch))
+                        else:
+                            wake = min(wake, watch.deadline)
+                if due or overdue:
+                    cond.release()
+                    try:
+                        for part in due:
+                            self.request(part, "interval")
+                        for part, watch in overdue:
+                            self._abandon(part, watch)
+                    except THREAD_EXITS:
+                        raise
+                    except BaseException:
+                        # The timer enforces flush_timeout: it must outlive
+                        # anything a callback run from here raises.
+                        logger.exception("buffer %r: the timer thread caught an error", self.name)
+                    finally:
+                        cond.acquire()
+                    continue
+                self._timer_wake_at = wake
+                cond.wait(None if wake == math.inf else min(wake - now, threading.TIMEOUT_MAX))
+                self._timer_wake_at = math.inf
+
+    def _abandon(self, part: _Partition, watch: _Watch) -> None:
+        """Give up on a stuck ``handle_flush``: report it and start a new flusher."""
+        if not watch.claim.acquire(False):
+            return  # it returned in time after all
+        part.flight = None
+        error = raised(
+            FlushTimeout(
+                f"handle_flush of buffer {self.name!r} partition {part.index} ran past "
+                f"flush_timeout={self.config.flush_timeout}s with a batch of "
+                f"{watch.attempt.opts.size} items; the call was abandoned"
+            )
+        )
+        try:
+            self._start_flusher(part, (watch.life, Outcome(None, error)))
+        except RuntimeError as exc:
+            part.thread = None
+            part.orphaned = raised(
+                RuntimeError(
+                    f"buffer {self.name!r} partition {part.index}: batch not flushed because the "
+                    f"partition's flusher timed out and no thread could replace it ({exc})"
+                )
+            )
+            logger.error(
+                "buffer %r partition %d: no thread could replace the timed-out flusher (%s); "
+                "its batches are reported failed from now on",
+                self.name,
+                part.index,
+                exc,
+            )
+            self._drive(part, watch.life, Outcome(None, error, final=True))
+            self._fail_buffered(part)
+        finally:
+            # The traceback links back to this frame: drop the error from it.
+            error = None  # type: ignore[assignment]
+
+    def _fail_buffered(self, part: _Partition) -> None:
+        """Report every batch of an orphaned partition as failed."""
+        error = part.orphaned
+        assert error is not None
+        taken: Taken | None
+        while (taken := self.core.take(part.index, sys.maxsize)) is not None:
+            _room_freed(part)
+            self._drive(part, self.failed_life(part, taken, error))
+
+
+def _room_freed(part: _Partition) -> None:
+    """Let inserts waiting for room in ``part`` try again (after a take)."""
+    if part.waiters:
+        with part.room:
+            part.room.notify_all()
+
+
+def _deadline(timeout: float | None) -> float | None:
+    seconds = check_timeout(timeout)
+    return None if seconds is None else _monotonic() + seconds
+
+
+def _interruptible(seconds: float | None) -> float:
+    """A wait of at most ``seconds`` (None: no limit) for a loop that checks its condition again."""
+    step = threading.TIMEOUT_MAX
+    if threading.current_thread() is threading.main_thread():
+        step = _MAIN_THREAD_WAIT_STEP
+    return step if seconds is None else min(seconds, step)
+
+
+@overload
+def _wait_time(deadline: float) -> float: ...
+@overload
+def _wait_time(deadline: float | None) -> float | None: ...
+def _wait_time(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` for a blocking call (None if no deadline)."""
+    if deadline is None:
+        return None
+    return min(max(0.0, deadline - _monotonic()), threading.TIMEOUT_MAX)
