@@ -1,0 +1,125 @@
+"""The contract between core and engine (``databuffer._contract``), checked at run time.
+
+mypy --strict checks the pure-Python core and both engines against the
+protocols (see ``_contract._conforms``); this checks that the compiled core
+has the same methods, with the same parameters, as the pure-Python one, and
+that each engine implements every hook a core calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from databuffer import _contract, _core_py
+from databuffer._asyncio import AsyncEngine
+from databuffer._threaded import ThreadEngine
+
+
+def _members(protocol: type) -> set[str]:
+    return {
+        name
+        for name, value in vars(protocol).items()
+        if not name.startswith("_") and (callable(value) or name in protocol.__annotations__)
+    } | {name for name in getattr(protocol, "__annotations__", {}) if not name.startswith("_")}
+
+
+def _parameters(function: Any) -> list[tuple[str, Any]]:
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def _core_modules(core_name: str) -> ModuleType:
+    if core_name == "py":
+        return _core_py
+    from conftest import _CBuffer
+
+    assert _CBuffer is not None
+    return sys.modules[next(c for c in _CBuffer.__mro__ if c.__name__ == "BufferCore").__module__]
+
+
+def test_the_protocols_name_what_the_cores_and_engines_call_each_other_with() -> None:
+    api = _members(_contract.CoreAPI)
+    hooks = _members(_contract.CoreHooks)
+    # Not empty, and not the same list twice.
+    assert {"take", "finish", "push_many", "stats", "finished_upto", "hooks"} <= api
+    assert {"insert_wait", "sealed", "attend", "closed_error"} <= hooks
+    assert not api & hooks
+
+
+def test_each_core_has_every_method_of_the_contract_with_the_pure_cores_parameters(core_name: str) -> None:
+    module = _core_modules(core_name)
+    for name in _members(_contract.CoreAPI) - {"hooks"}:
+        ours = getattr(module.Core, name)
+        reference = getattr(_core_py.Core, name)
+        assert _parameters(ours) == _parameters(reference), name
+    # And no public method that the contract does not declare.
+    methods = {
+        name for name in dir(module.Core) if not name.startswith("_") and callable(getattr(module.Core, name))
+    }
+    assert methods == _members(_contract.CoreAPI) - {"hooks"}
+    # The front's base: the two insert methods, and one reserved slot.
+    front = {name for name in dir(module.BufferCore) if not name.startswith("__")}
+    assert front == {"insert", "insert_batch", "_databuffer"}
+    assert set(module.__all__) == {
+        "BufferCore",
+        "Core",
+        "attach",
+        "own_methods",
+        "set_insert_telemetry",
+        "insert_telemetry",
+    }
+
+
+def test_each_core_is_made_with_the_same_arguments_and_calls_its_hooks(core_name: str) -> None:
+    module = _core_modules(core_name)
+    calls: list[tuple[str, Any]] = []
+
+    class Hooks:
+        def sealed(self, p: int) -> None:
+            calls.append(("sealed", p))
+
+        def closed_error(self, stored: int = 0) -> Exception:
+            calls.append(("closed_error", stored))
+            return RuntimeError("closed")
+
+    hooks = Hooks()
+    core = module.Core(
+        partitions=2, max_size=2, max_size_jitter=0, by_thread=False, seal_hook=True, hooks=hooks
+    )
+    assert core.hooks is hooks
+    stats = core.stats(1)
+    assert isinstance(stats, _contract.PartStats)
+    assert stats == (0, 2, False, 0, 0, 0, 0)
+    assert core.push_many(1, (1, 2), 0) == 2
+    assert calls == [("sealed", 1)]
+    assert core.stats(1).taken == 2 and core.stats(1).busy
+    assert not core.finished_upto(1, 2)
+    core.finish(1, 2, True)
+    assert core.finished_upto(1, 2)
+    core.mark_closed()
+    with pytest.raises(RuntimeError, match="closed"):
+        core.push_many(0, (3,), 0)
+    assert calls[-1] == ("closed_error", 0)
+
+
+@pytest.mark.parametrize("engine", [ThreadEngine, AsyncEngine])
+def test_each_engine_implements_every_hook_with_its_parameters(engine: type) -> None:
+    for name in _members(_contract.CoreHooks):
+        ours = getattr(engine, name, None)
+        assert callable(ours), f"{engine.__name__} has no hook {name}"
+        declared = getattr(_contract.CoreHooks, name)
+        assert [n for n, _ in _parameters(ours)] == [n for n, _ in _parameters(declared)], name
+
+
+def test_counters_come_back_as_a_named_record(make_buffer: Any) -> None:
+    from databuffer._front import engine_of
+
+    buf = make_buffer(handle_flush=lambda batch, opts: None, max_size=10, flush_interval=3600)
+    buf.insert_batch([1, 2, 3])
+    stats = engine_of(buf).core.stats(0)
+    assert stats._fields == ("size", "threshold", "busy", "inserted", "taken", "flushed", "failed")
+    assert (stats.size, stats.inserted, stats.taken) == (3, 3, 0)
