@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from ._contract import Taken
 from ._errors import BufferFull, FlushTimeout
@@ -37,13 +37,14 @@ from ._lifecycle import (
     Outcome,
     PartState,
     SyncWaiter,
-    T,
     logger,
     raised,
 )
 from ._options import Callbacks, Options, check_timeout
 
 __all__ = ("ThreadEngine",)
+
+T = TypeVar("T")
 
 _monotonic = time.monotonic
 
