@@ -18,8 +18,9 @@ free-threaded build, nothing on a GIL build, where the GIL serializes the
 writers.  The core never runs Python code (no allocation, no decref that
 could run ``__del__``, no callback) while it holds a partition: batch lists
 are allocated before the lock is taken and the decision re-checked under it.
-Counters read without the lock by ``size()``/``info()`` go through the
-atomic helpers, so no reader sees a torn value.  A partition's flusher
+Counters read without the lock (``size()``, ``finished_upto()``) go
+through the atomic helpers, so no reader sees a torn value; ``flushed`` and
+``failed`` are also written without it, by atomic adds (``finish()``).  A partition's flusher
 sleeps on its wake event (``Part.wake``, see ``_event.h``), which has a
 mutex of its own and is set by sealing inserts without the GIL being given
 up.  ``Core`` fields other than ``_parts``' contents are written once in
@@ -127,7 +128,7 @@ cdef class Core:
     cdef int64_t _homes_rr      # round-robin over threads (atomic helper)
     cdef dict _homes            # thread ident -> home partition (dict ops are atomic)
     # The insert gate (atomic helpers): GATE_OPEN, GATE_CLOSED (final, see
-    # _mark_closed) or GATE_ATTEND (see _set_attention).  The hot path only
+    # mark_closed) or GATE_ATTEND (see set_attention).  The hot path only
     # tests it for zero, so one load serves both.
     cdef int64_t _closed
     cdef int64_t _max_size

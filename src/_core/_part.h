@@ -1,8 +1,10 @@
 /*
  * One partition of the databuffer core (see _core.pyx for the protocol).
  *
- * Every field but `wake` is guarded by `lock`; the counters are also read without it,
- * through the atomic helpers of _atomic.h.  Partitions are cache-line
+ * Every field but `wake`, `flushed` and `failed` is guarded by `lock`; the
+ * counters are also read without it, through the atomic helpers of
+ * _atomic.h, and `flushed` and `failed` are written by atomic adds (the
+ * thread that settles a batch needs no lock for them).  Partitions are cache-line
  * aligned, so that threads working on different partitions of a buffer (or
  * on different buffers) never write to the same cache line.
  */

@@ -24,7 +24,8 @@ finished.
 
 Re-entrancy: while a partition's lock is held, this module creates no object
 the cyclic GC tracks (no list, tuple, iterator, bound method or exception),
-except in ``_snapshot``; objects are made before the lock is taken, and what
+except in ``_snapshot`` and in the loops over every partition that hold
+their locks (``_set_gate``, the fork hooks: an iterator each); objects are made before the lock is taken, and what
 was decided with them is checked again under it, as the compiled core does.
 Up to Python 3.11 that keeps the GC, whose ``__del__`` methods and weakref
 callbacks may insert into the same buffer, out of those sections.  From 3.12
@@ -122,8 +123,8 @@ class _Ring(deque):  # type: ignore[type-arg]
         self.flushed = 0
         self.failed = 0
         # Wakes the flusher: a lock used as a binary semaphore.  Unlocked
-        # means a wake is pending; only the flusher acquires it (_wait_wake),
-        # anyone releases it (_wake).
+        # means a wake is pending; only the flusher acquires it (wait_wake),
+        # anyone releases it (wake).
         self.wake = threading.Lock()
         self.wake.acquire()
 
@@ -188,7 +189,7 @@ class Core:
         refused = full = sealed = False
         with ring.lock:
             if self.closed:
-                # _mark_closed ran after the append, or before it: the item
+                # mark_closed ran after the append, or before it: the item
                 # is either still buffered (take it back out and refuse it)
                 # or already handed to the closing flush (it is stored).
                 refused = _take_back(ring, item)
@@ -244,7 +245,7 @@ class Core:
         is released, if ``seal_hook`` was asked for.
 
         The items stay at the head of the ring until the flusher takes
-        them out (``_take``), so that sealing allocates nothing.
+        them out (``take``), so that sealing allocates nothing.
         """
         k = ring.threshold
         ring.ready_seq = ring.taken
@@ -401,7 +402,7 @@ class Core:
         self._set_gate(attention=True)
 
     def _pass_gate(self) -> None:
-        """Reopen the gate after ``_set_attention`` and attend, in one insert only."""
+        """Reopen the gate after ``set_attention`` and attend, in one insert only."""
         with self.gate_lock:
             if not self.attention:
                 return

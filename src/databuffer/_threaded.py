@@ -130,8 +130,13 @@ class ThreadEngine(Engine[T]):
         # _sync_count (guarded by it) lets flushers skip the notify.
         self._progress = threading.Condition(threading.Lock())
         self._sync_count = 0
-        # The timer thread sleeps on _timer_cond until _timer_wake_at
-        # (both guarded by it); the deadlines of the partitions too.
+        # The timer thread sleeps on _timer_cond until _timer_wake_at, which
+        # it writes under the condition's lock; _wake_timer_before reads it
+        # without the lock (a stale read only costs a notify, or a wake
+        # that comes at most flush_timeout later: the timer never sleeps
+        # longer).  The partitions' deadlines are floats written without a
+        # lock by their flusher and by the timer, which reads them anew on
+        # every round.
         self._timer_cond = threading.Condition(threading.Lock())
         self._timer_wake_at = math.inf
         # A thread of the buffer ended early: the timer runs _supervise
