@@ -126,6 +126,8 @@ def test_a_handle_flush_error_returning_a_coroutine_is_logged(make_buffer: Any, 
     wait_for(lambda: any("handle_flush_error raised" in r.getMessage() for r in caplog.records), timeout=30)
     record = next(r for r in caplog.records if "handle_flush_error raised" in r.getMessage())
     assert record.exc_info is not None and isinstance(record.exc_info[1], TypeError)
+    assert "handle_flush_error of buffer" in str(record.exc_info[1])
+    assert "returned coroutine, an awaitable that nothing awaits: it did not run" in str(record.exc_info[1])
 
 
 def test_async_buffer_refuses_a_plain_handle_flush(AsyncBuffer: type) -> None:

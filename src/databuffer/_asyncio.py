@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from . import _core_py, _instrument
+from ._contract import Taken
 from ._errors import BufferClosed, BufferFull, FlushTimeout
 from ._lifecycle import (
     CALL,
@@ -488,7 +489,7 @@ class AsyncEngine(Engine[T]):
         p = part.index
         wake = part.wake
         assert wake is not None
-        take, drive, life_of = self.core.take, self._drive, self.life
+        take, flush = self.core.take, self._flush
         while True:
             wake.clear()
             taken = take(p, part.flush_upto)
@@ -496,7 +497,7 @@ class AsyncEngine(Engine[T]):
                 if part.room:
                     _wake_all(part.room)
                 try:
-                    await drive(part, life_of(part, taken))
+                    await flush(part, taken)
                 except THREAD_EXITS:
                     raise
                 except asyncio.CancelledError:
@@ -520,7 +521,7 @@ class AsyncEngine(Engine[T]):
                     except asyncio.CancelledError as exc:
                         if not self._cancelled_by_loop(part):
                             # Cancelled again while draining: the batch taken fails.
-                            await drive(part, self.failed_life(part, taken, exc))
+                            await self._drive(part, self.failed_life(part, taken, exc))
                             raise
             if part.room:
                 _wake_all(part.room)
@@ -536,14 +537,25 @@ class AsyncEngine(Engine[T]):
                 if not self._cancelled_by_loop(part):
                     raise
 
-    async def _drive(self, part: _LoopPartition, life: Life) -> None:
+    async def _flush(self, part: _LoopPartition, taken: Taken) -> None:
+        """Flush a batch the core handed out (see ``_drive`` for what it raises)."""
+        attempt = self.first_attempt(part, taken)
+        outcome, give_up = await self._call(part, attempt)
+        if outcome[1] is None:
+            self.succeeded(part, attempt, outcome[0])
+            return
+        life = self.life(part, attempt, outcome)
+        # As in the threaded engine: nothing of the batch stays in this frame.
+        del taken, attempt, outcome
+        await self._drive(part, life, give_up)
+
+    async def _drive(self, part: _LoopPartition, life: Life, pending: BaseException | None = None) -> None:
         """Carry out a batch's life to its end.
 
         Raises, once the batch is counted, what ends the task: a cancellation
         it must honour, ``SystemExit``/``KeyboardInterrupt`` from a callback.
         """
         value: Any = None
-        pending: BaseException | None = None
         effect: tuple[Any, ...] | None = None
         try:
             while True:
@@ -606,7 +618,7 @@ class AsyncEngine(Engine[T]):
         except BaseException as exc:  # any failure of the callback is the batch's failure
             error = exc
         try:
-            return Outcome(result, error, again=again, final=give_up is not None), give_up
+            return (result, error, again, give_up is not None), give_up
         finally:
             # The error's traceback holds this frame: nor it nor the batch stay here.
             error = give_up = call = None

@@ -25,8 +25,9 @@ finished.
 Re-entrancy: while a partition's lock is held, this module creates no object
 the cyclic GC tracks (no list, tuple, iterator, bound method or exception),
 except in ``_snapshot`` and in the loops over every partition that hold
-their locks (``_set_gate``, the fork hooks: an iterator each); objects are made before the lock is taken, and what
-was decided with them is checked again under it, as the compiled core does.
+their locks (``_set_gate``, the fork hooks: an iterator each); objects are
+made before the lock is taken, and what was decided with them is checked
+again under it, as the compiled core does.
 Up to Python 3.11 that keeps the GC, whose ``__del__`` methods and weakref
 callbacks may insert into the same buffer, out of those sections.  From 3.12
 the GC can run at any call or loop in Python code, so an insert that finds

@@ -6,11 +6,15 @@
 counters, the flush requests, the ``sync_flush`` bookkeeping, telemetry,
 and every decision about a batch.
 
-A batch's life (``Engine.life``) is a generator: it decides, and yields
-*effects* for the engine to carry out in its own way:
+A batch's first attempt is made by ``Engine.first_attempt``; the engine
+calls ``handle_flush`` for it, and a success is settled by
+``Engine.succeeded``: the common case makes no generator.  The rest of a
+batch's life (``Engine.life``: retries, backoff, failure) is a generator:
+it decides, and yields *effects* for the engine to carry out in its own
+way:
 
 - ``(CALL, attempt)``: call ``handle_flush`` for the attempt, within
-  ``flush_timeout``; the engine sends back an :class:`Outcome`;
+  ``flush_timeout``; the engine sends back an ``Outcome``;
 - ``(SLEEP, delay)``: wait ``delay`` seconds before a retry; the engine
   sends back None, or the exception that interrupted the wait (the batch is
   then settled with it, and the engine raises it once the life is over);
@@ -30,7 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import _instrument, telemetry
 from ._compat import core_module_of
@@ -104,18 +108,11 @@ class Attempt:
         return Attempt(self.batch, opts, self.first, self.began_ns)
 
 
-class Outcome(NamedTuple):
-    """What a ``CALL`` effect came to.
-
-    ``again``: the call was interrupted by the event loop shutting down; it
-    is tried again at once, whatever the retries left.  ``final``: settle
-    the batch whatever the retries left.
-    """
-
-    result: Any
-    error: BaseException | None
-    again: bool = False
-    final: bool = False
+#: What a ``CALL`` effect came to: ``(result, error, again, final)``.
+#: ``again``: the call was interrupted by the event loop shutting down; it
+#: is tried again at once, whatever the retries left.  ``final``: settle the
+#: batch whatever the retries left.  A plain tuple: one is made per batch.
+Outcome = tuple[Any, "BaseException | None", bool, bool]
 
 
 #: A batch's life: yields effects, is sent what they came to, returns the error it settled with.
@@ -345,22 +342,39 @@ class Engine(Generic[T]):
 
     # -- the life of a batch ----------------------------------------------
 
-    def life(self, part: PartState, taken: Taken) -> Life:
-        """A batch the core handed out (``take``), from its first attempt to its settlement."""
-        attempt = self.first_attempt(part, taken)
-        del taken
+    def first_attempt(self, part: PartState, taken: Taken) -> Attempt:
+        """The first attempt at a batch the core handed out (``take``); emits its ``start`` event."""
+        batch, by_size, first = taken
+        trigger = "size" if by_size else part.flush_trigger
+        opts = FlushOpts(self.config.flush_meta, len(batch), part.index, self.name, trigger)
+        self.report_start(opts)
+        attempt = Attempt(batch, opts, first)
+        attempt.start()
+        return attempt
+
+    def succeeded(self, part: PartState, attempt: Attempt, result: Any) -> None:
+        """Settle a batch whose attempt returned: the common case, with no error handler to call."""
+        try:
+            self.report_outcome(attempt.opts, attempt.began_ns, None)
+        finally:
+            # Whatever a telemetry handler raised, the batch is finished and counted.
+            self.record(part, attempt.opts, attempt.first, result, None)
+            self.progressed()
+
+    def life(self, part: PartState, attempt: Attempt, outcome: Outcome) -> Life:
+        """The rest of a batch's life once ``attempt`` came to ``outcome``: its retries and its settlement.
+
+        The engine calls ``first_attempt``, performs the first ``CALL`` itself
+        and settles a success with ``succeeded``: no generator for the
+        common case.  Everything else goes through here.
+        """
         max_retries = self.config.max_retries
         while True:
-            attempt.start()
-            outcome: Outcome = yield (CALL, attempt)
             result, error, again, final = outcome
-            del outcome
-            if (
-                error is None
-                or final
-                or isinstance(error, THREAD_EXITS)
-                or (attempt.opts.attempt > max_retries and not again)
-            ):
+            if error is None:
+                self.succeeded(part, attempt, result)
+                return None
+            if final or isinstance(error, THREAD_EXITS) or (attempt.opts.attempt > max_retries and not again):
                 break
             delay = self.report_retry(part, attempt.opts, attempt.start_ns, error, 0.0 if again else None)
             if delay > 0:
@@ -369,26 +383,19 @@ class Engine(Generic[T]):
                     result, error = None, interrupted
                     break
             attempt = attempt.retry()
+            attempt.start()
+            outcome = yield (CALL, attempt)
         try:
             return (yield from self.settle(part, attempt, result, error))
         finally:
             # The error's traceback may hold this frame: without this, the
             # batch would live on in a cycle until the cyclic GC runs.
             error = None
+            del outcome
 
     def failed_life(self, part: PartState, taken: Taken, error: BaseException) -> Life:
         """A batch the core handed out, reported failed with ``error`` without calling ``handle_flush``."""
-        attempt = self.first_attempt(part, taken)
-        attempt.start()
-        return (yield from self.settle(part, attempt, None, error))
-
-    def first_attempt(self, part: PartState, taken: Taken) -> Attempt:
-        """The first attempt at a batch the core handed out; emits its ``start`` event."""
-        batch, by_size, first = taken
-        trigger = "size" if by_size else part.flush_trigger
-        opts = FlushOpts(self.config.flush_meta, len(batch), part.index, self.name, trigger)
-        self.report_start(opts)
-        return Attempt(batch, opts, first)
+        return self.life(part, self.first_attempt(part, taken), (None, error, False, True))
 
     def batch_for(self, attempt: Attempt) -> list[Any]:
         """The list ``handle_flush`` gets: with retries, each attempt its own copy
@@ -513,8 +520,8 @@ class Engine(Generic[T]):
                 metadata.update(kind="error", reason=error, stacktrace=error.__traceback__)
             telemetry.execute(event, {"duration": end - began_ns, "monotonic_time": end}, metadata)
 
-    def not_awaitable(self, result: Any) -> TypeError | None:
-        """The error of a ``handle_flush`` that returned an awaitable to an engine that calls it.
+    def not_awaitable(self, result: Any, callback: str) -> TypeError | None:
+        """The error of a callback that returned an awaitable to an engine that calls it from a thread.
 
         The awaitable is closed (a coroutine would otherwise warn that it
         was never awaited).  None for any other result.
@@ -524,10 +531,11 @@ class Engine(Generic[T]):
         close = getattr(result, "close", None)
         if close is not None:
             close()
+        what = "the batch was not flushed" if callback == "handle_flush" else "it did not run"
         return TypeError(
-            f"handle_flush of {self.describe()} returned {type(result).__name__}, an awaitable that "
-            "nothing awaits: the batch was not flushed; Buffer calls handle_flush from a thread, "
-            "use AsyncBuffer for an async handle_flush"
+            f"{callback} of {self.describe()} returned {type(result).__name__}, an awaitable that "
+            f"nothing awaits: {what}; Buffer calls {callback} from a thread, "
+            f"use AsyncBuffer for an async {callback}"
         )
 
     # -- the process-wide hooks (_shutdown) call these on every buffer -----

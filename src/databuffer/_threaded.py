@@ -73,7 +73,8 @@ class _Watch:
 
     __slots__ = ("attempt", "claim", "deadline", "life")
 
-    def __init__(self, life: Life, attempt: Attempt, deadline: float) -> None:
+    def __init__(self, life: Life | None, attempt: Attempt, deadline: float) -> None:
+        # The batch's life, once it has one (a retry); None for a first attempt.
         self.life = life
         self.attempt = attempt
         self.deadline = deadline
@@ -361,7 +362,7 @@ class ThreadEngine(Engine[T]):
 
     # -- threads ----------------------------------------------------------
 
-    def _start_flusher(self, part: _Partition, resume: tuple[Life, Outcome] | None) -> None:
+    def _start_flusher(self, part: _Partition, resume: _Resume | None) -> None:
         thread = _OwnedThread(
             self,
             target=self._flusher_main,
@@ -441,23 +442,27 @@ class ThreadEngine(Engine[T]):
 
     # -- flushing ---------------------------------------------------------
 
-    def _flusher_main(self, part: _Partition, resume: tuple[Life, Outcome] | None) -> None:
+    def _flusher_main(self, part: _Partition, resume: _Resume | None) -> None:
         p = part.index
         try:
             if resume is not None:
-                life, outcome = resume
+                life, attempt, outcome = resume
                 resume = None  # do not hold the batch for the thread's life
                 try:
-                    if not self._drive(part, life, outcome):
+                    if life is None:
+                        # The first attempt timed out: its life starts with the timeout.
+                        if not self._drive(part, self.life(part, attempt, outcome)):
+                            return
+                    elif not self._drive(part, life, outcome):
                         return
                 except THREAD_EXITS:
                     raise
                 except BaseException:
                     self.log_callback_escape(p)
                 finally:
-                    life = outcome = None  # type: ignore[assignment]
+                    life = attempt = outcome = None  # type: ignore[assignment]
             # Bound once: this loop runs once per batch.
-            take, drive, life_of, wait_wake = self.core.take, self._drive, self.life, self.core.wait_wake
+            take, flush, wait_wake = self.core.take, self._flush, self.core.wait_wake
             while True:
                 while True:
                     taken = take(p, part.flush_upto)
@@ -465,7 +470,7 @@ class ThreadEngine(Engine[T]):
                     if taken is None:
                         break
                     try:
-                        if not drive(part, life_of(part, taken)):
+                        if not flush(part, taken):
                             return
                     except THREAD_EXITS:
                         raise
@@ -479,6 +484,21 @@ class ThreadEngine(Engine[T]):
         except BaseException as exc:
             self._thread_ended(f"the flusher of partition {p}", exc)
 
+    def _flush(self, part: _Partition, taken: Taken) -> bool:
+        """Flush a batch the core handed out; False if this thread was abandoned."""
+        attempt = self.first_attempt(part, taken)
+        outcome = self._call(part, attempt, None)
+        if outcome is None:
+            return False  # abandoned by the timer; a new flusher took it over
+        if outcome[1] is None:
+            self.succeeded(part, attempt, outcome[0])
+            return True
+        life = self.life(part, attempt, outcome)
+        # The error's traceback reaches this frame (f_back): nor the error
+        # nor the batch may stay in it, or they would live on in a cycle.
+        del taken, attempt, outcome
+        return self._drive(part, life)
+
     def _drive(self, part: _Partition, life: Life, value: Any = None) -> bool:
         """Carry out a batch's life from where it stands; False if this thread was abandoned.
 
@@ -491,7 +511,7 @@ class ThreadEngine(Engine[T]):
                 effect = life.send(value)
                 value = None
                 if effect[0] is CALL:
-                    value = self._call(part, life, effect[1])
+                    value = self._call(part, effect[1], life)
                     if value is None:
                         return False  # abandoned by the timer; a new flusher took it over
                 elif effect[0] is SLEEP:
@@ -512,7 +532,7 @@ class ThreadEngine(Engine[T]):
                 ending = None
         return True
 
-    def _call(self, part: _Partition, life: Life, attempt: Attempt) -> Outcome | None:
+    def _call(self, part: _Partition, attempt: Attempt, life: Life | None) -> Outcome | None:
         """Call ``handle_flush`` under the timer's watch; None if the timer abandoned the call."""
         # One clock read (time.monotonic() is the same clock, in seconds).
         now = attempt.start_ns * 1e-9
@@ -532,12 +552,12 @@ class ThreadEngine(Engine[T]):
                 result = self.flush_fn(self.batch_for(attempt), attempt.opts)
             except BaseException as exc:  # any failure of the callback is the batch's failure
                 error = exc
-            if result is not None and (error := self.not_awaitable(result)) is not None:
+            if result is not None and (error := self.not_awaitable(result, "handle_flush")) is not None:
                 result = None
             if not watch.claim.acquire(False):
                 return None
             part.flight = None
-            return Outcome(result, error, final=part.orphaned is not None)
+            return (result, error, False, part.orphaned is not None)
         finally:
             # The error's traceback holds this frame: without this, the
             # error would keep the batch alive (in a cycle, until the
@@ -547,10 +567,9 @@ class ThreadEngine(Engine[T]):
 
     def _handle_error(self, life: Life, attempt: Attempt, error: BaseException) -> None:
         try:
-            outcome = self.error_fn(attempt.batch, attempt.opts, error)
-            if outcome is not None and hasattr(type(outcome), "__await__"):
-                self.not_awaitable(outcome)
-                raise TypeError("handle_flush_error returned an awaitable that nothing awaits")
+            returned = self.error_fn(attempt.batch, attempt.opts, error)
+            if returned is not None and (wrong := self.not_awaitable(returned, "handle_flush_error")):
+                raise wrong
         except Exception:
             self.log_error_handler_failure(attempt.opts)
         except BaseException as exc:
@@ -636,7 +655,7 @@ class ThreadEngine(Engine[T]):
             )
         )
         try:
-            self._start_flusher(part, (watch.life, Outcome(None, error)))
+            self._start_flusher(part, (watch.life, watch.attempt, (None, error, False, False)))
         except RuntimeError as exc:
             part.thread = None
             part.orphaned = raised(
@@ -652,7 +671,11 @@ class ThreadEngine(Engine[T]):
                 part.index,
                 exc,
             )
-            self._drive(part, watch.life, Outcome(None, error, final=True))
+            timed_out: Outcome = (None, error, False, True)
+            if watch.life is None:
+                self._drive(part, self.life(part, watch.attempt, timed_out))
+            else:
+                self._drive(part, watch.life, timed_out)
             self._fail_buffered(part)
         finally:
             # The traceback links back to this frame: drop the error from it.
@@ -666,6 +689,12 @@ class ThreadEngine(Engine[T]):
         while (taken := self.core.take(part.index, sys.maxsize)) is not None:
             _room_freed(part)
             self._drive(part, self.failed_life(part, taken, error))
+
+
+#: A batch's life to go on with in a new flusher, after a timeout: the life
+#: (None if the timed-out call was its first attempt), the attempt, and the
+#: outcome to go on with.
+_Resume = tuple["Life | None", Attempt, Outcome]
 
 
 def _room_freed(part: _Partition) -> None:
