@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from ._asyncio import AsyncEngine
 from ._compat import BufferCore
 from ._front import Front, engine_of
-from ._options import Callbacks, Options
+from ._options import configure
 from ._types import FlushOpts
 
 __all__ = ("AsyncBuffer", "AsyncBufferMethods")
@@ -48,25 +48,8 @@ class AsyncBufferMethods(Front[T]):
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 10.0,
     ) -> None:
-        options = Options(
-            name=type(self).__name__ if name is None else name,
-            partitions=partitions,
-            dispatch=dispatch,
-            max_size=max_size,
-            max_size_jitter=max_size_jitter,
-            flush_interval=flush_interval,
-            flush_jitter=flush_jitter,
-            flush_timeout=flush_timeout,
-            flush_meta=flush_meta,
-            insert_timeout=insert_timeout,
-            max_retries=max_retries,
-            retry_backoff=retry_backoff,
-            retry_backoff_max=retry_backoff_max,
-        )
-        callbacks = Callbacks(
-            self, AsyncBufferMethods.handle_flush, handle_flush, handle_flush_error, needs_async=True
-        )
-        AsyncEngine(self, options, callbacks)
+        # The parameters, by name, before anything else is bound here.
+        AsyncEngine(self, *configure(self, AsyncBufferMethods.handle_flush, locals(), needs_async=True))
 
     # -- callbacks --------------------------------------------------------
 

@@ -16,7 +16,15 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("Callbacks", "Options", "check_count", "check_seconds", "check_timeout", "is_async_callable")
+__all__ = (
+    "Callbacks",
+    "Options",
+    "check_count",
+    "check_seconds",
+    "check_timeout",
+    "configure",
+    "is_async_callable",
+)
 
 # Each partition allocates its ring (a pointer per item) up front.
 MAX_CAPACITY = sys.maxsize // 16
@@ -188,3 +196,21 @@ class Callbacks:
                     f"function {_describe(callback)}: use AsyncBuffer for an async {option}, "
                     "or make it a plain function"
                 )
+
+
+def configure(
+    front: Any, stub: Callable[..., Any], arguments: dict[str, Any], *, needs_async: bool
+) -> tuple[Options, Callbacks]:
+    """Check the arguments of a buffer's constructor: its ``locals()``, the parameters by name.
+
+    ``name`` None is the class's name.  Both buffers take the same options
+    and pass them on here unchanged, so they are checked in one place.
+    """
+    options = {key: value for key, value in arguments.items() if key != "self"}
+    handle_flush = options.pop("handle_flush")
+    handle_flush_error = options.pop("handle_flush_error")
+    if options["name"] is None:
+        options["name"] = type(front).__name__
+    return Options(**options), Callbacks(
+        front, stub, handle_flush, handle_flush_error, needs_async=needs_async
+    )
