@@ -14,6 +14,7 @@ Sizes come from environment variables, so a quick run is one variable away:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import os
@@ -101,16 +102,12 @@ def environment_lines() -> list[str]:
 # compiles its own code object, so the specializing interpreter adapts each
 # loop to its own callee (no baseline inherits another's specialization).
 
-_LOCAL_SRC = """
-def loop(fn, item, rng):
+# "local": ``def loop(fn, item, rng)`` calling ``fn(item)``; "attr":
+# ``def loop(obj, item, rng)`` calling ``obj.NAME(item)``.
+_LOOP_SRC = """
+def loop({target}, item, rng):
     for _ in rng:
-        fn(item)
-"""
-
-_ATTR_SRC = """
-def loop(obj, item, rng):
-    for _ in rng:
-        obj.{name}(item)
+        {call}(item)
 """
 
 STYLES = {
@@ -121,11 +118,11 @@ STYLES = {
 
 def make_loop(style: str, name: str = "") -> Callable[[Any, Any, Any], None]:
     if style == "local":
-        src = _LOCAL_SRC
+        src = _LOOP_SRC.format(target="fn", call="fn")
     elif style == "attr":
         if not name.isidentifier():
             raise ValueError(name)
-        src = _ATTR_SRC.format(name=name)
+        src = _LOOP_SRC.format(target="obj", call=f"obj.{name}")
     else:
         raise ValueError(style)
     namespace: dict[str, Any] = {}
@@ -188,6 +185,24 @@ class FlushCounter:
 def new_buffer(cls: type, counter: FlushCounter, **options: Any) -> Any:
     options.setdefault("flush_interval", FLUSH_INTERVAL)
     return cls(handle_flush=counter, **options)
+
+
+def shut(obj: Any, runner: asyncio.Runner | None = None) -> None:
+    """Stop what a failed round left open or running, then close ``runner``.
+
+    ``obj``: a buffer, an ``AsyncBuffer`` on ``runner``'s loop, an object
+    with ``shutdown()`` (the OTel processor), or anything else (left as is).
+    """
+    try:
+        if isinstance(obj, databuffer.AsyncBuffer) and runner is not None:
+            runner.run(obj.aclose(timeout=60))
+        elif hasattr(obj, "close"):
+            obj.close(timeout=60)
+        elif hasattr(obj, "shutdown"):
+            obj.shutdown()
+    finally:
+        if runner is not None:
+            runner.close()
 
 
 # -- OpenTelemetry SDK BatchProcessor -----------------------------------------------

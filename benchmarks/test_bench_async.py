@@ -62,6 +62,7 @@ from _bench import (
     new_buffer,
     reps,
     run_loop_rounds,
+    shut,
 )
 
 import databuffer
@@ -112,7 +113,7 @@ INSERT_CASES = [
 ]
 
 
-def insert_title(style: str, partitions: int, max_size: int) -> str:
+def async_insert_title(style: str, partitions: int, max_size: int) -> str:
     return (
         f"AsyncBuffer insert, on a running asyncio loop, {partitions} partition(s), max_size={max_size:,} "
         f"(nothing flushed during the rounds), {STYLES[style]}"
@@ -123,7 +124,7 @@ def insert_title(style: str, partitions: int, max_size: int) -> str:
 def test_async_insert(benchmark: Any, results: Results, style: str, partitions: int, subject: str) -> None:
     # Every item of every round (warm-up included) fits in its partition.
     max_size = (ROUNDS + WARMUP) * CALLS // partitions + 1
-    title = insert_title(style, partitions, max_size)
+    title = async_insert_title(style, partitions, max_size)
     benchmark.group = title
     options: dict[str, Any] = {"partitions": partitions, "max_size": max_size, "flush_interval": 3600.0}
 
@@ -294,7 +295,7 @@ def test_async_end_to_end(
             run, setup=setup, teardown=teardown, rounds=E2E_ROUNDS, warmup_rounds=0, iterations=1
         )
     finally:
-        _shut(state)
+        shut(state.pop("obj", None), state.pop("runner", None))
 
     label = {
         "floor": f"deque.{'append' if style == 'insert' else 'extend'} floor (no flushing)",
@@ -327,17 +328,3 @@ def test_async_end_to_end(
         kind="throughput",
         extra=extra,
     )
-
-
-def _shut(state: dict[str, Any]) -> None:
-    """Stop what a failed round left open."""
-    obj = state.pop("obj", None)
-    runner = state.pop("runner", None)
-    try:
-        if isinstance(obj, AsyncBuffer) and runner is not None:
-            runner.run(obj.aclose(timeout=60))
-        elif obj is not None and hasattr(obj, "close"):
-            obj.close(timeout=60)
-    finally:
-        if runner is not None:
-            runner.close()

@@ -39,6 +39,7 @@ from _bench import (
     new_buffer,
     otel_batch_processor,
     reps,
+    shut,
 )
 
 from databuffer._support import PyBuffer
@@ -122,7 +123,7 @@ def test_end_to_end(benchmark: Any, results: Results, style: str, max_size: int,
             run, setup=setup, teardown=teardown, rounds=E2E_ROUNDS, warmup_rounds=0, iterations=1
         )
     finally:
-        _shut(state.pop("obj", None))
+        shut(state.pop("obj", None))
 
     label = {
         "floor": f"deque.{method} floor (no flushing)",
@@ -146,11 +147,3 @@ def test_end_to_end(benchmark: Any, results: Results, style: str, max_size: int,
         kind="throughput",
         extra=extra,
     )
-
-
-def _shut(obj: Any) -> None:
-    """Stop what a failed round left running."""
-    if hasattr(obj, "close"):
-        obj.close(timeout=60)
-    elif hasattr(obj, "shutdown"):
-        obj.shutdown()

@@ -32,6 +32,7 @@ from _bench import (
     new_buffer,
     otel_batch_processor,
     run_loop_rounds,
+    shut,
 )
 
 from databuffer import telemetry
@@ -78,10 +79,7 @@ def closing() -> Iterator[list[Any]]:
     made: list[Any] = []
     yield made
     for obj in made:
-        if hasattr(obj, "close"):
-            obj.close(timeout=60)
-        else:
-            obj.shutdown()
+        shut(obj)
 
 
 @pytest.fixture

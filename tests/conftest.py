@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import importlib
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -162,8 +165,6 @@ class Background:
 
 async def await_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002) -> None:
     """``wait_for`` for async tests: poll ``predicate``, yielding to the event loop in between."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -194,18 +195,214 @@ def core_env(core: str | None) -> dict[str, str]:
     return env
 
 
+def _python(
+    argv: list[str], core: str | None, timeout: float, cwd: Path | None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGV`` with ``core`` (see ``core_env``); fail the test if it outlives ``timeout``."""
+    try:
+        return subprocess.run(
+            [sys.executable, *argv],
+            capture_output=True,
+            text=True,
+            env=core_env(core),
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the interpreter did not exit within {timeout} s: {exc.stderr!r}")
+
+
+def run_python(
+    code: str, *args: str, core: str | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c CODE ARGS`` (``CODE`` dedented) in a child interpreter, capturing its output as text.
+
+    ``core``: as for ``core_env`` (``None``: this process's environment as it
+    is).  A child still running after ``timeout`` seconds fails the test.
+    """
+    return _python(["-c", textwrap.dedent(code), *args], core, timeout, cwd)
+
+
 def run_cli(*args: str, core: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m databuffer ARGS`` with the given core (``"c"``, the default, or ``"py"``)."""
-    env = core_env(core or "c")
-    return subprocess.run(
-        [sys.executable, "-m", "databuffer", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=100,
-        check=False,
-    )
+    return _python(["-m", "databuffer", *args], core or "c", 100, cwd)
+
+
+# -- flush callbacks and telemetry handlers that record what they are given -----------
+
+
+class Boom(Exception):
+    """The error a test's callback raises on purpose."""
+
+
+class Recorder:
+    """A ``handle_flush`` that records every call; a call returns ``len(batch)``.
+
+    ``calls`` holds ``(batch copy, opts, time.monotonic())`` per call, in call
+    order; ``called`` is set by every call; ``problems`` notes each call whose
+    ``opts.size`` is not the batch's length.  Callable from any thread.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[list[Any], Any, float]] = []
+        self.called: Any = threading.Event()  # an asyncio.Event in AsyncRecorder
+        self.problems: list[str] = []
+
+    def __call__(self, batch: list[Any], opts: Any) -> Any:
+        self.record(batch, opts, time.monotonic())
+        return self.result(batch, opts)
+
+    def record(self, batch: list[Any], opts: Any, when: float) -> None:
+        with self.lock:
+            if opts.size != len(batch):
+                self.problems.append(f"opts.size={opts.size} but len(batch)={len(batch)}")
+            self.calls.append((list(batch), opts, when))
+        self.called.set()
+
+    def result(self, batch: list[Any], opts: Any) -> Any:
+        """What a call returns (what ``sync_flush`` then returns for that batch)."""
+        return len(batch)
+
+    def batches(self, partition: int | None = None) -> list[list[Any]]:
+        with self.lock:
+            return [b for b, o, _ in self.calls if partition is None or o.partition == partition]
+
+    def items(self, partition: int | None = None) -> list[Any]:
+        return [item for batch in self.batches(partition) for item in batch]
+
+    def triggers(self) -> list[str]:
+        with self.lock:
+            return [o.trigger for _, o, _ in self.calls]
+
+    def partition_of(self) -> dict[Any, int]:
+        with self.lock:
+            return {item: o.partition for b, o, _ in self.calls for item in b}
+
+
+class PartitionBatchRecorder(Recorder):
+    """A ``Recorder`` whose calls return ``(opts.partition, batch copy)``."""
+
+    def result(self, batch: list[Any], opts: Any) -> Any:
+        return (opts.partition, list(batch))
+
+
+class PartitionSizeRecorder(Recorder):
+    """A ``Recorder`` whose calls return ``(opts.partition, len(batch))``."""
+
+    def result(self, batch: list[Any], opts: Any) -> Any:
+        return (opts.partition, len(batch))
+
+
+class AsyncRecorder(Recorder):
+    """An async ``Recorder``: times are the running loop's, ``called`` is an ``asyncio.Event``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = asyncio.Event()
+
+    async def __call__(self, batch: list[Any], opts: Any) -> Any:  # type: ignore[override]
+        self.record(batch, opts, asyncio.get_running_loop().time())
+        return self.result(batch, opts)
+
+
+class Errors:
+    """A plain ``handle_flush_error`` that records ``(batch copy, opts, error)``."""
+
+    def __init__(self) -> None:
+        self.reported: list[tuple[list[Any], Any, BaseException]] = []
+
+    def __call__(self, batch: list[Any], opts: Any, error: BaseException) -> None:
+        self.reported.append((list(batch), opts, error))
+
+
+class Events:
+    """A telemetry handler recording the events of the buffer named ``buffer`` (of every buffer: ``None``).
+
+    ``seen`` holds ``(event, measurements, metadata, config)`` per event;
+    ``log`` the events in order, and whatever the test appends between them.
+    """
+
+    def __init__(self, buffer: str | None = None) -> None:
+        self.buffer = buffer
+        self.lock = threading.Lock()
+        self.seen: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any], Any]] = []
+        self.log: list[Any] = []
+
+    def __call__(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        if self.buffer is not None and metadata.get("buffer") != self.buffer:
+            return
+        with self.lock:
+            self.seen.append((tuple(event), dict(measurements), dict(metadata), config))
+            self.log.append(tuple(event))
+
+    def of(self, event: tuple[str, ...]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        with self.lock:
+            return [(m, md) for e, m, md, _ in self.seen if e == event]
+
+    def names(self) -> list[tuple[str, ...]]:
+        with self.lock:
+            return [e for e, _, _, _ in self.seen]
+
+
+def stuck_buffer(
+    make_buffer: Callable[..., Any],
+    gates: Callable[[], threading.Event],
+    recorder: Recorder | None = None,
+    **options: Any,
+) -> tuple[Any, threading.Event, Recorder]:
+    """A buffer (max_size=2) whose first batch [0, 1] is stuck in handle_flush.
+
+    Returns (buffer, release, recorder): setting ``release`` lets the stuck
+    flush go on; ``recorder`` (a new ``Recorder`` unless given) records every
+    flush, the stuck one included once it is released.
+    """
+    release = gates()
+    started = threading.Event()
+    rec = Recorder() if recorder is None else recorder
+
+    def fn(batch: list[Any], opts: Any) -> Any:
+        if batch[0] == 0:
+            started.set()
+            release.wait(30)
+        return rec(batch, opts)
+
+    options.setdefault("flush_interval", 3600)
+    buf = make_buffer(handle_flush=fn, max_size=2, **options)
+    buf.insert_batch([0, 1])
+    assert started.wait(30)
+    return buf, release, rec
+
+
+def first_partition(buf: Any) -> int:
+    """The index of the first partition that holds items."""
+    return next(p["partition"] for p in buf.info() if p["size"])
+
+
+class AlwaysOne:
+    """A stand-in for the buffer's random.Random: every backoff draw is its bound."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+# -- memory ---------------------------------------------------------------------------
+
+
+class Sentinel:
+    """An item whose references are counted."""
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """Run with the cyclic GC off: only reference counting frees objects."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import gc
 import logging
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -22,7 +21,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import await_for, core_env
+from conftest import AlwaysOne, Boom, Errors, Events, Sentinel, await_for, run_python
 
 from databuffer import BufferClosed, BufferFull, FlushTimeout, telemetry
 from databuffer._front import engine_of
@@ -38,41 +37,6 @@ MARGIN = 2.0
 EARLY = 0.005
 FLUSH_EVENTS = [telemetry.FLUSH_START, telemetry.FLUSH_STOP, telemetry.FLUSH_EXCEPTION, telemetry.FLUSH_RETRY]
 INSERT_EVENTS = [telemetry.INSERT_START, telemetry.INSERT_STOP, telemetry.INSERT_EXCEPTION]
-
-
-class Boom(Exception):
-    pass
-
-
-class Events:
-    """A telemetry handler recording the events of one buffer (by name)."""
-
-    def __init__(self, buffer: str) -> None:
-        self.buffer = buffer
-        self.seen: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
-        self.log: list[Any] = []  # events, and whatever the test adds, in order
-
-    def __call__(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-        if metadata.get("buffer") != self.buffer:
-            return
-        self.seen.append((tuple(event), dict(measurements), dict(metadata)))
-        self.log.append(tuple(event))
-
-    def of(self, event: tuple[str, ...]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        return [(m, md) for e, m, md in self.seen if e == event]
-
-    def names(self) -> list[tuple[str, ...]]:
-        return [e for e, _, _ in self.seen]
-
-
-class Errors:
-    """A plain handle_flush_error that records (batch copy, opts, error)."""
-
-    def __init__(self) -> None:
-        self.reported: list[tuple[list[Any], Any, BaseException]] = []
-
-    def __call__(self, batch: list[Any], opts: Any, error: BaseException) -> None:
-        self.reported.append((list(batch), opts, error))
 
 
 def chain(error: BaseException | None) -> list[BaseException]:
@@ -517,13 +481,6 @@ async def test_aclose_without_a_timeout_is_bounded_by_flush_timeout(AsyncBuffer:
     assert buf.stats()["failed"] == 2
 
 
-class _AlwaysOne:
-    """A stand-in for the buffer's random.Random: every backoff draw is its bound."""
-
-    def random(self) -> float:
-        return 1.0
-
-
 @pytest.mark.parametrize("call", ["sync_flush", "aclose", "wait_for"])
 @pytest.mark.parametrize("stuck", ["handle_flush", "handle_flush_error", "backoff"])
 async def test_sync_flush_and_aclose_keep_their_deadline(AsyncBuffer: Any, stuck: str, call: str) -> None:
@@ -555,7 +512,7 @@ async def test_sync_flush_and_aclose_keep_their_deadline(AsyncBuffer: Any, stuck
         retry_backoff=0.5,
         retry_backoff_max=0.5,
     )
-    engine_of(buf).random = _AlwaysOne()  # a 0.5 s backoff
+    engine_of(buf).random = AlwaysOne()  # a 0.5 s backoff
     await buf.start()
     try:
         buf.insert_batch([1, 2, 3])
@@ -1254,7 +1211,7 @@ async def test_sync_flush_and_aclose_refuse_to_run_from_the_buffers_own_callback
 # -- the loop shutting down with the buffer open -------------------------------------
 
 
-def _run(main: Any, loop_factory: Any) -> Any:
+def _run_in_runner(main: Any, loop_factory: Any) -> Any:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
 
@@ -1281,7 +1238,7 @@ def test_a_buffer_left_open_when_its_loop_shuts_down_warns_and_flushes(
         await buf.ainsert(7)
         return buf  # without closing it
 
-    buf = _run(main, loop_factory)
+    buf = _run_in_runner(main, loop_factory)
     assert sorted(got) == list(range(8))
     assert sorted(triggers) == ["close", "close"]
     warnings_ = databuffer_records(caplog, logging.WARNING)
@@ -1308,7 +1265,7 @@ def test_a_buffer_left_open_with_nothing_buffered_still_warns(
         await buf.start()
         return buf
 
-    buf = _run(main, loop_factory)
+    buf = _run_in_runner(main, loop_factory)
     (record,) = databuffer_records(caplog, logging.WARNING)
     assert "'empty-open'" in record.getMessage()
     assert "0 items" in record.getMessage()
@@ -1342,7 +1299,7 @@ def _left_open_with_a_flush_in_flight(AsyncBuffer: Any, loop_factory: Any) -> tu
         buf.insert(2)
         return buf
 
-    return _run(main, loop_factory), got, errors
+    return _run_in_runner(main, loop_factory), got, errors
 
 
 def test_a_loop_shutting_down_during_a_flush_loses_no_item_silently(
@@ -1407,7 +1364,7 @@ def test_a_loop_shutting_down_while_an_async_handle_flush_error_runs_still_drain
         buf.insert_batch([3, 4, 5])
         return buf
 
-    buf = _run(main, loop_factory)
+    buf = _run_in_runner(main, loop_factory)
     assert buf.closed
     (record,) = databuffer_records(caplog, logging.WARNING)
     assert "'drain-eh'" in record.getMessage()
@@ -1441,7 +1398,7 @@ def test_a_loop_shutting_down_between_two_batches_still_drains(
         buf.insert_batch([3, 4, 5])
         return buf
 
-    buf = _run(main, loop_factory)
+    buf = _run_in_runner(main, loop_factory)
     stats = buf.stats()
     assert (stats["inserted"], stats["flushed"], stats["size"], stats["in_flight"]) == (6, 6, 0, 0)
     assert got == [0, 1, 2, 3, 4, 5]
@@ -1480,14 +1437,7 @@ LOOP_CLOSED_SCRIPT = textwrap.dedent(
 def test_a_buffer_whose_loop_ended_without_cancelling_its_tasks_is_handled_at_exit(
     core_name: str, mode: str
 ) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", LOOP_CLOSED_SCRIPT, mode],
-        env=core_env(core_name),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_python(LOOP_CLOSED_SCRIPT, mode, core=core_name)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
     if mode == "closed":
@@ -1531,14 +1481,7 @@ LOOP_THREAD_SCRIPT = textwrap.dedent(
 
 
 def test_a_buffer_whose_loop_runs_in_another_thread_is_flushed_there_at_exit(core_name: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", LOOP_THREAD_SCRIPT],
-        env=core_env(core_name),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_python(LOOP_THREAD_SCRIPT, core=core_name)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["main done", "flushed [1, 2, 3, 4] close"], proc.stdout + proc.stderr
     assert "unflushed" not in proc.stderr
@@ -1614,10 +1557,6 @@ async def test_a_crashed_flusher_is_restarted_on_the_next_flush_or_timer_round(
 # -- memory ------------------------------------------------------------------------
 
 
-class Sentinel:
-    """An item whose references are counted."""
-
-
 async def test_flushed_items_are_released(AsyncBuffer: Any) -> None:
     counts: list[int] = []
 
@@ -1659,17 +1598,6 @@ async def test_an_items_refcount_returns_to_its_baseline_after_its_flush(AsyncBu
         await buf.ainsert_batch([item] * 10)
     assert sys.getrefcount(item) == base
     assert buf.stats()["flushed"] == 110
-
-
-@pytest.fixture
-def no_cyclic_gc() -> Any:
-    """Run with the cyclic GC off: only reference counting frees objects."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.parametrize("how", ["flushed", "fails", "times out"])

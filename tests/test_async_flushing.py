@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import Background, await_for
+from conftest import AsyncRecorder, Background, await_for, first_partition
 
 from databuffer import BufferClosed, BufferFull, FlushOpts
 
@@ -32,52 +32,20 @@ pytestmark = pytest.mark.anyio
 CLOCK_SLACK = 0.002
 
 
-class Recorder:
-    """An async handle_flush that records every call (batch, opts, loop time).
-
-    Runs on the buffer's loop only: no lock needed.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[Any], FlushOpts, float]] = []
-        self.called = asyncio.Event()
-
-    async def __call__(self, batch: list[Any], opts: FlushOpts) -> int:
-        self.calls.append((list(batch), opts, asyncio.get_running_loop().time()))
-        self.called.set()
-        return len(batch)
-
-    def batches(self, partition: int | None = None) -> list[list[Any]]:
-        return [b for b, o, _ in self.calls if partition is None or o.partition == partition]
-
-    def triggers(self) -> list[str]:
-        return [o.trigger for _, o, _ in self.calls]
-
-    def items(self, partition: int | None = None) -> list[Any]:
-        return [item for batch in self.batches(partition) for item in batch]
-
-    def partition_of(self) -> dict[Any, int]:
-        return {item: o.partition for b, o, _ in self.calls for item in b}
-
-
 async def wait_event(event: asyncio.Event, timeout: float = 10.0) -> None:
     """Wait for an asyncio event without polling (the loop sleeps until it is set)."""
     await asyncio.wait_for(event.wait(), timeout)
 
 
-def first_partition(buf: Any) -> int:
-    return next(p["partition"] for p in buf.info() if p["size"])
-
-
 @contextlib.asynccontextmanager
-async def stuck(AsyncBuffer: type, **options: Any) -> AsyncIterator[tuple[Any, asyncio.Event, Recorder]]:
+async def stuck(AsyncBuffer: type, **options: Any) -> AsyncIterator[tuple[Any, asyncio.Event, AsyncRecorder]]:
     """A started buffer (max_size=2, one partition) whose first batch [0, 1] is stuck in handle_flush.
 
     Yields (buffer, release, recorder); releases and closes it on the way out.
     """
     release = asyncio.Event()
     started = asyncio.Event()
-    recorder = Recorder()
+    recorder = AsyncRecorder()
 
     async def fn(batch: list[Any], opts: FlushOpts) -> int:
         if batch[0] == 0:
@@ -111,7 +79,7 @@ def run_in_other_loop(loop_factory: Any, main: Any) -> Background:
 
 
 async def test_async_with_returns_the_buffer_and_closes_it(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=3600)
     assert buf.closed is False
     async with buf as entered:
@@ -126,7 +94,7 @@ async def test_async_with_returns_the_buffer_and_closes_it(AsyncBuffer):
 
 
 async def test_start_is_idempotent_on_the_same_loop_and_returns_the_buffer(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, partitions=2, max_size=100, flush_interval=3600)
     before = len(asyncio.all_tasks())
     try:
@@ -145,7 +113,7 @@ async def test_start_is_idempotent_on_the_same_loop_and_returns_the_buffer(Async
 
 
 async def test_aclose_is_idempotent_and_the_readers_answer_after_it(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, name="after", partitions=2, max_size=100, flush_interval=3600)
     await buf.start()
     buf.insert_batch([1, 2, 3])
@@ -177,7 +145,7 @@ async def test_aclose_is_idempotent_and_the_readers_answer_after_it(AsyncBuffer)
 
 
 async def test_inserts_after_aclose_raise_buffer_closed(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, name="shut", max_size=100, flush_interval=3600)
     async with buf:
         buf.insert(1)
@@ -198,7 +166,7 @@ async def test_inserts_after_aclose_raise_buffer_closed(AsyncBuffer):
 
 
 async def test_start_after_aclose_raises(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=3600)
     async with buf:
         buf.insert(1)
@@ -208,7 +176,7 @@ async def test_start_after_aclose_raises(AsyncBuffer):
 
 
 async def test_aclose_starts_a_never_started_buffer_and_flushes_what_it_holds(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, max_size=3, flush_interval=3600)
     assert buf.closed is False
     buf.insert_batch([0, 1, 2])  # a full batch, sealed: nothing runs it yet
@@ -227,7 +195,7 @@ async def test_aclose_starts_a_never_started_buffer_and_flushes_what_it_holds(As
 
 
 async def test_start_flushes_a_batch_sealed_before_it(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, max_size=2, flush_interval=3600)
     try:
         buf.insert_batch(["a", "b"])  # sealed; no loop to wake yet
@@ -257,7 +225,7 @@ async def test_concurrent_acloses_both_wait_for_the_flushes(AsyncBuffer):
 
 
 async def test_calls_that_need_the_loop_raise_before_start(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, name="unstarted", max_size=2, flush_interval=3600)
     try:
         with pytest.raises(RuntimeError, match=r"^flush\(\).*start") as excinfo:
@@ -324,7 +292,7 @@ async def test_a_buffer_refuses_calls_from_another_event_loop(AsyncBuffer, loop_
 
 
 async def test_plain_inserts_and_ainsert_with_room_work_from_another_loop(AsyncBuffer, loop_factory):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=3600) as buf:
 
         async def main() -> None:
@@ -345,7 +313,7 @@ async def test_plain_inserts_and_ainsert_with_room_work_from_another_loop(AsyncB
 
 
 async def test_size_trigger_is_eager(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     meta = object()
     async with AsyncBuffer(
         handle_flush=recorder, name="sized", max_size=3, flush_interval=3600, flush_meta=meta
@@ -370,7 +338,7 @@ async def test_size_trigger_is_eager(AsyncBuffer):
 
 
 async def test_size_trigger_by_each_kind_of_insert(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=2, flush_interval=3600) as buf:
         buf.insert_batch([1, 2])
         await await_for(lambda: len(recorder.calls) == 1)
@@ -384,7 +352,7 @@ async def test_size_trigger_by_each_kind_of_insert(AsyncBuffer):
 
 
 async def test_large_ainsert_batch_is_split_into_consecutive_batches(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=3, flush_interval=3600) as buf:
         await buf.ainsert_batch(range(10))
         await await_for(lambda: len(recorder.calls) == 3)
@@ -397,7 +365,7 @@ async def test_large_ainsert_batch_is_split_into_consecutive_batches(AsyncBuffer
 
 
 async def test_no_batch_above_threshold_with_single_ainserts(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=4, flush_interval=3600) as buf:
         for i in range(18):
             await buf.ainsert(i)
@@ -413,7 +381,7 @@ async def test_no_batch_above_threshold_with_single_ainserts(AsyncBuffer):
 
 async def test_interval_trigger_not_before_flush_interval(AsyncBuffer):
     interval, jitter = 0.05, 0.05
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     loop = asyncio.get_running_loop()
     buf = AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=interval, flush_jitter=jitter)
     t0 = loop.time()
@@ -441,7 +409,7 @@ async def test_interval_trigger_not_before_flush_interval(AsyncBuffer):
 
 async def test_interval_counted_from_last_flush_of_any_kind(AsyncBuffer):
     interval = 0.2
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     loop = asyncio.get_running_loop()
     buf = AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=interval, flush_jitter=0)
     t0 = loop.time()
@@ -464,7 +432,7 @@ async def test_interval_counted_from_last_flush_of_any_kind(AsyncBuffer):
 
 
 async def test_interval_flush_of_an_empty_partition_calls_nothing(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(
         handle_flush=recorder, partitions=2, max_size=100, flush_interval=0.05, flush_jitter=0
     ) as buf:
@@ -512,7 +480,7 @@ async def test_flush_returns_without_waiting(AsyncBuffer):
 
 
 async def test_flush_and_sync_flush_of_an_empty_buffer_call_nothing(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, partitions=3, flush_interval=3600) as buf:
         assert await buf.flush() is None
         assert await buf.sync_flush(timeout=30) == []
@@ -554,7 +522,7 @@ async def test_sync_flush_returns_results_in_partition_order(AsyncBuffer):
 
 
 async def test_sync_flush_skips_empty_partitions(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600) as buf:
         buf.insert_batch(["only", "one"])
         start = first_partition(buf)
@@ -603,7 +571,7 @@ async def test_concurrent_sync_flushes_each_get_their_batches(AsyncBuffer):
 
 
 async def test_close_trigger(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(handle_flush=recorder, partitions=2, max_size=100, flush_interval=3600)
     async with buf:
         buf.insert_batch([1, 2])
@@ -616,7 +584,7 @@ async def test_close_trigger(AsyncBuffer):
 
 
 async def test_order_within_partition_across_batches(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, partitions=2, max_size=3, flush_interval=3600) as buf:
         for i in range(20):
             await buf.ainsert(i)
@@ -676,7 +644,7 @@ async def test_partitions_flush_concurrently(AsyncBuffer):
 
 
 async def test_never_an_empty_flush(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(
         handle_flush=recorder, partitions=3, max_size=2, flush_interval=0.05, flush_jitter=0
     ) as buf:
@@ -838,7 +806,7 @@ async def test_ainsert_batch_waits_for_room_between_chunks(AsyncBuffer):
 
 
 async def test_ainsert_batch_stores_everything_in_order_in_one_partition(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
 
     async def slow(batch, opts):
         await asyncio.sleep(0.001)
@@ -888,7 +856,7 @@ async def test_ainsert_batch_timeout_raises_buffer_full_with_stored(AsyncBuffer)
     + [("x", TypeError), ("1", TypeError), (True, TypeError), ([1], TypeError)],
 )
 async def test_a_bad_timeout_is_refused_naming_it(AsyncBuffer, timeout, error):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=3600) as buf:
         with pytest.raises(error, match="timeout"):
             await buf.ainsert(1, timeout=timeout)
@@ -908,7 +876,7 @@ async def test_a_bad_timeout_is_refused_naming_it(AsyncBuffer, timeout, error):
 async def test_ainsert_waiting_for_room_when_aclose_comes_loses_nothing(AsyncBuffer):
     release = asyncio.Event()
     started = asyncio.Event()
-    recorder = Recorder()
+    recorder = AsyncRecorder()
 
     async def fn(batch, opts):
         if batch[0] == 0:
@@ -964,7 +932,7 @@ async def test_ainsert_waiting_for_room_when_aclose_comes_loses_nothing(AsyncBuf
 
 
 async def test_a_seal_from_another_thread_wakes_the_loop(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=5, flush_interval=60, flush_jitter=0) as buf:
         producer = Background(lambda: [buf.insert(i) for i in range(5)])
         # No polling: the loop sleeps until the seal reaches it (or the 60 s timer would).
@@ -1040,7 +1008,7 @@ async def test_threads_and_the_loop_inserting_at_once_deliver_everything_exactly
 
 
 async def test_dispatch_thread_keeps_each_thread_in_one_partition(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(
         handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600, dispatch="thread"
     ) as buf:
@@ -1090,7 +1058,7 @@ async def test_dispatch_thread_keeps_each_thread_in_one_partition(AsyncBuffer):
 
 async def test_dump_does_not_clear_and_keeps_partition_order(AsyncBuffer):
     obj = object()
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, partitions=2, max_size=100, flush_interval=3600) as buf:
         assert buf.dump() == []
         buf.insert(obj)
@@ -1149,7 +1117,7 @@ async def test_size_counts_items_not_handed_to_a_flusher(AsyncBuffer):
 
 
 async def test_flushing_is_false_once_sync_flush_returns(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=3600) as buf:
         buf.insert(1)
         assert await buf.sync_flush(timeout=30) == [1]
@@ -1161,7 +1129,7 @@ async def test_flushing_is_false_once_sync_flush_returns(AsyncBuffer):
 
 async def test_info_has_the_keys_of_buffer_info_and_right_values(AsyncBuffer, make_buffer):
     plain_keys = set(make_buffer(handle_flush=lambda batch, opts: None, flush_interval=3600).info()[0])
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     buf = AsyncBuffer(
         handle_flush=recorder,
         name="info-buf",
@@ -1451,7 +1419,7 @@ async def test_handle_flush_error_may_be_plain_or_async(AsyncBuffer):
 
 async def test_max_size_jitter_bounds_with_ainsert(AsyncBuffer):
     max_size, jitter = 3, 2
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(
         handle_flush=recorder, max_size=max_size, max_size_jitter=jitter, flush_interval=3600
     ) as buf:
@@ -1471,7 +1439,7 @@ async def test_max_size_jitter_bounds_with_ainsert(AsyncBuffer):
 
 
 async def test_max_size_jitter_with_ainsert_batch(AsyncBuffer):
-    recorder = Recorder()
+    recorder = AsyncRecorder()
     async with AsyncBuffer(handle_flush=recorder, max_size=2, max_size_jitter=3, flush_interval=3600) as buf:
         await buf.ainsert_batch(range(40))
         await buf.ainsert_batch(iter(range(40, 60)))

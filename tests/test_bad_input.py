@@ -10,15 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import Boom, wait_for
 
 from databuffer import BufferFull
 
 BIG = 3600
-
-
-class Boom(Exception):
-    pass
 
 
 def _raising_after(n: int) -> Iterator[int]:

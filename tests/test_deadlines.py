@@ -5,7 +5,6 @@ insert."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import core_env, wait_for
+from conftest import AlwaysOne, run_python, wait_for
 
 import databuffer
 from databuffer import telemetry
@@ -24,13 +23,6 @@ BIG = 3600
 # A loaded 2-core machine can be late to wake a thread; the deadlines are
 # far shorter than any stuck callback, so the bound still tells them apart.
 MARGIN = 2.0
-
-
-class _AlwaysOne:
-    """A stand-in for the buffer's random.Random: every backoff draw is its bound."""
-
-    def random(self) -> float:
-        return 1.0
 
 
 @pytest.mark.parametrize("call", ["sync_flush", "close"])
@@ -70,7 +62,7 @@ def test_sync_flush_and_close_keep_their_deadline(
         retry_backoff=3.0,
         retry_backoff_max=3.0,
     )
-    engine_of(buf).random = _AlwaysOne()  # a 3 s backoff
+    engine_of(buf).random = AlwaysOne()  # a 3 s backoff
     buf.insert_batch([1, 2, 3])
     buf.flush()
     assert entered.wait(30)
@@ -157,20 +149,10 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
-def _run(script: str, core_name: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        env=core_env(core_name),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_the_exit_flush_is_capped_and_never_hangs_the_interpreter(core_name: str, tmp_path: Path) -> None:
     out = tmp_path / "flushed.jsonl"
     start = time.monotonic()
-    proc = _run(EXIT_SCRIPT, core_name, str(out))
+    proc = run_python(EXIT_SCRIPT, str(out), core=core_name, timeout=30)
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     assert took < 15  # the cap is 1 s; the rest is interpreter start-up on a loaded machine
@@ -238,7 +220,7 @@ CTRL_C_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("call", ["insert", "insert_batch", "sync_flush"])
 def test_ctrl_c_interrupts_a_blocked_call_and_the_buffer_stays_usable(core_name: str, call: str) -> None:
-    proc = _run(CTRL_C_SCRIPT, core_name, call)
+    proc = run_python(CTRL_C_SCRIPT, call, core=core_name, timeout=30)
     assert proc.returncode == 0, proc.stderr
     outcome = json.loads(proc.stdout)
     assert outcome["interrupted"] is True

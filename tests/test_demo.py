@@ -6,14 +6,13 @@ import importlib.util
 import io
 import re
 import sqlite3
-import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import core_env, run_cli
+from conftest import run_cli, run_python
 
 from databuffer import FlushOpts
 from databuffer._cli import main
@@ -190,26 +189,19 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.parametrize("mode", [[], ["--async"]], ids=["threads", "async"])
 def test_missing_rows_fail_the_check(core_name: str, tmp_path: Path, mode: list[str]) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _LOSSY_DEMO,
-            "demo",
-            *mode,
-            "--events",
-            "400",
-            "--partitions",
-            "2",
-            "--max-size",
-            "100",
-        ],
-        capture_output=True,
-        text=True,
-        env=core_env(core_name),
+    proc = run_python(
+        _LOSSY_DEMO,
+        "demo",
+        *mode,
+        "--events",
+        "400",
+        "--partitions",
+        "2",
+        "--max-size",
+        "100",
+        core=core_name,
         cwd=tmp_path,
         timeout=100,
-        check=False,
     )
     assert proc.returncode == 1, proc.stderr
     assert "check:      FAILED" in proc.stdout

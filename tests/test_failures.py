@@ -10,13 +10,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Background, wait_for
+from conftest import Background, Boom, wait_for
 
 from databuffer import FlushTimeout
-
-
-class Boom(Exception):
-    pass
 
 
 def assert_at_rest_invariant(buf) -> None:

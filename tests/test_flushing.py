@@ -7,36 +7,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Background, wait_for
+from conftest import Background, Recorder, stuck_buffer, wait_for
 
 from databuffer import BufferFull
-
-
-class Recorder:
-    """A handle_flush that records every call (batch, opts, monotonic time)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls: list[tuple[list[Any], Any, float]] = []
-        self.called = threading.Event()
-
-    def __call__(self, batch, opts):
-        with self.lock:
-            self.calls.append((list(batch), opts, time.monotonic()))
-        self.called.set()
-        return len(batch)
-
-    def batches(self, partition: int | None = None) -> list[list[Any]]:
-        with self.lock:
-            return [b for b, o, _ in self.calls if partition is None or o.partition == partition]
-
-    def triggers(self) -> list[str]:
-        with self.lock:
-            return [o.trigger for _, o, _ in self.calls]
-
-    def items(self) -> list[Any]:
-        return [item for batch in self.batches() for item in batch]
-
 
 # -- triggers ---------------------------------------------------------------
 
@@ -324,26 +297,8 @@ def test_close_of_an_empty_buffer_calls_nothing(make_buffer):
 # -- backpressure ---------------------------------------------------------------
 
 
-def _stuck_buffer(make_buffer, gates, **options):
-    """A buffer (max_size=2) whose first batch [0, 1] is stuck in handle_flush."""
-    release = gates()
-    started = threading.Event()
-    recorder = Recorder()
-
-    def fn(batch, opts):
-        if batch[0] == 0:
-            started.set()
-            release.wait(30)
-        return recorder(batch, opts)
-
-    buf = make_buffer(handle_flush=fn, max_size=2, flush_interval=3600, **options)
-    buf.insert_batch([0, 1])
-    assert started.wait(30)
-    return buf, release, recorder
-
-
 def test_insert_raises_buffer_full_after_timeout_storing_nothing(make_buffer, gates):
-    buf, release, recorder = _stuck_buffer(make_buffer, gates, insert_timeout=30)
+    buf, release, recorder = stuck_buffer(make_buffer, gates, insert_timeout=30)
     buf.insert(2)
     buf.insert(3)  # the partition now holds a full batch while [0, 1] is flushing
     before = (buf.size(), buf.dump(), buf.info()[0]["inserted"])
@@ -360,7 +315,7 @@ def test_insert_raises_buffer_full_after_timeout_storing_nothing(make_buffer, ga
 
 
 def test_insert_uses_insert_timeout_by_default(make_buffer, gates):
-    buf, release, recorder = _stuck_buffer(make_buffer, gates, insert_timeout=0.3)
+    buf, release, recorder = stuck_buffer(make_buffer, gates, insert_timeout=0.3)
     buf.insert_batch([2, 3])
     t0 = time.monotonic()
     with pytest.raises(BufferFull):
@@ -374,7 +329,7 @@ def test_insert_uses_insert_timeout_by_default(make_buffer, gates):
 
 
 def test_insert_batch_out_of_room_reports_stored(make_buffer, gates):
-    buf, release, recorder = _stuck_buffer(make_buffer, gates, insert_timeout=30)
+    buf, release, recorder = stuck_buffer(make_buffer, gates, insert_timeout=30)
     t0 = time.monotonic()
     with pytest.raises(BufferFull) as excinfo:
         buf.insert_batch([2, 3, 4, 5], timeout=0.3)
@@ -393,7 +348,7 @@ def test_insert_batch_out_of_room_reports_stored(make_buffer, gates):
 
 
 def test_waiting_insert_resumes_when_the_flush_finishes(make_buffer, gates):
-    buf, release, recorder = _stuck_buffer(make_buffer, gates, insert_timeout=0.1)
+    buf, release, recorder = stuck_buffer(make_buffer, gates, insert_timeout=0.1)
     buf.insert_batch([2, 3], timeout=30)
     waiting = Background(buf.insert, 4, timeout=30)
     assert not waiting.done.wait(0.3), "insert returned although the partition was full"
@@ -407,7 +362,7 @@ def test_waiting_insert_resumes_when_the_flush_finishes(make_buffer, gates):
 
 
 def test_waiting_insert_batch_resumes_when_the_flush_finishes(make_buffer, gates):
-    buf, release, recorder = _stuck_buffer(make_buffer, gates, insert_timeout=0.1)
+    buf, release, recorder = stuck_buffer(make_buffer, gates, insert_timeout=0.1)
     waiting = Background(buf.insert_batch, [2, 3, 4, 5, 6], timeout=30)
     wait_for(lambda: buf.dump() == [2, 3], timeout=30)
     assert not waiting.done.wait(0.3), "insert_batch returned although the partition was full"

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import core_env
+from conftest import run_python
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -79,14 +77,9 @@ FORK_SCRIPT = PRELUDE + textwrap.dedent(
 )
 
 
-def _run(core_name: str, script: str, out: Path, timeout: float = 60) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(out)],
-        env=core_env(core_name),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def _records(core_name: str, script: str, out: Path, timeout: float = 60) -> list[dict[str, Any]]:
+    """Run ``script`` (given ``out``) with the core; what it recorded in ``out``, once it exited cleanly."""
+    proc = run_python(script, str(out), core=core_name, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     return [json.loads(line) for line in out.read_text().splitlines()]
@@ -95,7 +88,7 @@ def _run(core_name: str, script: str, out: Path, timeout: float = 60) -> list[di
 def test_the_child_starts_empty_and_works_and_nothing_is_delivered_twice(
     core_name: str, tmp_path: Path
 ) -> None:
-    records = _run(core_name, FORK_SCRIPT, tmp_path / "out.jsonl")
+    records = _records(core_name, FORK_SCRIPT, tmp_path / "out.jsonl")
     (parent_end,) = [r for r in records if r["kind"] == "parent-end"]
     parent, child_status = parent_end["pid"], parent_end["child_status"]
     assert child_status == 0
@@ -171,7 +164,7 @@ HAMMER_SCRIPT = PRELUDE + textwrap.dedent(
 def test_forking_while_threads_insert_and_flush_never_deadlocks_the_child(
     core_name: str, tmp_path: Path
 ) -> None:
-    (end,) = _run(core_name, HAMMER_SCRIPT, tmp_path / "out.jsonl", timeout=120)
+    (end,) = _records(core_name, HAMMER_SCRIPT, tmp_path / "out.jsonl", timeout=120)
     assert end["statuses"] == [0] * 15
     assert end["inserted"] == end["flushed"] == end["produced"] == end["delivered"] == end["unique"]
 
@@ -219,7 +212,7 @@ MULTIPROCESSING_SCRIPT = PRELUDE + textwrap.dedent(
 def test_multiprocessing_fork_children_flush_at_exit_and_closed_buffers_stay_closed(
     core_name: str, tmp_path: Path
 ) -> None:
-    records = _run(core_name, MULTIPROCESSING_SCRIPT, tmp_path / "out.jsonl")
+    records = _records(core_name, MULTIPROCESSING_SCRIPT, tmp_path / "out.jsonl")
     (codes,) = [r["codes"] for r in records if r["kind"] == "exitcodes"]
     assert codes == [0, 0, 0]
     flushes = [r for r in records if r["kind"] == "flush"]

@@ -23,7 +23,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import Background, wait_for
+from conftest import Background, Sentinel, wait_for
 
 from databuffer import FlushTimeout
 from databuffer._front import engine_of
@@ -58,10 +58,6 @@ def wait_refs(obj: object, expected: int, buf: Any, timeout: float = 10.0) -> No
         raise AssertionError(
             f"refcount {refs(obj) - 1} != expected {expected - 1} after {timeout}s"
         ) from None
-
-
-class Sentinel:
-    """An item whose references are counted."""
 
 
 def _dropper() -> tuple[Any, list[int]]:
@@ -220,17 +216,6 @@ def test_failed_flushes_release_items(make_buffer: Any) -> None:
     # batch: the cyclic GC must be able to free it.
     gc.collect()
     assert refs(item) == base
-
-
-@pytest.fixture
-def no_cyclic_gc() -> Any:
-    """Run with the cyclic GC off: only reference counting frees objects."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def test_flushed_items_are_freed_without_the_cyclic_gc(make_buffer: Any, no_cyclic_gc: None) -> None:

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import Background, wait_for
+from conftest import Background, PartitionBatchRecorder, first_partition, wait_for
 
 INFO_KEYS = {
     "partition",
@@ -25,29 +25,8 @@ INFO_KEYS = {
 }
 
 
-class Recorder:
-    """A handle_flush that records (batch, opts) and returns (partition, batch)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls: list[tuple[list[Any], Any]] = []
-
-    def __call__(self, batch, opts):
-        with self.lock:
-            self.calls.append((list(batch), opts))
-        return (opts.partition, list(batch))
-
-    def partition_of(self) -> dict[Any, int]:
-        with self.lock:
-            return {item: opts.partition for batch, opts in self.calls for item in batch}
-
-
-def first_partition(buf) -> int:
-    return next(p["partition"] for p in buf.info() if p["size"])
-
-
 def test_insert_and_insert_batch_return_none(make_buffer):
-    buf = make_buffer(handle_flush=Recorder(), flush_interval=3600)
+    buf = make_buffer(handle_flush=PartitionBatchRecorder(), flush_interval=3600)
     assert buf.insert(1) is None
     assert buf.insert(2, timeout=1.0) is None
     assert buf.insert_batch([3, 4]) is None
@@ -56,7 +35,7 @@ def test_insert_and_insert_batch_return_none(make_buffer):
 
 
 def test_insert_rotates_round_robin_one_step_per_call(make_buffer):
-    buf = make_buffer(handle_flush=Recorder(), partitions=3, max_size=100, flush_interval=3600)
+    buf = make_buffer(handle_flush=PartitionBatchRecorder(), partitions=3, max_size=100, flush_interval=3600)
     buf.insert(0)
     start = first_partition(buf)
     for i in range(1, 9):
@@ -69,9 +48,13 @@ def test_insert_rotates_round_robin_one_step_per_call(make_buffer):
 
 
 def test_dispatch_round_robin_is_the_default(make_buffer):
-    buf = make_buffer(handle_flush=Recorder(), partitions=2, max_size=100, flush_interval=3600)
+    buf = make_buffer(handle_flush=PartitionBatchRecorder(), partitions=2, max_size=100, flush_interval=3600)
     explicit = make_buffer(
-        handle_flush=Recorder(), partitions=2, max_size=100, flush_interval=3600, dispatch="round_robin"
+        handle_flush=PartitionBatchRecorder(),
+        partitions=2,
+        max_size=100,
+        flush_interval=3600,
+        dispatch="round_robin",
     )
     for b in (buf, explicit):
         b.insert(1)
@@ -80,7 +63,7 @@ def test_dispatch_round_robin_is_the_default(make_buffer):
 
 
 def test_dispatch_thread_keeps_one_thread_in_one_partition(make_buffer):
-    recorder = Recorder()
+    recorder = PartitionBatchRecorder()
     buf = make_buffer(
         handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600, dispatch="thread"
     )
@@ -99,7 +82,11 @@ def test_dispatch_thread_keeps_one_thread_in_one_partition(make_buffer):
 def test_dispatch_thread_gives_threads_homes_round_robin(make_buffer):
     """Threads get partitions in the order they first insert; each keeps its own."""
     buf = make_buffer(
-        handle_flush=Recorder(), partitions=3, max_size=100, flush_interval=3600, dispatch="thread"
+        handle_flush=PartitionBatchRecorder(),
+        partitions=3,
+        max_size=100,
+        flush_interval=3600,
+        dispatch="thread",
     )
     buf.insert(("main", 0))
     main_home = first_partition(buf)
@@ -132,7 +119,11 @@ def test_dispatch_thread_home_survives_many_buffers(make_buffer):
     """One thread alternating over more buffers than its home cache holds keeps every home."""
     bufs = [
         make_buffer(
-            handle_flush=Recorder(), partitions=4, max_size=100, flush_interval=3600, dispatch="thread"
+            handle_flush=PartitionBatchRecorder(),
+            partitions=4,
+            max_size=100,
+            flush_interval=3600,
+            dispatch="thread",
         )
         for _ in range(20)
     ]
@@ -146,7 +137,7 @@ def test_dispatch_thread_home_survives_many_buffers(make_buffer):
 
 
 def test_insert_batch_takes_one_round_robin_step(make_buffer):
-    recorder = Recorder()
+    recorder = PartitionBatchRecorder()
     buf = make_buffer(handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600)
     buf.insert_batch(["a1", "a2"])
     start = first_partition(buf)
@@ -167,7 +158,7 @@ def test_insert_batch_takes_one_round_robin_step(make_buffer):
 
 
 def test_insert_and_insert_batch_share_the_rotation(make_buffer):
-    recorder = Recorder()
+    recorder = PartitionBatchRecorder()
     buf = make_buffer(handle_flush=recorder, partitions=2, max_size=100, flush_interval=3600)
     buf.insert("x")
     buf.insert_batch(["y", "z"])
@@ -178,13 +169,13 @@ def test_insert_and_insert_batch_share_the_rotation(make_buffer):
     assert where["x"] == where["w"]
     assert where["y"] == where["z"] == where["v"]
     assert where["x"] != where["y"]
-    by_partition = {opts.partition: batch for batch, opts in recorder.calls}
+    by_partition = {opts.partition: batch for batch, opts, _ in recorder.calls}
     assert by_partition[where["x"]] == ["x", "w"]
     assert by_partition[where["y"]] == ["y", "z", "v"]
 
 
 def test_insert_batch_accepts_any_iterable(make_buffer):
-    buf = make_buffer(handle_flush=Recorder(), max_size=100, flush_interval=3600)
+    buf = make_buffer(handle_flush=PartitionBatchRecorder(), max_size=100, flush_interval=3600)
     buf.insert_batch(range(3))
     buf.insert_batch(i for i in (3, 4))
     buf.insert_batch({5: "five"}.keys())
@@ -195,7 +186,7 @@ def test_insert_batch_accepts_any_iterable(make_buffer):
 
 def test_dump_does_not_clear_and_keeps_order(make_buffer):
     obj = object()
-    buf = make_buffer(handle_flush=Recorder(), partitions=2, max_size=100, flush_interval=3600)
+    buf = make_buffer(handle_flush=PartitionBatchRecorder(), partitions=2, max_size=100, flush_interval=3600)
     buf.insert(obj)
     start = first_partition(buf)
     buf.insert("b")
@@ -239,7 +230,7 @@ def test_size_counts_items_not_handed_to_a_flusher(make_buffer, gates):
 
 
 def test_info_keys_and_counters(make_buffer):
-    recorder = Recorder()
+    recorder = PartitionBatchRecorder()
     buf = make_buffer(
         handle_flush=recorder,
         name="info-buf",
@@ -305,7 +296,7 @@ def test_flush_returns_without_waiting(make_buffer, gates):
 
 
 def test_flush_on_empty_buffer_calls_nothing(make_buffer):
-    recorder = Recorder()
+    recorder = PartitionBatchRecorder()
     buf = make_buffer(handle_flush=recorder, partitions=3, flush_interval=3600)
     buf.flush()
     assert buf.sync_flush(timeout=30) == []
@@ -339,7 +330,7 @@ def test_sync_flush_returns_results_in_partition_order(make_buffer):
 
 
 def test_sync_flush_skips_empty_partitions(make_buffer):
-    recorder = Recorder()
+    recorder = PartitionBatchRecorder()
     buf = make_buffer(handle_flush=recorder, partitions=3, max_size=100, flush_interval=3600)
     buf.insert_batch(["only"])
     start = first_partition(buf)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -20,7 +17,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from conftest import core_env, wait_for
+from conftest import run_python, wait_for
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     Gauge,
@@ -663,20 +660,9 @@ def test_two_instrumentations_on_one_provider(make_buffer, instrument, core_name
 # -- the global provider and the import ----------------------------------------
 
 
-def _run(code: str, core_name: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=core_env(core_name),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_global_meter_provider(core_name):
     """With no meter_provider, instrument() uses the global one (in a subprocess, not to set ours)."""
-    proc = _run(
+    proc = run_python(
         """
         import json
         from opentelemetry import metrics
@@ -702,7 +688,7 @@ def test_global_meter_provider(core_name):
         inst.uninstrument()
         print(json.dumps(out))
         """,
-        core_name,
+        core=core_name,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -722,7 +708,7 @@ def test_global_meter_provider(core_name):
 
 
 def test_import_databuffer_does_not_import_opentelemetry():
-    proc = _run(
+    proc = run_python(
         """
         import sys
         import databuffer, databuffer.contrib, databuffer.telemetry
@@ -734,7 +720,7 @@ def test_import_databuffer_does_not_import_opentelemetry():
 
 
 def test_import_error_without_opentelemetry():
-    proc = _run(
+    proc = run_python(
         """
         import sys
         sys.modules["opentelemetry"] = None  # as if it were not installed

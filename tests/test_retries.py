@@ -8,15 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import Boom, Errors, Events, wait_for
 
 from databuffer import FlushTimeout, telemetry
 
 BIG = 3600
-
-
-class Boom(Exception):
-    pass
 
 
 class Calls:
@@ -34,25 +30,6 @@ class Calls:
         if self.always or (batch[0], opts.attempt) in self.fail:
             raise Boom(f"attempt {opts.attempt} of {batch}")
         return ("ok", batch[0], opts.attempt)
-
-
-class Errors:
-    def __init__(self) -> None:
-        self.reported: list[tuple[list[Any], Any, BaseException]] = []
-
-    def __call__(self, batch: list[Any], opts: Any, error: BaseException) -> None:
-        self.reported.append((list(batch), opts, error))
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
-
-    def __call__(self, event: Any, measurements: Any, metadata: Any, config: Any) -> None:
-        self.seen.append((event, dict(measurements), dict(metadata)))
-
-    def of(self, event: tuple[str, ...]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        return [(m, md) for e, m, md in self.seen if e == event]
 
 
 FLUSH_EVENTS = [telemetry.FLUSH_START, telemetry.FLUSH_STOP, telemetry.FLUSH_EXCEPTION, telemetry.FLUSH_RETRY]

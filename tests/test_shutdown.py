@@ -3,56 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Background, core_env, wait_for
+from conftest import Background, Recorder, run_python, stuck_buffer, wait_for
 
 from databuffer import BufferClosed, FlushTimeout
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls: list[tuple[list[Any], Any]] = []
-
-    def __call__(self, batch, opts):
-        with self.lock:
-            self.calls.append((list(batch), opts))
-        return len(batch)
-
-    def items(self) -> list[Any]:
-        with self.lock:
-            return [item for batch, _ in self.calls for item in batch]
-
-    def triggers(self) -> list[str]:
-        with self.lock:
-            return [opts.trigger for _, opts in self.calls]
-
-
-def _stuck_buffer(make_buffer, gates, recorder, **options):
-    """A buffer (max_size=2) whose first batch [0, 1] is stuck in handle_flush."""
-    release = gates()
-    started = threading.Event()
-
-    def fn(batch, opts):
-        if batch[0] == 0:
-            started.set()
-            release.wait(30)
-        return recorder(batch, opts)
-
-    options.setdefault("flush_interval", 3600)
-    buf = make_buffer(handle_flush=fn, max_size=2, **options)
-    buf.insert_batch([0, 1])
-    assert started.wait(30)
-    return buf, release
-
 
 # -- close ----------------------------------------------------------------------
 
@@ -99,7 +58,7 @@ def test_after_close_inserts_raise_buffer_closed_and_queries_answer(make_buffer)
 
 def test_close_waits_for_a_flush_in_flight(make_buffer, gates):
     recorder = Recorder()
-    buf, release = _stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)
+    buf, release, _ = stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)
     buf.insert(2)
     closing = Background(buf.close)
     assert not closing.done.wait(0.3), "close returned while a flush was still running"
@@ -113,7 +72,7 @@ def test_close_waits_for_a_flush_in_flight(make_buffer, gates):
 
 def test_close_with_timeout_raises_timeout_error_when_stuck(make_buffer, gates):
     recorder = Recorder()
-    buf, release = _stuck_buffer(make_buffer, gates, recorder, flush_timeout=60)
+    buf, release, _ = stuck_buffer(make_buffer, gates, recorder, flush_timeout=60)
     buf.insert(2)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -198,7 +157,7 @@ def test_timed_out_flusher_that_cannot_be_replaced_fails_the_rest(make_buffer, g
 
 def test_insert_waiting_during_close_loses_nothing(make_buffer, gates):
     recorder = Recorder()
-    buf, release = _stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)
+    buf, release, _ = stuck_buffer(make_buffer, gates, recorder, insert_timeout=30)
     buf.insert_batch([2, 3])
     waiting = Background(buf.insert, 4, timeout=30)
     assert not waiting.done.wait(0.2)
@@ -307,22 +266,9 @@ ATEXIT_STUCK_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_script(core_name: str, script: str, out: Path) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            [sys.executable, "-c", script, str(out)],
-            env=core_env(core_name),
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the interpreter did not exit within 20 s: {exc.stderr!r}")
-
-
 def test_atexit_flushes_open_buffers(core_name, tmp_path):
     out = tmp_path / "flushed.jsonl"
-    proc = _run_script(core_name, ATEXIT_SCRIPT, out)
+    proc = run_python(ATEXIT_SCRIPT, str(out), core=core_name, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ("extension" if core_name == "c" else "python"), proc.stdout
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -339,7 +285,7 @@ def test_atexit_flushes_open_buffers(core_name, tmp_path):
 
 def test_atexit_is_bounded_by_flush_timeout(core_name, tmp_path):
     out = tmp_path / "errors.jsonl"
-    proc = _run_script(core_name, ATEXIT_STUCK_SCRIPT, out)
+    proc = run_python(ATEXIT_STUCK_SCRIPT, str(out), core=core_name, timeout=20)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records == [{"error": "FlushTimeout", "batch": [1, 2, 3], "trigger": "close"}]

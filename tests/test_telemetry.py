@@ -7,10 +7,9 @@ import logging
 import threading
 import time
 import types
-from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import Events, wait_for
 
 from databuffer import BufferClosed, BufferFull, FlushTimeout, _core_py, telemetry
 
@@ -26,31 +25,6 @@ ALL_EVENTS = INSERT_EVENTS + FLUSH_EVENTS
 
 FLUSH_META_KEYS = {"buffer", "partition", "size", "trigger"}
 EXCEPTION_META_KEYS = {"kind", "reason", "stacktrace"}
-
-
-class Events:
-    """A telemetry handler that records the events of one buffer."""
-
-    def __init__(self, buffer: str) -> None:
-        self.buffer = buffer
-        self.lock = threading.Lock()
-        self.seen: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any], Any]] = []
-        self.log: list[Any] = []  # events and handle_flush calls, in order
-
-    def __call__(self, event, measurements, metadata, config):
-        if metadata.get("buffer") != self.buffer:
-            return
-        with self.lock:
-            self.seen.append((event, dict(measurements), dict(metadata), config))
-            self.log.append(event)
-
-    def of(self, event) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        with self.lock:
-            return [(m, md) for e, m, md, _ in self.seen if e == event]
-
-    def names(self) -> list[tuple[str, ...]]:
-        with self.lock:
-            return [e for e, _, _, _ in self.seen]
 
 
 def loaded_cores(core_name: str) -> list[types.ModuleType]:

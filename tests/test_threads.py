@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import sysconfig
 import threading
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import PartitionSizeRecorder, run_python, wait_for
 
 from databuffer import BufferClosed
 
@@ -39,23 +38,6 @@ def fine_switching() -> Any:
 
 def _per_core(core_name: str, c: int, py: int) -> int:
     return c if core_name == "c" else py
-
-
-class Recorder:
-    """handle_flush that records (partition, batch, trigger) in call order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, list[int], str]] = []
-        self.problems: list[str] = []
-
-    def __call__(self, batch: list[int], opts: Any) -> tuple[int, int]:
-        if opts.size != len(batch):
-            self.problems.append(f"opts.size={opts.size} but len(batch)={len(batch)}")
-        self.calls.append((opts.partition, list(batch), opts.trigger))
-        return (opts.partition, len(batch))
-
-    def delivered(self) -> list[int]:
-        return [item for _p, batch, _t in self.calls for item in batch]
 
 
 def _produce(buf: Any, producer: int, count: int, rng: random.Random) -> None:
@@ -102,9 +84,9 @@ def _run_threads(targets: list[Callable[[], None]], barrier: threading.Barrier) 
     return errors
 
 
-def _check_delivery(rec: Recorder, per_producer: int, producers: int, max_size: int) -> None:
+def _check_delivery(rec: PartitionSizeRecorder, per_producer: int, producers: int, max_size: int) -> None:
     assert rec.problems == []
-    delivered = rec.delivered()
+    delivered = rec.items()
     expected = {p * STRIDE + s for p in range(producers) for s in range(per_producer)}
     assert len(delivered) == len(expected), f"{len(delivered)} items delivered, {len(expected)} inserted"
     counts = Counter(delivered)
@@ -114,12 +96,13 @@ def _check_delivery(rec: Recorder, per_producer: int, producers: int, max_size: 
     assert not missing, f"{len(missing)} items never delivered, e.g. {sorted(missing)[:5]}"
     assert counts.keys() == expected
     # Batches: never empty, never above the threshold.
-    sizes = [len(batch) for _p, batch, _t in rec.calls]
+    sizes = [len(batch) for batch in rec.batches()]
     assert min(sizes) >= 1
     assert max(sizes) <= max_size
     # Order: within a partition, each producer's items arrive in insertion order.
     last: dict[tuple[int, int], int] = defaultdict(lambda: -1)
-    for partition, batch, _trigger in rec.calls:
+    for batch, opts, _t in rec.calls:
+        partition = opts.partition
         for item in batch:
             producer, seq = divmod(item, STRIDE)
             key = (partition, producer)
@@ -128,7 +111,13 @@ def _check_delivery(rec: Recorder, per_producer: int, producers: int, max_size: 
 
 
 def _produce_and_check(
-    buf: Any, rec: Recorder, producers: int, per_producer: int, seed: int, max_size: int, timeout: float
+    buf: Any,
+    rec: PartitionSizeRecorder,
+    producers: int,
+    per_producer: int,
+    seed: int,
+    max_size: int,
+    timeout: float,
 ) -> None:
     """``producers`` threads of ``_produce`` at once; then close and check delivery and counters."""
     barrier = threading.Barrier(producers + 1)
@@ -158,7 +147,7 @@ def test_producers_deliver_everything_exactly_once(
     make_buffer: Any, core_name: str, fine_switching: None
 ) -> None:
     per_producer = _per_core(core_name, 100_000, 100_000)
-    rec = Recorder()
+    rec = PartitionSizeRecorder()
     buf = make_buffer(
         handle_flush=rec,
         name="threads",
@@ -169,20 +158,20 @@ def test_producers_deliver_everything_exactly_once(
         insert_timeout=60.0,
     )
     _produce_and_check(buf, rec, PRODUCERS, per_producer, seed=0, max_size=MAX_SIZE, timeout=60)
-    triggers = Counter(trigger for _p, _b, trigger in rec.calls)
+    triggers = Counter(rec.triggers())
     assert set(triggers) <= {"size", "close"}
     assert triggers["size"] >= PRODUCERS * per_producer // MAX_SIZE - PARTITIONS
     # Only the last batch of a partition can be a close flush.
     assert triggers["close"] <= PARTITIONS
     # Size flushes are exactly max_size (no jitter).
-    assert all(len(b) == MAX_SIZE for _p, b, t in rec.calls if t == "size")
+    assert all(len(b) == MAX_SIZE for b, o, _t in rec.calls if o.trigger == "size")
 
 
 def test_producers_under_heavy_backpressure(make_buffer: Any, core_name: str, fine_switching: None) -> None:
     """Tiny batches: inserts wait for the flusher all the time, and batches split often."""
     per_producer = _per_core(core_name, 20_000, 20_000)
     max_size = 7
-    rec = Recorder()
+    rec = PartitionSizeRecorder()
     buf = make_buffer(
         handle_flush=rec,
         name="pressure",
@@ -193,7 +182,7 @@ def test_producers_under_heavy_backpressure(make_buffer: Any, core_name: str, fi
         insert_timeout=60.0,
     )
     _produce_and_check(buf, rec, PRODUCERS, per_producer, seed=1000, max_size=max_size, timeout=60)
-    assert all(len(b) == max_size for _p, b, t in rec.calls if t == "size")
+    assert all(len(b) == max_size for b, o, _t in rec.calls if o.trigger == "size")
 
 
 def test_concurrent_flush_dump_size_info_while_inserting(
@@ -202,7 +191,7 @@ def test_concurrent_flush_dump_size_info_while_inserting(
     producers = 6
     per_producer = _per_core(core_name, 100_000, 60_000)
     max_size = 500
-    rec = Recorder()
+    rec = PartitionSizeRecorder()
     buf = make_buffer(
         handle_flush=rec,
         name="observed",
@@ -289,13 +278,13 @@ def test_concurrent_flush_dump_size_info_while_inserting(
 
     _check_delivery(rec, per_producer, producers, max_size)
     _check_counters(buf, producers * per_producer)
-    assert {t for _p, _b, t in rec.calls} <= {"size", "manual", "close"}
+    assert set(rec.triggers()) <= {"size", "manual", "close"}
 
 
 def test_inserts_racing_close_lose_nothing(make_buffer: Any, core_name: str, fine_switching: None) -> None:
     """Each racing insert either stored its item (then delivered) or raised BufferClosed."""
     producers = 4
-    rec = Recorder()
+    rec = PartitionSizeRecorder()
     release = threading.Event()
 
     def slow_flush(batch: list[int], opts: Any) -> Any:
@@ -347,7 +336,7 @@ def test_inserts_racing_close_lose_nothing(make_buffer: Any, core_name: str, fin
     assert errors == [], errors
     assert all(len(r) == 1 for r in refused), "every producer ends with one refused insert"
 
-    delivered = rec.delivered()
+    delivered = rec.items()
     all_stored = [item for items in stored for item in items]
     assert len(delivered) == len(set(delivered))
     assert sorted(delivered) == sorted(all_stored)
@@ -369,7 +358,7 @@ def test_four_producers_a_million_inserts_each(make_buffer: Any, core_name: str)
     """
     producers = 4
     per_producer = STRESS_PER_PRODUCER
-    rec = Recorder()
+    rec = PartitionSizeRecorder()
     buf = make_buffer(
         handle_flush=rec,
         name="stress",
@@ -398,7 +387,7 @@ def test_thread_dispatch_keeps_each_producer_in_one_partition(
 ) -> None:
     """dispatch="thread": exactly once, each producer in one partition, homes spread evenly."""
     per_producer = _per_core(core_name, 100_000, 50_000)
-    rec = Recorder()
+    rec = PartitionSizeRecorder()
     buf = make_buffer(
         handle_flush=rec,
         name="homes",
@@ -410,9 +399,9 @@ def test_thread_dispatch_keeps_each_producer_in_one_partition(
     )
     _produce_and_check(buf, rec, producers, per_producer, seed=2000, max_size=MAX_SIZE, timeout=120)
     partitions_of: dict[int, set[int]] = defaultdict(set)
-    for partition, batch, _trigger in rec.calls:
+    for batch, opts, _t in rec.calls:
         for item in batch:
-            partitions_of[item // STRIDE].add(partition)
+            partitions_of[item // STRIDE].add(opts.partition)
     assert all(len(parts) == 1 for parts in partitions_of.values()), dict(partitions_of)
     # All threads were alive at once (distinct idents): homes go round-robin.
     load = Counter(next(iter(parts)) for parts in partitions_of.values())
@@ -427,7 +416,7 @@ def test_thread_dispatch_keeps_each_producer_in_one_partition(
 def test_the_compiled_core_keeps_the_gil_disabled() -> None:
     """The core declares itself free-threading compatible: importing it leaves the GIL off."""
     code = "import sys, databuffer._core; print(sys._is_gil_enabled())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False", proc.stderr
     assert "GIL" not in proc.stderr
