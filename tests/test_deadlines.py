@@ -169,6 +169,10 @@ CTRL_C_SCRIPT = textwrap.dedent(
     from databuffer import Buffer
     from databuffer._front import engine_of
 
+    # A child started from a background job inherits SIGINT ignored, and
+    # Python then raises no KeyboardInterrupt: make Ctrl-C what it is in a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     call = sys.argv[1]
     release = threading.Event()
     delivered = []
