@@ -48,5 +48,5 @@ def core_module_of(front: object) -> ModuleType:
 
 def own_methods(cls: type) -> None:
     """Let CPython specialize ``buf.insert(x)`` for ``cls`` (see the compiled core's ``own_methods``)."""
-    core_module_of_class = core if core is not _core_py and issubclass(cls, core.BufferCore) else _core_py
-    core_module_of_class.own_methods(cls)
+    module = core if core is not _core_py and issubclass(cls, core.BufferCore) else _core_py
+    module.own_methods(cls)

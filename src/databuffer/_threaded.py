@@ -120,6 +120,8 @@ class ThreadEngine(Engine[T]):
 
     def _start(self) -> None:
         """Make the engine's state and start its threads (at construction, and in a forked child)."""
+        # Made here before any thread of the buffer starts, and made anew
+        # only in a forked child, where no other thread runs yet.
         self.parts = [_Partition(p) for p in range(self.config.partitions)]
         # Guards starting threads (part.thread, _timer): _supervise must not
         # see a thread published but not started yet.
