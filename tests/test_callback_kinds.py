@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import threading
 import warnings
 from typing import Any
+from unittest import mock
 
 import pytest
 from conftest import wait_for
 
 from databuffer import FlushOpts
+from databuffer._front import engine_of
 
 
 async def async_flush(batch: list[Any], opts: FlushOpts) -> None:
@@ -41,6 +44,48 @@ def test_buffer_refuses_an_async_handle_flush_keyword(Buffer: type, fn: Any) -> 
     with pytest.raises(TypeError, match=r"handle_flush.*AsyncBuffer") as info:
         Buffer(handle_flush=fn)
     assert "async_flush" in str(info.value) or "AsyncCallable" in str(info.value)
+
+
+def test_buffer_takes_mocks_as_callbacks(make_buffer: Any) -> None:
+    """A Mock has every attribute, a coroutine marker included: it is still a plain callable."""
+    flush, error = mock.Mock(return_value=None), mock.MagicMock()
+    buf = make_buffer(handle_flush=flush, handle_flush_error=error, flush_interval=3600)
+    buf.insert(1)
+    buf.sync_flush(timeout=30)
+    flush.assert_called_once()
+    assert flush.call_args.args[0] == [1]
+    with pytest.raises(TypeError, match="AsyncBuffer"):
+        make_buffer(handle_flush=mock.AsyncMock())
+
+
+def test_an_awaitable_whose_close_raises_still_fails_only_its_batch(make_buffer: Any) -> None:
+    """The batch fails with the TypeError; the flusher goes on (no FlushTimeout, no second flusher)."""
+    failed: list[BaseException] = []
+
+    class Awaitable:
+        def __await__(self) -> Any:
+            yield
+
+        def close(self) -> None:
+            raise RuntimeError("close failed")
+
+    buf = make_buffer(
+        handle_flush=lambda batch, opts: Awaitable() if batch == [1] else None,
+        handle_flush_error=lambda batch, opts, error: failed.append(error),
+        flush_timeout=0.2,
+        flush_interval=3600,
+    )
+    buf.insert(1)
+    with pytest.raises(ExceptionGroup):
+        buf.sync_flush(timeout=30)
+    buf.insert(2)
+    assert buf.sync_flush(timeout=30) == [None]
+    assert [type(e) for e in failed] == [TypeError]
+    # No attempt is left under the timer's watch (it would be reported as
+    # timed out, and a second flusher started).
+    assert engine_of(buf).parts[0].flight is None
+    flushers = [t for t in threading.enumerate() if t.name.startswith(f"databuffer-{buf.name}-flusher")]
+    assert len(flushers) == 1
 
 
 def test_buffer_refuses_an_async_handle_flush_method(Buffer: type) -> None:

@@ -123,3 +123,24 @@ def test_counters_come_back_as_a_named_record(make_buffer: Any) -> None:
     stats = engine_of(buf).core.stats(0)
     assert stats._fields == ("size", "threshold", "busy", "inserted", "taken", "flushed", "failed")
     assert (stats.size, stats.inserted, stats.taken) == (3, 3, 0)
+
+
+def test_a_core_that_was_never_initialised_is_refused_not_used(core_name: str) -> None:
+    """A Core made without its __init__ raises on use, and cannot be attached to a buffer."""
+    module = _core_modules(core_name)
+    bare = module.Core.__new__(module.Core)
+    front = module.BufferCore()
+    with pytest.raises(RuntimeError, match="not initialised"):
+        module.attach(front, bare)
+    with pytest.raises(TypeError):
+        module.attach(None, bare)
+    with pytest.raises(RuntimeError, match="__init__ was not called"):
+        front.insert(1)
+    if core_name == "c":  # the pure core's missing attributes raise AttributeError
+        for call in (
+            lambda: bare.insert_raw(1, None),
+            lambda: bare.insert_batch_raw([1], None),
+            lambda: bare.take(0, 0),
+        ):
+            with pytest.raises(RuntimeError, match="not initialised"):
+                call()

@@ -223,3 +223,28 @@ def test_multiprocessing_fork_children_flush_at_exit_and_closed_buffers_stay_clo
     assert len(by_pid) == 3  # the parent and each child flushed their own
     (refused,) = [r for r in records if r["kind"] == "refused"]
     assert (refused["closed"], refused["size"]) == (True, 0)
+
+
+JITTER_SCRIPT = PRELUDE + textwrap.dedent(
+    """
+    from databuffer._front import engine_of
+
+    buf = Buffer(name="jittered", handle_flush=lambda b, o: None, flush_interval=3600, max_retries=3)
+    engine = engine_of(buf)
+    pid = os.fork()
+    # The draws behind the flush-interval jitter and the retry backoff.
+    record(kind="draws", draws=[engine.random.random() for _ in range(5)], child=pid == 0)
+    if pid == 0:
+        os._exit(0)
+    wait_child(pid)
+    buf.close(timeout=30)
+    """
+)
+
+
+def test_a_forked_child_draws_its_own_jitter_and_backoff(core_name: str, tmp_path: Path) -> None:
+    """Pre-fork workers must not flush and retry in step with their parent."""
+    records = _records(core_name, JITTER_SCRIPT, tmp_path / "out.jsonl")
+    (parent,) = [r["draws"] for r in records if not r["child"]]
+    (child,) = [r["draws"] for r in records if r["child"]]
+    assert len(set(parent) | set(child)) == 10

@@ -363,10 +363,14 @@ cdef class Core:
 
     def insert_raw(self, item, timeout):
         """Insert without telemetry; returns the partition used."""
+        if self._parts is NULL:
+            raise not_made()
         return insert_one(self, item, timeout)
 
     def insert_batch_raw(self, items, timeout):
         """Insert a batch without telemetry; returns ``(partition, count)``."""
+        if self._parts is NULL:
+            raise not_made()
         return self._insert_many(items, timeout)
 
     def take(self, Py_ssize_t p, int64_t upto):
@@ -561,6 +565,8 @@ cdef class Core:
         return out
 
     cdef Part *_part(self, Py_ssize_t p) except NULL:
+        if self._parts is NULL:
+            raise not_made()
         if p < 0 or p >= self._n:
             raise IndexError(f"no partition {p}")
         return &self._parts[p]
@@ -688,8 +694,17 @@ cdef object not_initialised(BufferCore buf):
     return RuntimeError(f"{type(buf).__name__}.__init__ was not called")
 
 
-def attach(BufferCore buf, Core core):
-    """Give ``buf`` its core (once: a second call raises ``RuntimeError``)."""
+cdef object not_made():
+    return RuntimeError("the buffer core was not initialised (Core.__init__ did not run)")
+
+
+def attach(BufferCore buf not None, Core core not None):
+    """Give ``buf`` its core (once: a second call raises ``RuntimeError``).
+
+    The core must be initialised: the insert methods rely on it.
+    """
+    if core._parts is NULL:
+        raise not_made()
     if buf._databuffer is not None:
         raise RuntimeError(f"{type(buf).__name__}.__init__ was called twice")
     buf._databuffer = core

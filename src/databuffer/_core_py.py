@@ -679,7 +679,14 @@ _slot = BufferCore.__dict__["_databuffer"]
 
 
 def attach(buf: BufferCore, core: Core) -> None:
-    """Give ``buf`` its core (once: a second call raises ``RuntimeError``)."""
+    """Give ``buf`` its core (once: a second call raises ``RuntimeError``).
+
+    The core must be initialised: the insert methods rely on it.
+    """
+    if not isinstance(buf, BufferCore) or not isinstance(core, Core):
+        raise TypeError(f"attach() needs a BufferCore and a Core, not {buf!r} and {core!r}")
+    if not hasattr(core, "parts"):
+        raise RuntimeError("the buffer core was not initialised (Core.__init__ did not run)")
     try:
         _slot.__get__(buf)
     except AttributeError:

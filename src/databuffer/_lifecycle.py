@@ -29,6 +29,7 @@ thread; tasks, ``asyncio.timeout`` and ``asyncio.sleep``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -530,7 +531,9 @@ class Engine(Generic[T]):
             return None
         close = getattr(result, "close", None)
         if close is not None:
-            close()
+            # The batch fails with the TypeError below whatever close() does.
+            with contextlib.suppress(Exception):
+                close()
         what = "the batch was not flushed" if callback == "handle_flush" else "it did not run"
         return TypeError(
             f"{callback} of {self.describe()} returned {type(result).__name__}, an awaitable that "

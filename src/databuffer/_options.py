@@ -130,7 +130,11 @@ def is_async_callable(fn: object) -> bool:
         fn = fn.func
     if isinstance(fn, types.MethodType):
         fn = fn.__func__
-    if getattr(fn, "_is_coroutine_marker", None) is not None:  # inspect.markcoroutinefunction
+    # inspect.markcoroutinefunction (3.12+) sets this attribute to a marker
+    # of its module; only that marker counts (a Mock makes up any attribute).
+    inspect = sys.modules.get("inspect")
+    marker = getattr(inspect, "_is_coroutine_mark", None)
+    if marker is not None and getattr(fn, "_is_coroutine_marker", None) is marker:
         return True
     code = getattr(fn, "__code__", None)
     if code is None and callable(fn) and not isinstance(fn, type):

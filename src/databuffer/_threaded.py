@@ -239,6 +239,9 @@ class ThreadEngine(Engine[T]):
         the caller to release once every buffer is consistent again.
         """
         dropped = self.core.fork_child()
+        # The child draws its own jitter and backoff: parent and child must
+        # not flush and retry in step.
+        self.random.seed()
         if self.stopping or self.core.is_closed():
             # Closed (or closing) in the parent: nothing to flush here.
             self.stopping = self.stopped = True
@@ -554,11 +557,11 @@ class ThreadEngine(Engine[T]):
                 result = self.flush_fn(self.batch_for(attempt), attempt.opts)
             except BaseException as exc:  # any failure of the callback is the batch's failure
                 error = exc
-            if result is not None and (error := self.not_awaitable(result, "handle_flush")) is not None:
-                result = None
             if not watch.claim.acquire(False):
                 return None
             part.flight = None
+            if result is not None and (error := self.not_awaitable(result, "handle_flush")) is not None:
+                result = None
             return (result, error, False, part.orphaned is not None)
         finally:
             # The error's traceback holds this frame: without this, the
