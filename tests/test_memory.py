@@ -284,6 +284,9 @@ def test_abandoned_items_are_freed_without_the_cyclic_gc(make_buffer: Any, no_cy
     finally:
         release.set()
     assert returned.wait(30)
+    # Released once reported and returned, before close(): the flusher that
+    # took the batch over does not keep it for its life.
+    wait_refs(item, base, buf)
     buf.close()
     assert buf.info()[0]["failed"] == 10
     extra = refs(item) - base

@@ -371,7 +371,9 @@ class ThreadEngine(Engine[T]):
         thread = _OwnedThread(
             self,
             target=self._flusher_main,
-            args=(part, resume),
+            # In a list the thread empties: the thread object keeps its
+            # args for its whole life, and they would keep the batch alive.
+            args=(part, [] if resume is None else [resume]),
             name=f"databuffer-{self.name}-flusher-{part.index}",
         )
         with self._threads_lock:
@@ -447,12 +449,11 @@ class ThreadEngine(Engine[T]):
 
     # -- flushing ---------------------------------------------------------
 
-    def _flusher_main(self, part: _Partition, resume: _Resume | None) -> None:
+    def _flusher_main(self, part: _Partition, resumes: list[_Resume]) -> None:
         p = part.index
         try:
-            if resume is not None:
-                life, attempt, outcome = resume
-                resume = None  # do not hold the batch for the thread's life
+            if resumes:
+                life, attempt, outcome = resumes.pop()
                 try:
                     if life is None:
                         # The first attempt timed out: its life starts with the timeout.
