@@ -43,7 +43,7 @@ from ._lifecycle import (
     SyncWaiter,
     logger,
 )
-from ._options import Callbacks, Options, check_seconds, check_timeout
+from ._options import Callbacks, Options, check_timeout
 
 __all__ = ("AsyncEngine", "NoRoom")
 
@@ -208,25 +208,19 @@ class AsyncEngine(Engine[T]):
         return (await self._flush_and_wait("manual", deadline)).outcome(self.name)
 
     async def ainsert(self, item: Any, timeout: float | None) -> None:
-        if timeout is not None:
-            check_seconds("timeout", timeout, zero_ok=True)
-        if _core_py.insert_telemetry() and not getattr(_instrument.emitting, "insert", False):
-            await self._ainstrumented(self._ainsert_raw, item, timeout, batch=False)
-            return
-        await self._ainsert_raw(item, timeout)
+        await self._ainsert(self._ainsert_raw, item, timeout, batch=False)
 
     async def ainsert_batch(self, items: Iterable[Any], timeout: float | None) -> None:
-        if timeout is not None:
-            check_seconds("timeout", timeout, zero_ok=True)
-        if _core_py.insert_telemetry() and not getattr(_instrument.emitting, "insert", False):
-            await self._ainstrumented(self._ainsert_batch_raw, items, timeout, batch=True)
-            return
-        await self._ainsert_batch_raw(items, timeout)
+        await self._ainsert(self._ainsert_batch_raw, items, timeout, batch=True)
 
-    async def _ainstrumented(
+    async def _ainsert(
         self, raw: Callable[[Any, Any], Awaitable[Any]], arg: Any, timeout: float | None, *, batch: bool
     ) -> None:
-        """An ``ainsert``/``ainsert_batch`` with its insert events (the wait for room included)."""
+        """An ``ainsert``/``ainsert_batch``; its insert events, when on, include the wait for room."""
+        check_timeout(timeout)
+        if not _core_py.insert_telemetry() or getattr(_instrument.emitting, "insert", False):
+            await raw(arg, timeout)
+            return
         start = _instrument.insert_started(self.name)
         try:
             result = await raw(arg, timeout)

@@ -41,7 +41,7 @@ from . import _instrument, telemetry
 from ._compat import core_module_of
 from ._contract import CoreAPI, Taken
 from ._errors import BufferClosed
-from ._options import Callbacks, Options, check_seconds
+from ._options import Callbacks, Options, check_timeout
 from ._registry import registry
 from ._types import COUNTERS, BufferStats, Counters, FlushOpts, PartitionInfo
 
@@ -215,7 +215,7 @@ class Engine(Generic[T]):
         return BufferClosed(f"buffer {self.name!r} is closed")
 
     def check_timeout(self, timeout: object) -> None:
-        check_seconds("timeout", timeout, zero_ok=True)
+        check_timeout(timeout)
 
     def iterate(self, items: object) -> Iterator[Any]:
         try:
