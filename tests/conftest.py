@@ -405,11 +405,17 @@ def no_cyclic_gc() -> Iterator[None]:
         gc.enable()
 
 
+# Long randomized runs, each only when the ``-m`` expression names its marker.
+_ON_REQUEST_MARKERS = ("soak", "chaos")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run ``soak`` tests only when the ``-m`` expression names them (``-m soak``)."""
-    if "soak" in (config.getoption("markexpr", default="") or ""):
-        return
-    soak = [item for item in items if item.get_closest_marker("soak") is not None]
-    if soak:
-        config.hook.pytest_deselected(items=soak)
-        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+    """Run ``soak`` and ``chaos`` tests only when the ``-m`` expression names their marker (``-m chaos``)."""
+    markexpr = config.getoption("markexpr", default="") or ""
+    for marker in _ON_REQUEST_MARKERS:
+        if marker in markexpr:
+            continue
+        dropped = [item for item in items if item.get_closest_marker(marker) is not None]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if item.get_closest_marker(marker) is None]
