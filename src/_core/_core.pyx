@@ -34,6 +34,7 @@ that thread touches it.  ``BufferCore._databuffer`` is written once, by
 
 cimport cython
 from cpython.list cimport PyList_New
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint64_t
@@ -635,14 +636,22 @@ cdef int pass_gate(Core self, Py_ssize_t stored) except -1:
 
 
 cdef inline int check_timeout(Core self, object timeout) except -1:
-    """Accept a finite number of seconds >= 0; let the engine name anything else."""
+    """Accept a finite number of seconds >= 0; let the engine name anything else.
+
+    The fast path takes floats up to 1e300 and ints that fit a C long long
+    (well within a double's range); any other value, a giant int included,
+    goes to the engine's full check, which refuses it before anything is
+    stored.
+    """
     cdef double seconds
+    cdef int overflow
     if type(timeout) is float:
         seconds = timeout
         if seconds >= 0.0 and seconds <= 1e300:
             return 0
-    elif type(timeout) is int and timeout >= 0:
-        return 0
+    elif type(timeout) is int:
+        if PyLong_AsLongLongAndOverflow(timeout, &overflow) >= 0 and not overflow:
+            return 0
     self.hooks.check_timeout(timeout)
     return 0
 

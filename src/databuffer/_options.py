@@ -28,28 +28,69 @@ __all__ = (
 
 # Each partition allocates its ring (a pointer per item) up front.
 MAX_CAPACITY = sys.maxsize // 16
+# Each partition costs a flusher thread in Buffer (a task in AsyncBuffer),
+# a ring allocated when the buffer is built, and a wake event.  Partitions
+# buy concurrent flushes (one batch at a time each) and, with
+# dispatch="thread", producers that never contend: past one per producer
+# thread (a few per core) or per concurrent writer the sink takes, more buy
+# nothing, and a thousand flusher threads is already more than a process
+# schedules usefully.  Refusing more catches a slip such as 2**63 (which
+# would allocate until out of memory) before anything is allocated.
+MAX_PARTITIONS = 1024
+# The timer wakes once per flush_interval per partition, and Buffer's timer
+# thread rescans at least once per flush_timeout: below a millisecond an
+# idle buffer keeps a core busy.  There is no upper bound: finite times
+# above threading.TIMEOUT_MAX (~292 years) mean "practically never", and
+# the engines clamp their waits.
+MIN_FLUSH_INTERVAL = 0.001
+MIN_FLUSH_TIMEOUT = 0.001
+# Ints longer than this are shown by their size in messages: repr of a
+# giant int is long, slow, or refused (sys.set_int_max_str_digits).
+_REPR_BITS = 128
 DISPATCH = ("round_robin", "thread")
 # inspect.CO_COROUTINE, without importing inspect (and with it ast, dis, ...).
 _CO_COROUTINE = 0x80
 
 
-def check_count(option: str, value: object, minimum: int) -> int:
+def _show(value: object) -> str:
+    """``repr(value)``; an int too long to print usefully as its order of magnitude."""
+    if isinstance(value, int) and value.bit_length() > _REPR_BITS:
+        sign = "-" if value < 0 else ""
+        return f"an int of about {sign}10**{round(math.log10(abs(value)))}"
+    return repr(value)
+
+
+def check_count(option: str, value: object, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    """An int in ``minimum..maximum``; ``why`` says why there is a maximum."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{option} must be an int, not {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{option} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{option} must be >= {minimum}, got {_show(value)}")
+    if maximum is not None and value > maximum:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{option} must be <= {maximum}{reason}, got {_show(value)}")
     return value
 
 
-def check_seconds(option: str, value: object, *, zero_ok: bool) -> float:
+def check_seconds(option: str, value: object, *, zero_ok: bool, minimum: float = 0.0, why: str = "") -> float:
+    """A finite float >= 0 (> 0 unless ``zero_ok``), and >= ``minimum`` (``why`` says why)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{option} must be a number of seconds, not {type(value).__name__} {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        # An int (or a Fraction) beyond a float's range, ~1.8e308 seconds.
+        raise ValueError(
+            f"{option} must be a finite number of seconds, got {_show(value)}, too large for a float"
+        ) from None
     if not math.isfinite(seconds):
-        raise ValueError(f"{option} must be a finite number of seconds, got {value!r}")
+        raise ValueError(f"{option} must be a finite number of seconds, got {_show(value)}")
+    if minimum > 0 and seconds < minimum:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{option} must be >= {minimum} seconds{reason}, got {_show(value)}")
     if seconds < 0 or (seconds == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{option} must be {bound} seconds, got {value!r}")
+        raise ValueError(f"{option} must be {bound} seconds, got {_show(value)}")
     return seconds
 
 
@@ -101,7 +142,9 @@ class Options:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__} {name!r}")
         self.name = name
-        self.partitions = check_count("partitions", partitions, 1)
+        self.partitions = check_count(
+            "partitions", partitions, 1, MAX_PARTITIONS, "each partition has its own flusher thread"
+        )
         if not isinstance(dispatch, str):
             raise TypeError(f"dispatch must be a str, not {type(dispatch).__name__} {dispatch!r}")
         if dispatch not in DISPATCH:
@@ -112,11 +155,23 @@ class Options:
         if self.max_size + self.max_size_jitter > MAX_CAPACITY:
             raise ValueError(
                 f"max_size + max_size_jitter must be <= {MAX_CAPACITY}, "
-                f"got {self.max_size} + {self.max_size_jitter}"
+                f"got {_show(self.max_size)} + {_show(self.max_size_jitter)}"
             )
-        self.flush_interval = check_seconds("flush_interval", flush_interval, zero_ok=False)
+        self.flush_interval = check_seconds(
+            "flush_interval",
+            flush_interval,
+            zero_ok=False,
+            minimum=MIN_FLUSH_INTERVAL,
+            why="the timer wakes once per interval per partition",
+        )
         self.flush_jitter = check_seconds("flush_jitter", flush_jitter, zero_ok=True)
-        self.flush_timeout = check_seconds("flush_timeout", flush_timeout, zero_ok=False)
+        self.flush_timeout = check_seconds(
+            "flush_timeout",
+            flush_timeout,
+            zero_ok=False,
+            minimum=MIN_FLUSH_TIMEOUT,
+            why="the timer rescans at least once per flush_timeout",
+        )
         self.insert_timeout = check_seconds("insert_timeout", insert_timeout, zero_ok=False)
         self.max_retries = check_count("max_retries", max_retries, 0)
         self.retry_backoff = check_seconds("retry_backoff", retry_backoff, zero_ok=True)
