@@ -189,7 +189,8 @@ CTRL_C_SCRIPT = textwrap.dedent(
     def interrupt():
         deadline = time.monotonic() + 30
         engine = engine_of(buf)
-        waiting = (lambda: engine._sync_count) if call == "sync_flush" else (lambda: engine.parts[0].waiters)
+        room = engine.parts[0].room
+        waiting = (lambda: engine._sync_count) if call == "sync_flush" else (lambda: room.waiting)
         while not waiting() and time.monotonic() < deadline:
             time.sleep(0.005)
         signal.pthread_kill(main, signal.SIGINT)

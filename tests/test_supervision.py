@@ -108,9 +108,8 @@ def test_the_next_insert_or_flush_starts_a_thread_that_died(
     # SystemExit in it, so that it dies through its own exit path.  Nothing
     # else restarts a dead timer, so whatever starts a new one is `call`.
     monkeypatch.setattr(engine_of(buf), "_supervise", exit_in_timer)
-    with engine_of(buf)._timer_cond:
-        engine_of(buf)._ended = True
-        engine_of(buf)._timer_cond.notify()
+    engine_of(buf)._ended = True
+    engine_of(buf)._timer_bell.notify()
     timer.join(30)
     assert not timer.is_alive()
     monkeypatch.undo()
@@ -130,9 +129,8 @@ def test_the_next_insert_or_flush_starts_a_thread_that_died(
     assert any("started a new timer thread" in m for m in messages)
     # And the new timer works: a timed flush happens.
     buf.insert("timed")
-    with engine_of(buf)._timer_cond:
-        engine_of(buf).parts[0].deadline = 0.0  # due now
-        engine_of(buf)._timer_cond.notify()
+    engine_of(buf).parts[0].deadline = 0.0  # due now
+    engine_of(buf)._timer_bell.notify()
     wait_for(lambda: buf.size() == 0, timeout=30)
 
 

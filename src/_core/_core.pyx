@@ -434,6 +434,10 @@ cdef class Core:
     def is_closed(self):
         return db_load(&self._closed) == GATE_CLOSED
 
+    def lock_held(self):
+        """Always False: no partition lock is held while Python code runs."""
+        return False
+
     def set_attention(self):
         """Make the next insert call ``hooks.attend()`` (once).
 

@@ -139,6 +139,13 @@ class CoreAPI(Protocol):
     def is_closed(self) -> bool:
         """Whether inserts are refused (``mark_closed``)."""
 
+    def lock_held(self) -> bool:
+        """Whether the calling thread holds a partition's lock.
+
+        True only on a core that runs Python code under it (the pure-Python
+        one): in a finalizer (``__del__``) the garbage collector ran there.
+        """
+
     def mark_closed(self) -> None:
         """Refuse every later insert; an insert under way either finishes storing or is refused."""
 

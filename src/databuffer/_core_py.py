@@ -398,6 +398,10 @@ class Core:
     def is_closed(self) -> bool:
         return self.closed
 
+    def lock_held(self) -> bool:
+        """Whether the calling thread holds a partition's lock (a finalizer run inside an insert)."""
+        return any(ring.lock._is_owned() for ring in self.parts)  # type: ignore[attr-defined]
+
     def set_attention(self) -> None:
         """Make the next insert call ``hooks.attend()`` (once)."""
         self._set_gate(attention=True)

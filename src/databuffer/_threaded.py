@@ -40,6 +40,7 @@ from ._lifecycle import (
     logger,
     raised,
 )
+from ._notify import Notifier
 from ._options import Callbacks, Options, check_timeout
 
 __all__ = ("ThreadEngine",)
@@ -52,6 +53,13 @@ _monotonic = time.monotonic
 # anyway: CPython 3.13t can miss a signal (Ctrl-C) that arrives just as a
 # wait starts, until that wait ends.
 _MAIN_THREAD_WAIT_STEP = 0.25
+# How long a close() waits at a time for another close() of the buffer to
+# end: its end is announced after the call's own finally block, which an
+# interrupt may cut short.
+_CLOSE_WAIT_STEP = 0.25
+# How long a constructor that failed waits for each thread it had started
+# (they have nothing to do but end).
+_STOP_WAIT = 5.0
 
 
 class _OwnedThread(threading.Thread):
@@ -60,6 +68,10 @@ class _OwnedThread(threading.Thread):
     def __init__(self, owner: ThreadEngine[Any], **kwargs: Any) -> None:
         super().__init__(daemon=True, **kwargs)
         self.owner = owner
+        # Set by the thread itself once it has stopped working for the
+        # buffer (_thread_ended): it may still be alive for a moment, but
+        # _supervise replaces it at once.
+        self.ended = False
 
 
 class _Watch:
@@ -89,11 +101,9 @@ class _Partition(PartState):
         # The attempt in handle_flush: written by its flusher thread, read by
         # the timer thread; _Watch.claim decides who concludes it.
         self.flight: _Watch | None = None
-        # Inserts waiting for room wait on this condition; waiters is
-        # written under it (the flusher reads it unlocked, then takes the
-        # lock to notify, so a waiter that registered is never missed).
-        self.room = threading.Condition(threading.Lock())
-        self.waiters = 0
+        # Inserts waiting for room wait on it, holding no lock, and try the
+        # core again after every take (_room_freed) and at close.
+        self.room = Notifier()
         # Next timed flush (monotonic seconds).  Re-armed by the flusher
         # when it starts a flush and by the timer when it fires; the timer
         # thread reads it, and is woken (_wake_timer_before) when it moves earlier.
@@ -126,32 +136,53 @@ class ThreadEngine(Engine[T]):
         # Guards starting threads (part.thread, _timer): _supervise must not
         # see a thread published but not started yet.
         self._threads_lock = threading.RLock()
-        # Serializes close(); stopping is set once every flush is done and
-        # tells the threads to exit.
-        self._close_lock = threading.Lock()
+        # The close() call that is closing the buffer: a token of that call,
+        # (thread ident,), or None.  Guarded by _close_mutex; other close()
+        # calls wait on _close_bell for it to end.  stopping is set once
+        # every flush is done and tells the threads to exit.
+        self._close_mutex = threading.RLock()
+        self._closer: tuple[int] | None = None
+        self._close_bell = Notifier()
         # sync_flush/close waiters wait on _progress for finished flushes;
-        # _sync_count (guarded by it) lets flushers skip the notify.
-        self._progress = threading.Condition(threading.Lock())
+        # _sync_count (guarded by _sync_lock, read without it) lets flushers
+        # skip the notify when nobody waits.
+        self._progress = Notifier()
+        self._sync_lock = threading.Lock()
         self._sync_count = 0
-        # The timer thread sleeps on _timer_cond until _timer_wake_at, which
-        # it writes under the condition's lock; _wake_timer_before reads it
-        # without the lock (a stale read only costs a notify, or a wake
-        # that comes at most flush_timeout later: the timer never sleeps
-        # longer).  The partitions' deadlines are floats written without a
-        # lock by their flusher and by the timer, which reads them anew on
-        # every round.
-        self._timer_cond = threading.Condition(threading.Lock())
+        # The timer thread sleeps on _timer_bell until _timer_wake_at, which
+        # only it writes; _wake_timer_before reads it (a stale read only
+        # costs a notify, or a wake that comes at most flush_timeout later:
+        # the timer never sleeps longer).  The partitions' deadlines are
+        # floats written by their flusher and by the timer, which reads them
+        # anew on every round.
+        self._timer_bell = Notifier()
         self._timer_wake_at = math.inf
-        # A thread of the buffer ended early: the timer runs _supervise
-        # (guarded by _timer_cond).
+        # A thread of the buffer ended early: the timer runs _supervise.
+        # Set by the ending thread, cleared by the timer, then a notify.
         self._ended = False
         self._timer: threading.Thread | None = None
 
         now = _monotonic()
+        try:
+            for part in self.parts:
+                part.deadline = now + self.next_interval()
+                self._start_flusher(part, None)
+            self._start_timer()
+        except BaseException:
+            # No more threads (or Ctrl-C): stop the ones started, which
+            # would otherwise hold the half-made buffer for good.
+            self._stop_threads()
+            raise
+
+    def _stop_threads(self) -> None:
+        """Tell the threads started so far to end, and wait for them (a failed start)."""
+        self.stopping = self.stopped = True
         for part in self.parts:
-            part.deadline = now + self.next_interval()
-            self._start_flusher(part, None)
-        self._start_timer()
+            self.core.wake(part.index)
+        self._timer_bell.notify()
+        for thread in [part.thread for part in self.parts] + [self._timer]:
+            if thread is not None and thread.ident is not None:
+                thread.join(_STOP_WAIT)
 
     # -- operations (called by Buffer) ------------------------------------
 
@@ -168,6 +199,9 @@ class ThreadEngine(Engine[T]):
             return []
         self._refuse_flusher_thread("sync_flush")
         self._supervise()
+        if self.core.lock_held():
+            self.flush()
+            self._refuse_inside_core("sync_flush")
         return self._flush_and_wait("manual", deadline).outcome(self.name)
 
     def close(self, timeout: float | None) -> None:
@@ -178,21 +212,22 @@ class ThreadEngine(Engine[T]):
         # Inserts stop at once, even while another thread is in close().
         self.core.mark_closed()
         self._supervise()
-        if not self._close_lock.acquire(timeout=-1 if deadline is None else _wait_time(deadline)):
-            raise TimeoutError(f"buffer {self.name!r}: another close() is still flushing")
+        if self.core.lock_held():
+            for part in self.parts:
+                self.request(part, "close")
+            self._refuse_inside_core("close")
+        token = (threading.get_ident(),)
         try:
-            if self.stopped:
+            if not self._claim_close(token, deadline) or self.stopped:
                 return
             for part in self.parts:
-                with part.room:
-                    part.room.notify_all()
+                part.room.notify()
             self._flush_and_wait("close", deadline)
             self.stopping = True
             current = threading.current_thread()
             for part in self.parts:
                 self.core.wake(part.index)
-            with self._timer_cond:
-                self._timer_cond.notify()
+            self._timer_bell.notify()
             for thread in [part.thread for part in self.parts] + [self._timer]:
                 if thread is not None and thread is not current:
                     thread.join(_wait_time(deadline))
@@ -203,7 +238,49 @@ class ThreadEngine(Engine[T]):
             self.stopped = True
             self.unregister()
         finally:
-            self._close_lock.release()
+            # First in the block: nothing can interrupt it before the store.
+            with self._close_mutex:
+                if self._closer is token:
+                    self._closer = None
+            self._close_bell.notify()
+
+    def _claim_close(self, token: tuple[int], deadline: float | None) -> bool:
+        """Make the calling close() the one that closes: False if a close() of this thread is running.
+
+        That is a finalizer (``__del__``) that ran inside close() and
+        closes the same buffer: the outer close() finishes the job.
+        Otherwise waits for another thread's close() to end.
+        """
+        bell = self._close_bell
+        while True:
+            seen = bell.epoch
+            with self._close_mutex:
+                closer = self._closer
+                if closer is None:
+                    self._closer = token
+                    return True
+                if closer[0] == token[0]:
+                    return False
+            remaining = _wait_time(deadline)
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"buffer {self.name!r}: another close() is still flushing")
+            bell.wait(seen, min(_CLOSE_WAIT_STEP, threading.TIMEOUT_MAX if remaining is None else remaining))
+
+    def _refuse_inside_core(self, call: str) -> None:
+        """Raise: this thread is inside an insert of this buffer that holds a partition lock.
+
+        Only the pure-Python core holds one while Python code runs, and so
+        while a finalizer (``__del__``) that the garbage collector runs
+        there calls ``sync_flush``/``close``.  No flush can be waited for
+        then (the flusher needs that lock): the caller has requested them;
+        they finish once the insert returns.
+        """
+        raise RuntimeError(
+            f"{call}() of buffer {self.name!r} was called while this thread is inside an insert into "
+            "the same buffer (from a finalizer, __del__, that the garbage collector ran there): it "
+            "cannot wait here for the flushes, which the insert holds up; they were requested and "
+            f"finish once the insert returns (call {call}() again from elsewhere to wait for them)"
+        )
 
     # -- what _shutdown calls ----------------------------------------------
 
@@ -283,28 +360,30 @@ class ThreadEngine(Engine[T]):
                 stored=stored,
             )
         push_many = self.core.push_many
+        room = part.room
         deadline = _monotonic() + seconds
-        with part.room:
-            part.waiters += 1
-            try:
-                while (stored := push_many(p, seq, stored)) < len(seq):
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        raise BufferFull(
-                            f"{self.full(p)}; gave up after {seconds}s"
-                            + (f" with {stored} leading items stored" if batch else ""),
-                            stored=stored,
-                        )
-                    part.room.wait(_interruptible(remaining))
-            except KeyboardInterrupt as exc:
-                # Ctrl-C while waiting: the items stored so far stay stored.
-                if batch:
-                    exc.add_note(
-                        f"insert_batch stored {stored} leading items of the call before it was interrupted"
+        # No lock is held here: a finalizer run by the garbage collector
+        # during the wait may use the buffer, and Ctrl-C leaves nothing held.
+        try:
+            while True:
+                seen = room.epoch  # before the try: a take after it ends the wait at once
+                if (stored := push_many(p, seq, stored)) >= len(seq):
+                    return
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    raise BufferFull(
+                        f"{self.full(p)}; gave up after {seconds}s"
+                        + (f" with {stored} leading items stored" if batch else ""),
+                        stored=stored,
                     )
-                raise
-            finally:
-                part.waiters -= 1
+                room.wait(seen, _interruptible(remaining))
+        except KeyboardInterrupt as exc:
+            # Ctrl-C while waiting: the items stored so far stay stored.
+            if batch:
+                exc.add_note(
+                    f"insert_batch stored {stored} leading items of the call before it was interrupted"
+                )
+            raise
 
     # -- flush requests and waits -----------------------------------------
 
@@ -342,28 +421,34 @@ class ThreadEngine(Engine[T]):
     def _flush_and_wait(self, trigger: str, deadline: float | None) -> SyncWaiter:
         """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
         waiter = SyncWaiter(self.config.partitions)
-        with self._progress:
+        progress = self._progress
+        with self._sync_lock:
             self._sync_count += 1
         try:
             self.join_flushes(waiter, trigger)
-            with self._progress:
-                while not self.reached(waiter.targets):
-                    remaining = None if deadline is None else deadline - _monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError(
-                            f"buffer {self.name!r}: flushes still running when the timeout ran out"
-                        )
-                    self._progress.wait(_interruptible(_wait_time(deadline)))
+            while True:
+                seen = progress.epoch
+                if self.reached(waiter.targets):
+                    break
+                remaining = _wait_time(deadline)
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"buffer {self.name!r}: flushes still running when the timeout ran out"
+                    )
+                progress.wait(seen, _interruptible(remaining))
         finally:
-            self.leave_flushes(waiter)
-            with self._progress:
+            # First in the block: nothing can interrupt it before the store
+            # (a count left too high would only cost flushers a notify).
+            with self._sync_lock:
                 self._sync_count -= 1
+            self.leave_flushes(waiter)
         return waiter
 
     def progressed(self) -> None:
+        # _sync_count goes up before a waiter first checks for progress:
+        # a flusher that reads 0 finished before that check.
         if self._sync_count:
-            with self._progress:
-                self._progress.notify_all()
+            self._progress.notify()
 
     # -- threads ----------------------------------------------------------
 
@@ -403,7 +488,7 @@ class ThreadEngine(Engine[T]):
             try:
                 for part in self.parts:
                     thread = part.thread
-                    if thread is not None and not thread.is_alive():
+                    if thread is not None and _gone(thread):
                         # It takes what is due before it first waits: no wake needed.
                         self._start_flusher(part, None)
                         logger.warning(
@@ -411,7 +496,7 @@ class ThreadEngine(Engine[T]):
                             self.name,
                             part.index,
                         )
-                if self._timer is not None and not self._timer.is_alive():
+                if self._timer is not None and _gone(self._timer):
                     self._start_timer()
                     logger.warning("buffer %r: started a new timer thread (the last one ended)", self.name)
             except RuntimeError as exc:  # no new threads: the interpreter is shutting down
@@ -425,6 +510,15 @@ class ThreadEngine(Engine[T]):
         here is a fault of the buffer itself.  Either way the next insert,
         flush or timer round starts a new thread (``_supervise``).
         """
+        thread = threading.current_thread()
+        if isinstance(thread, _OwnedThread):
+            thread.ended = True  # before anyone is told: it is replaced even while still alive
+        self.core.set_attention()
+        if thread is not self._timer:
+            # The timer replaces it at once, too.
+            self._ended = True
+            self._timer_bell.notify()
+        # Logged last: a logging handler may take its time, the thread is replaced meanwhile.
         if isinstance(exc, THREAD_EXITS):
             logger.warning(
                 "buffer %r: %s ends: a flush callback raised %s; a new one starts on the next "
@@ -440,12 +534,6 @@ class ThreadEngine(Engine[T]):
                 which,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
-        self.core.set_attention()
-        if threading.current_thread() is not self._timer:
-            # The timer replaces it at once, too.
-            with self._timer_cond:
-                self._ended = True
-                self._timer_cond.notify()
 
     # -- flushing ---------------------------------------------------------
 
@@ -586,11 +674,10 @@ class ThreadEngine(Engine[T]):
 
         The timer publishes the time it sleeps until in _timer_wake_at
         (math.inf while awake, when it rescans every deadline anyway), so
-        the lock is only taken when the new deadline comes first.
+        it is only notified when the new deadline comes first.
         """
         if deadline < self._timer_wake_at:
-            with self._timer_cond:
-                self._timer_cond.notify()
+            self._timer_bell.notify()
 
     # -- the timer ----------------------------------------------------------
 
@@ -601,52 +688,50 @@ class ThreadEngine(Engine[T]):
             self._thread_ended("the timer thread", exc)
 
     def _timer_loop(self) -> None:
-        cond = self._timer_cond
-        with cond:
-            while not self.stopping:
-                if self._ended:
-                    self._ended = False
-                    cond.release()
-                    try:
-                        self._supervise()
-                    finally:
-                        cond.acquire()
-                now = _monotonic()
-                # Flushes that start while the timer sleeps do not wake it
-                # (_call): it rescans after at most flush_timeout.
-                wake = now + self.config.flush_timeout
-                due: list[_Partition] = []
-                overdue: list[tuple[_Partition, _Watch]] = []
-                for part in self.parts:
-                    if part.deadline <= now:
-                        part.deadline = now + self.next_interval()
-                        due.append(part)
-                    wake = min(wake, part.deadline)
-                    watch = part.flight
-                    if watch is not None:
-                        if watch.deadline <= now:
-                            overdue.append((part, watch))
-                        else:
-                            wake = min(wake, watch.deadline)
-                if due or overdue:
-                    cond.release()
-                    try:
-                        for part in due:
-                            self.request(part, "interval")
-                        for part, watch in overdue:
-                            self._abandon(part, watch)
-                    except THREAD_EXITS:
-                        raise
-                    except BaseException:
-                        # The timer enforces flush_timeout: it must outlive
-                        # anything a callback run from here raises.
-                        logger.exception("buffer %r: the timer thread caught an error", self.name)
-                    finally:
-                        cond.acquire()
-                    continue
-                self._timer_wake_at = wake
-                cond.wait(None if wake == math.inf else min(wake - now, threading.TIMEOUT_MAX))
-                self._timer_wake_at = math.inf
+        bell = self._timer_bell
+        while True:
+            # Read before anything is checked: a notify after this point
+            # (close setting stopping, a thread ending, an earlier deadline)
+            # cuts the wait below short.
+            seen = bell.epoch
+            if self.stopping:
+                return
+            if self._ended:
+                self._ended = False
+                self._supervise()
+            now = _monotonic()
+            # Flushes that start while the timer sleeps do not wake it
+            # (_call): it rescans after at most flush_timeout.
+            wake = now + self.config.flush_timeout
+            due: list[_Partition] = []
+            overdue: list[tuple[_Partition, _Watch]] = []
+            for part in self.parts:
+                if part.deadline <= now:
+                    part.deadline = now + self.next_interval()
+                    due.append(part)
+                wake = min(wake, part.deadline)
+                watch = part.flight
+                if watch is not None:
+                    if watch.deadline <= now:
+                        overdue.append((part, watch))
+                    else:
+                        wake = min(wake, watch.deadline)
+            if due or overdue:
+                try:
+                    for part in due:
+                        self.request(part, "interval")
+                    for part, watch in overdue:
+                        self._abandon(part, watch)
+                except THREAD_EXITS:
+                    raise
+                except BaseException:
+                    # The timer enforces flush_timeout: it must outlive
+                    # anything a callback run from here raises.
+                    logger.exception("buffer %r: the timer thread caught an error", self.name)
+                continue
+            self._timer_wake_at = wake
+            bell.wait(seen, min(wake - now, threading.TIMEOUT_MAX))
+            self._timer_wake_at = math.inf
 
     def _abandon(self, part: _Partition, watch: _Watch) -> None:
         """Give up on a stuck ``handle_flush``: report it and start a new flusher."""
@@ -705,9 +790,12 @@ _Resume = tuple["Life | None", Attempt, Outcome]
 
 def _room_freed(part: _Partition) -> None:
     """Let inserts waiting for room in ``part`` try again (after a take)."""
-    if part.waiters:
-        with part.room:
-            part.room.notify_all()
+    part.room.notify()
+
+
+def _gone(thread: threading.Thread) -> bool:
+    """Whether one of the buffer's threads no longer works for it (see ``_OwnedThread.ended``)."""
+    return getattr(thread, "ended", False) or not thread.is_alive()
 
 
 def _deadline(timeout: float | None) -> float | None:
