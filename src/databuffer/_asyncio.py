@@ -229,32 +229,36 @@ class AsyncEngine(Engine[T]):
             raise
         _instrument.insert_done(self.name, start, result, batch=batch)
 
+    # A cancelled ainsert/ainsert_batch says in a note what it stored: it
+    # yields only before it stores anything (_let_flushers_run) and while it
+    # waits for room (_wait_for_room), never after its last item is stored.
+
     async def _ainsert_raw(self, item: Any, timeout: float | None) -> int:
+        if self._room_wanted:
+            await self._let_flushers_run("ainsert")
         try:
             p = self.core.insert_raw(item, None)
         except NoRoom as full:
             p, seq = full.partition, full.seq
         else:
-            if self._room_wanted:
-                await self._let_flushers_run()
             return p
         await self._wait_for_room(p, seq, 0, timeout, batch=False)
         return p
 
     async def _ainsert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
+        if self._room_wanted:
+            await self._let_flushers_run("ainsert_batch")
         try:
             p, n = self.core.insert_batch_raw(items, None)
         except NoRoom as full:
             p, seq, stored = full.partition, full.seq, full.stored
         else:
-            if self._room_wanted:
-                await self._let_flushers_run()
             return p, n
         await self._wait_for_room(p, seq, stored, timeout, batch=True)
         return p, len(seq)
 
-    async def _let_flushers_run(self) -> None:
-        """Yield to the loop once, after a plain insert found a partition full.
+    async def _let_flushers_run(self, call: str) -> None:
+        """Yield to the loop once, before storing, after a plain insert found a partition full.
 
         The usual hot path is ``insert``, then ``await ainsert`` on
         ``BufferFull``; with several partitions, round-robin stores that
@@ -263,7 +267,11 @@ class AsyncEngine(Engine[T]):
         (woken by its seal) would not run until every partition was full.
         """
         self._room_wanted = False
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError as exc:
+            exc.add_note(f"{call} was cancelled before it stored anything")
+            raise
 
     # -- CoreHooks: the slow paths of inserts -----------------------------
 
@@ -348,6 +356,8 @@ class AsyncEngine(Engine[T]):
                 exc.add_note(
                     f"ainsert_batch stored {stored} leading items of the call before it was cancelled"
                 )
+            else:
+                exc.add_note("ainsert was cancelled while waiting for room: its item was not stored")
             raise
 
     # -- flush requests and waits -----------------------------------------
