@@ -59,11 +59,18 @@ def insert_done(name: str, start: int, result: Any, *, batch: bool) -> None:
         partition = None if partition < 0 else partition
     else:
         partition, size = result, 1
-    _emit(
-        telemetry.INSERT_STOP,
-        {"duration": end - start, "monotonic_time": end},
-        {"buffer": name, "partition": partition, "size": size},
-    )
+    try:
+        _emit(
+            telemetry.INSERT_STOP,
+            {"duration": end - start, "monotonic_time": end},
+            {"buffer": name, "partition": partition, "size": size},
+        )
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt (telemetry.execute)
+        exc.add_note(
+            f"the insert into buffer {name!r} had stored its {'items' if batch else 'item'} "
+            "before a telemetry handler of its stop event raised this"
+        )
+        raise
 
 
 def instrumented(name: str, raw: Callable[[Any, Any], Any], arg: Any, timeout: Any, *, batch: bool) -> None:

@@ -206,11 +206,19 @@ def has_handlers(event: Event) -> bool:
 
 
 def execute(event: Event, measurements: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
-    """Call every handler attached to ``event``; detach and log one that raises."""
+    """Call every handler attached to ``event``; detach and log one that raises.
+
+    Any exception counts, ``asyncio.CancelledError`` and other
+    ``BaseException`` subclasses included, but ``SystemExit`` and
+    ``KeyboardInterrupt``: those go on (a Ctrl-C may land in any handler),
+    and the handler stays attached.
+    """
     for att in _handlers.get(event, ()):
         try:
             att.function(event, measurements, metadata, att.config)
-        except Exception:
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
             logger.exception(
                 "telemetry handler %r raised on event %r and was detached", att.handler_id, event
             )
