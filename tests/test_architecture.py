@@ -457,7 +457,7 @@ def test_the_page_names_enough_of_the_code_to_be_a_map() -> None:
         "db_event_set",
         "Part.lock",
         "_Ring.lock",
-        "ThreadEngine._timer_cond",
+        "ThreadEngine._timer_bell",
         "_contract._conforms",
     ):
         assert name in names, name
@@ -485,7 +485,7 @@ def test_the_checker_reports_names_that_do_not_exist() -> None:
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
-        ("ThreadEngine._timer_cond", "attribute"),  # assigned in ThreadEngine._start
+        ("ThreadEngine._timer_bell", "attribute"),  # assigned in ThreadEngine._start
         ("_Partition.lock", "attribute"),  # assigned in its base, PartState
         ("_Ring.lock", "attribute"),  # a slot
         ("CoreAPI.hooks", "attribute"),  # a class-level annotation
