@@ -407,11 +407,17 @@ class Core:
         self._set_gate(attention=True)
 
     def _pass_gate(self) -> None:
-        """Reopen the gate after ``set_attention`` and attend, in one insert only."""
+        """Reopen the gate after ``set_attention`` and attend, in one insert only.
+
+        The flag is cleared under ``gate_lock`` (which nothing else is taken
+        under), the limits recomputed after: a ``set_attention`` meanwhile is
+        served by the attend that follows.
+        """
         with self.gate_lock:
             if not self.attention:
                 return
-            self._set_gate(attention=False)
+            self.attention = False
+        self._set_gate()
         self.hooks.attend()
 
     def mark_closed(self) -> None:
@@ -419,19 +425,20 @@ class Core:
         self._set_gate(closed=True)
 
     def _set_gate(self, *, closed: bool | None = None, attention: bool | None = None) -> None:
-        """Set the flags that send inserts to their slow path, under every partition's lock."""
+        """Set the flags that send inserts to their slow path, then pass through every partition's lock.
+
+        Each partition's limit is recomputed under its lock from the flags
+        as they are then: an insert either finished before (its item is
+        stored) or sees the flags.  One lock at a time, each in a ``with``
+        statement: a Ctrl-C landing here leaves no lock held.
+        """
+        if closed is not None:
+            self.closed = closed
+        if attention is not None:
+            self.attention = attention
         for ring in self.parts:
-            ring.lock.acquire()
-        try:
-            if closed is not None:
-                self.closed = closed
-            if attention is not None:
-                self.attention = attention
-            for ring in self.parts:
+            with ring.lock:
                 self._set_limit(ring)
-        finally:
-            for ring in self.parts:
-                ring.lock.release()
 
     # -- fork (called by the engine from the os.register_at_fork hooks) ----
 

@@ -156,7 +156,9 @@ class PartState:
         # flusher reads flush_upto and flush_trigger without it: a stale
         # read is harmless, since every request also wakes the flusher,
         # which then reads them again.
-        self.lock = threading.Lock()
+        # Re-entrant: a finalizer run by the garbage collector under it (it
+        # allocates) may flush or close the buffer from the same thread.
+        self.lock = threading.RLock()
         self.syncs: list[SyncWaiter] = []
         # Items handed to handle_flush again after a failed attempt.
         self.retried = 0

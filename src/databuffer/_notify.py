@@ -10,14 +10,18 @@ deadlocks on it.
 
 A ``Notifier`` holds no lock while anyone waits, and its own lock is taken
 only in ``with`` statements (a C lock's ``__enter__`` cannot be interrupted
-before the block is entered) and is re-entrant, so a finalizer running
-inside it does not deadlock.  Whatever interrupts a wait or a notify leaves
-at most a stale waiter behind, which the next notify releases.
+before the block is entered).  Inside them, the state is consistent at every
+point where a signal handler or a finalizer can run (after a call), and the
+lock is re-entrant, so a finalizer running there may wait or notify too.
 
 Every wait re-checks its condition: read ``epoch`` first, then check the
 condition, then ``wait(seen, ...)``.  A notify bumps the epoch after the
 change it announces, so a change between the check and the wait makes the
-wait return at once: no wake-up is ever lost.
+wait return at once: no wake-up is lost to a race.  One can be lost to an
+interrupt (a Ctrl-C landing in a notify between taking its waiters and
+releasing them) or delayed by a finalizer that waits inside one of the
+blocks: so no wait sleeps longer than ``STEP`` before its caller checks
+again.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ import threading
 from _thread import allocate_lock
 from collections import deque
 from operator import methodcaller
+from typing import Any
 
 __all__ = ("Notifier",)
 
 _release = methodcaller("release")
+
+#: The longest one wait sleeps (seconds); callers loop and check again.
+STEP = 1.0
 
 
 class Notifier:
@@ -58,20 +66,21 @@ class Notifier:
         return len(self._waiters)
 
     def wait(self, seen: int, timeout: float) -> bool:
-        """Sleep until a notify after ``seen`` was read, or ``timeout`` seconds (>= 0).
+        """Sleep until a notify after ``seen`` was read, or ``timeout`` seconds (at most ``STEP``).
 
         Returns whether it was notified (or had been already).  Callers
         check their condition again either way.
         """
         waiter = allocate_lock()
         waiter.acquire()
+        entry = (waiter,)  # made here: nothing in the block below allocates or calls
         with self._mutex:
             if self._epoch != seen:
                 return True
-            self._waiters.append(waiter)
+            self._waiters += entry
         woken = False
         try:
-            woken = waiter.acquire(True, timeout)
+            woken = waiter.acquire(True, min(max(timeout, 0.0), STEP))
         finally:
             if not woken:
                 with self._mutex:
@@ -81,13 +90,14 @@ class Notifier:
 
     def notify(self) -> None:
         """Wake every waiter; a wait that starts later with an older ``epoch`` returns at once."""
+        fresh: list[Any] = []  # made here: nothing allocates before the swap below
         with self._mutex:
             self._epoch += 1
             waiters = self._waiters
             if not waiters:
                 return
-            self._waiters = []
-            # One C call: nothing can interrupt it between two releases,
-            # and each waiter's lock is released once (taken from the list
-            # under the lock).
+            self._waiters = fresh
+            # Each waiter's lock is released once: taken from the list
+            # under the lock.  The releases are one C call, which nothing
+            # interrupts midway.
             deque(map(_release, waiters), maxlen=0)

@@ -24,7 +24,9 @@ class Registry:
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Re-entrant: a finalizer run by the garbage collector under it may
+        # close a buffer from the same thread.
+        self.lock = threading.RLock()
         self._open: weakref.WeakSet[Engine[Any]] = weakref.WeakSet()
         self._all: weakref.WeakSet[Engine[Any]] = weakref.WeakSet()
 
@@ -40,11 +42,22 @@ class Registry:
     def open_engines(self) -> list[Engine[Any]]:
         """A copy of the open buffers' engines."""
         with self.lock:
-            return list(self._open)
+            return _alive(self._open)
 
     def all_engines_locked(self) -> list[Engine[Any]]:
         """A copy of every buffer's engine; the caller holds ``lock``."""
-        return list(self._all)
+        return _alive(self._all)
+
+
+def _alive(engines: weakref.WeakSet[Engine[Any]]) -> list[Engine[Any]]:
+    """The engines of ``engines`` still alive.
+
+    Its references are copied first, in one C call: iterating the WeakSet
+    itself runs Python code, where a finalizer that closes a buffer (the
+    lock is re-entrant) would change the set under the iteration.
+    """
+    refs = engines.data.copy()  # type: ignore[attr-defined]  # WeakSet's set of weak references
+    return [engine for ref in refs if (engine := ref()) is not None]
 
 
 registry = Registry()

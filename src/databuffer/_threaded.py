@@ -53,10 +53,6 @@ _monotonic = time.monotonic
 # anyway: CPython 3.13t can miss a signal (Ctrl-C) that arrives just as a
 # wait starts, until that wait ends.
 _MAIN_THREAD_WAIT_STEP = 0.25
-# How long a close() waits at a time for another close() of the buffer to
-# end: its end is announced after the call's own finally block, which an
-# interrupt may cut short.
-_CLOSE_WAIT_STEP = 0.25
 # How long a constructor that failed waits for each thread it had started
 # (they have nothing to do but end).
 _STOP_WAIT = 5.0
@@ -264,7 +260,9 @@ class ThreadEngine(Engine[T]):
             remaining = _wait_time(deadline)
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"buffer {self.name!r}: another close() is still flushing")
-            bell.wait(seen, min(_CLOSE_WAIT_STEP, threading.TIMEOUT_MAX if remaining is None else remaining))
+            # At most Notifier.STEP at a time: the other close() announces its end
+            # after its finally block's store, which an interrupt may cut short.
+            bell.wait(seen, math.inf if remaining is None else remaining)
 
     def _refuse_inside_core(self, call: str) -> None:
         """Raise: this thread is inside an insert of this buffer that holds a partition lock.
@@ -277,7 +275,8 @@ class ThreadEngine(Engine[T]):
         """
         raise RuntimeError(
             f"{call}() of buffer {self.name!r} was called while this thread is inside an insert into "
-            "the same buffer (from a finalizer, __del__, that the garbage collector ran there): it "
+            "the same buffer (from a finalizer, __del__, that the garbage collector ran there, or a "
+            "signal handler): it "
             "cannot wait here for the flushes, which the insert holds up; they were requested and "
             f"finish once the insert returns (call {call}() again from elsewhere to wait for them)"
         )
