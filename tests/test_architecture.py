@@ -64,6 +64,7 @@ MODULES: dict[str, tuple[str, Path]] = {
             "_shutdown",
             "_instrument",
             "_compat",
+            "_notify",
             "_errors",
             "_support",
             "telemetry",
