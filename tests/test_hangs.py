@@ -6,7 +6,8 @@ One test (or a few) per finding, through the public API, on both cores:
    leaves nothing held: later waits honour their timeout, close() and the
    exit close finish;
 2. a flusher ended by a callback is replaced at once, even while its thread
-   is still alive (free-threaded builds saw it alive);
+   is still alive (free-threaded builds saw it alive), and close() waits
+   for a replacement being started instead of failing to join it;
 3. close() after a thread ended does not wait for the timer's next round;
 4. a finalizer (``__del__``) run by the garbage collector inside an insert
    that waits for room can close or flush the buffer;
@@ -209,6 +210,61 @@ def test_a_flusher_ended_by_a_callback_is_replaced_even_while_its_thread_is_aliv
     finally:
         done.set()
         logger.removeHandler(hold)
+
+
+def test_close_while_the_timer_starts_a_new_flusher_waits_for_it(make_buffer: Any, monkeypatch: Any) -> None:
+    # close() flushes; partition 0's callback ends its flusher, and the
+    # timer starts a new one (held in Thread.start here) while partition 1's
+    # callback still runs.  close() must then wait for that start, not try
+    # to join a thread that is not started yet (RuntimeError on 3.13t).
+    from databuffer import _threaded
+
+    starting = threading.Event()
+    release = threading.Event()
+    delivered: list[Any] = []
+    failed: list[Any] = []
+
+    def handle_flush(batch: list[Any], opts: Any) -> None:
+        if "exit" in batch:
+            raise SystemExit
+        assert starting.wait(30)
+        delivered.extend(batch)
+
+    buf = make_buffer(
+        handle_flush=handle_flush,
+        handle_flush_error=lambda b, o, e: failed.extend(b),
+        partitions=2,
+        flush_interval=BIG,
+    )
+    timer = engine_of(buf)._timer
+    start = _threaded._OwnedThread.start
+
+    def held_start(thread: threading.Thread) -> None:
+        if threading.current_thread() is timer:
+            starting.set()
+            release.wait(30)
+        start(thread)
+
+    monkeypatch.setattr(_threaded._OwnedThread, "start", held_start)
+    buf.insert("exit")
+    buf.insert("wait")  # round-robin: the other partition
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            buf.close(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    assert starting.wait(30)
+    closer.join(1.0)  # the old close() raised here, at once
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    assert errors == []
+    assert (delivered, failed) == (["wait"], ["exit"])
 
 
 # -- 3. close() after a thread ended ----------------------------------------------------

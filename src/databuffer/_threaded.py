@@ -224,13 +224,26 @@ class ThreadEngine(Engine[T]):
             for part in self.parts:
                 self.core.wake(part.index)
             self._timer_bell.notify()
-            for thread in [part.thread for part in self.parts] + [self._timer]:
-                if thread is not None and thread is not current:
+            # _supervise publishes and starts a thread under _threads_lock
+            # and starts none once stopping is set: the threads read here
+            # are started (a thread read without the lock could be one that
+            # another thread was still starting, which join() refuses).
+            with self._threads_lock:
+                threads = [part.thread for part in self.parts] + [self._timer]
+            for thread in threads:
+                if thread is None or thread is current:
+                    continue
+                try:
                     thread.join(_wait_time(deadline))
-                    if thread.is_alive():
-                        raise TimeoutError(
-                            f"buffer {self.name!r}: its threads did not stop before the timeout ran out"
-                        )
+                except RuntimeError:
+                    # Not started yet: this very thread is starting it further
+                    # up its stack (close() from a finalizer that ran inside
+                    # _supervise); it sees stopping and ends.
+                    continue
+                if thread.is_alive():
+                    raise TimeoutError(
+                        f"buffer {self.name!r}: its threads did not stop before the timeout ran out"
+                    )
             self.stopped = True
             self.unregister()
         finally:
