@@ -21,11 +21,23 @@ were measured on, however fast or noisy it is:
   ``AsyncBuffer`` with an ``async def`` counting ``handle_flush``, until
   ``aclose()`` returned, versus a ``Buffer`` of the same options, runs
   alternating; on asyncio's default loop and on uvloop when importable;
-* memory: bytes per buffered ``None`` (tracemalloc), versus a list.
+* memory: bytes per buffered ``None`` (tracemalloc), versus a list;
+* the pipeline (a second table): one producer, one partition of 1,000, for
+  ``max_queued_batches=0`` and for the default (or the default alone when
+  the build has no such option): N items end to end by ``insert`` until
+  ``close()`` returned, versus a ``deque.append`` loop, a
+  ``queue.SimpleQueue`` with one consumer thread that batches by 1,000
+  (:class:`SimpleQueueBatcher`) and the OpenTelemetry SDK's batch processor
+  (when installed); by ``insert_batch(1,000)``, versus deque loops;
+  ``insert`` and ``insert_batch`` amortized, versus ``deque.append`` and
+  ``list.extend``; and the flusher's own cost per batch, ``handle_flush``
+  excluded, versus the ``SimpleQueue`` consumer thread's (see
+  :func:`bench_flusher`).
 
-Only the standard library is used.  Each ``bench_*`` function returns a result
-dataclass; :func:`run` runs them all, :func:`format_table` shows a
-:class:`BenchReport`, and :func:`main` is the command line.
+Only the standard library is used, and the OpenTelemetry SDK when it is
+importable (its baseline is skipped otherwise).  Each ``bench_*`` function
+returns a result dataclass; :func:`run` runs them all, :func:`format_table`
+shows a :class:`BenchReport`, and :func:`main` is the command line.
 """
 
 from __future__ import annotations
@@ -33,10 +45,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import gc
+import importlib
+import inspect
 import json
 import math
 import platform
+import queue
+import statistics
 import struct
 import sys
 import threading
@@ -62,22 +79,37 @@ __all__ = (
     "BatchResult",
     "BenchReport",
     "EndToEndResult",
+    "FlusherCost",
     "HandOff",
     "InsertResult",
     "MemoryResult",
+    "OTelBaseline",
+    "OTelUnavailable",
+    "PipelineEndToEnd",
+    "PipelineResult",
+    "PipelineRow",
+    "QueueConfig",
     "Row",
+    "SimpleQueueBatcher",
     "Timing",
     "add_arguments",
     "bench_async_end_to_end",
     "bench_end_to_end",
+    "bench_flusher",
     "bench_insert",
     "bench_insert_batch",
     "bench_memory",
+    "bench_pipeline",
+    "bench_pipeline_amortized",
+    "bench_pipeline_end_to_end",
     "environment",
     "format_table",
     "main",
+    "otel_processor",
+    "queue_configs",
     "run",
     "run_command",
+    "stamp_overhead",
 )
 
 #: Calls per timed block of ``insert`` (and items per ``insert_batch`` call).
@@ -967,6 +999,877 @@ def _is_compiled(buffer_class: type) -> bool:
     return not issubclass(buffer_class, _core_py.BufferCore)
 
 
+# -- 7. the pipeline: one partition, one producer, max_queued_batches ------
+
+#: The pipeline figures' buffers: one partition of :data:`MAX_SIZE`, one producer.
+PIPELINE_OPTIONS: dict[str, Any] = {**_OPTIONS, "partitions": 1}
+#: The option compared: 0 (one sealed batch at a time, as before it existed) and the default.
+QUEUED_OPTION = "max_queued_batches"
+
+
+def _no_flush(batch: list[Any], opts: Any) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A ``max_queued_batches`` setting the pipeline figures run with.
+
+    Attributes:
+        label: ``"max_queued_batches=0"``, ``"default (max_queued_batches=N)"``,
+            or ``"default"`` (the build has no such option, or its default
+            could not be read).
+        options: given to the buffers besides :data:`PIPELINE_OPTIONS`.
+        depth: sealed batches a partition may hold waiting besides the one
+            being flushed (0: one at a time); what the flusher figure queues
+            behind the batch it holds.
+    """
+
+    label: str
+    options: dict[str, Any]
+    depth: int
+
+
+def queue_configs(buffer_class: type = Buffer) -> tuple[list[QueueConfig], str]:
+    """The settings to compare, and a sentence saying which (or why only the default).
+
+    ``max_queued_batches`` is supported when ``buffer_class`` names it in its
+    signature and takes ``0``; its default is read from ``info()`` when a
+    buffer reports it, else from the signature.
+    """
+    try:
+        param = inspect.signature(buffer_class).parameters.get(QUEUED_OPTION)
+    except (TypeError, ValueError):
+        param = None
+    options = {**PIPELINE_OPTIONS, "name": "bench-probe"}
+    if param is not None:
+        try:
+            buffer_class(handle_flush=_no_flush, **options, **{QUEUED_OPTION: 0}).close()
+        except TypeError:
+            param = None
+    if param is None:
+        note = f"{QUEUED_OPTION} not supported by this build: default only (one sealed batch at a time)"
+        return [QueueConfig("default", {}, 0)], note
+    probe = buffer_class(handle_flush=_no_flush, **options)
+    try:
+        info = probe.info()[0]
+    finally:
+        probe.close()
+    default = info.get(QUEUED_OPTION, param.default)
+    if type(default) is not int or default < 0:
+        note = f"{QUEUED_OPTION}: 0 and the default (its value not readable from this build)"
+        return [QueueConfig(f"{QUEUED_OPTION}=0", {QUEUED_OPTION: 0}, 0), QueueConfig("default", {}, 0)], note
+    note = (
+        f"{QUEUED_OPTION}: 0 (one sealed batch at a time, as before the option) and the default ({default})"
+    )
+    return [
+        QueueConfig(f"{QUEUED_OPTION}=0", {QUEUED_OPTION: 0}, 0),
+        QueueConfig(f"default ({QUEUED_OPTION}={default})", {}, default),
+    ], note
+
+
+class _BatchCounter:
+    """A batch sink (a consumer's per-batch call, an exporter's ``export``) that counts."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.calls = 0
+
+    def __call__(self, batch: list[Any], opts: Any = None) -> None:
+        self.items += len(batch)
+        self.calls += 1
+
+
+class SimpleQueueBatcher:
+    """The baseline pipeline: a ``queue.SimpleQueue`` and one consumer thread.
+
+    The producer calls :attr:`put` per item; the consumer groups the items
+    into lists of ``batch_size`` and calls ``handle_batch(batch)`` per list
+    (the rest at the end); :meth:`close` returns once every item was handed
+    over.
+    """
+
+    _END = object()
+
+    def __init__(self, batch_size: int, handle_batch: Callable[[list[Any]], Any]) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.put = self._queue.put
+        self._consumer = threading.Thread(
+            target=self._consume, args=(batch_size, handle_batch), name="bench-simplequeue", daemon=True
+        )
+        self._consumer.start()
+
+    def _consume(self, batch_size: int, handle_batch: Callable[[list[Any]], Any]) -> None:
+        get, end = self._queue.get, self._END
+        batch: list[Any] = []
+        while (item := get()) is not end:
+            batch.append(item)
+            if len(batch) == batch_size:
+                handle_batch(batch)
+                batch = []
+        if batch:
+            handle_batch(batch)
+
+    def close(self) -> None:
+        """Queue the end marker and wait until the consumer has handed over every item."""
+        if self._consumer.is_alive():
+            self.put(self._END)
+            self._consumer.join()
+
+
+class OTelUnavailable(Exception):
+    """The OpenTelemetry SDK is not importable: its baseline is skipped (the message says why)."""
+
+
+@dataclass(frozen=True)
+class OTelBaseline:
+    """An OpenTelemetry SDK batch processor with a no-op exporter.
+
+    Attributes:
+        processor: the SDK object (``shutdown()``, ``force_flush()``).
+        emit: its per-item call.
+        item: what to pass to ``emit`` (a span for ``BatchSpanProcessor``).
+        label: which class and call, for the report.
+    """
+
+    processor: Any
+    emit: Callable[[Any], Any]
+    item: Any
+    label: str
+
+
+def otel_processor(
+    batch_size: int, queue_size: int, handle_batch: Callable[[list[Any]], Any], item: Any = _ITEM
+) -> OTelBaseline:
+    """The SDK's batch processor exporting batches of ``batch_size`` to ``handle_batch``.
+
+    Recent SDKs (>= 1.34) have ``opentelemetry.sdk._shared_internal.BatchProcessor``
+    (behind ``BatchSpanProcessor`` and ``BatchLogRecordProcessor``), whose
+    ``emit`` takes any object; older ones get a ``BatchSpanProcessor`` fed
+    one sampled span again and again (``on_end``).  ``max_queue_size`` is
+    ``queue_size``: the callers make it large enough that nothing is
+    dropped, and check the count.  The schedule delay is an hour: exports
+    are triggered by the batch size, as the buffer's flushes are.
+
+    Raises:
+        OTelUnavailable: opentelemetry-sdk is not installed.
+    """
+    delay_ms = 3_600_000.0
+    try:
+        shared = importlib.import_module("opentelemetry.sdk._shared_internal")
+    except ImportError:
+        shared = None
+    cls = getattr(shared, "BatchProcessor", None)
+    if cls is not None:
+
+        class Exporter:
+            def export(self, batch: list[Any], /) -> None:
+                handle_batch(batch)
+
+            def shutdown(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        kwargs: dict[str, Any] = {
+            "exporter": Exporter(),
+            "schedule_delay_millis": delay_ms,
+            "max_export_batch_size": batch_size,
+            "export_timeout_millis": 30_000,
+            "max_queue_size": queue_size,
+            "exporting": "Bench",
+        }
+        if "metrics" in inspect.signature(cls).parameters:  # SDK >= 1.40 or so
+            metrics = importlib.import_module("opentelemetry.sdk._shared_internal._processor_metrics")
+            kwargs["metrics"] = metrics.NoOpProcessorMetrics()
+        processor = cls(**kwargs)
+        return OTelBaseline(processor, processor.emit, item, "OTel BatchProcessor.emit")
+    try:
+        export = importlib.import_module("opentelemetry.sdk.trace.export")
+        sdk_trace = importlib.import_module("opentelemetry.sdk.trace")
+        api_trace = importlib.import_module("opentelemetry.trace")
+    except ImportError as exc:
+        raise OTelUnavailable(f"opentelemetry-sdk is not installed ({exc})") from None
+
+    def export_spans(self: Any, spans: Any) -> Any:
+        handle_batch(list(spans))
+        return export.SpanExportResult.SUCCESS
+
+    # An SDK SpanExporter whose export only hands the batch over (made with
+    # type(): the SDK's classes are untyped here, imported by name).
+    span_exporter = type("BenchSpanExporter", (export.SpanExporter,), {"export": export_spans})
+
+    processor = export.BatchSpanProcessor(
+        span_exporter(),
+        max_queue_size=queue_size,
+        schedule_delay_millis=delay_ms,
+        max_export_batch_size=batch_size,
+    )
+    context = api_trace.SpanContext(
+        trace_id=1, span_id=1, is_remote=False, trace_flags=api_trace.TraceFlags(api_trace.TraceFlags.SAMPLED)
+    )
+    span = sdk_trace.ReadableSpan(name="bench", context=context)
+    label = "OTel BatchSpanProcessor.on_end (this SDK has no _shared_internal.BatchProcessor)"
+    return OTelBaseline(processor, processor.on_end, span, label)
+
+
+# End to end, one run each; every run returns its seconds and checks its count.
+
+
+def _deque_extend_loop(items: int) -> float:
+    d: collections.deque[Any] = collections.deque()
+    extend = d.extend
+    chunk = [_ITEM] * BLOCK
+    full, rest = divmod(items, BLOCK)
+    t0 = time.perf_counter()
+    for _ in range(full):
+        extend(chunk)
+    if rest:
+        extend(chunk[:rest])
+    seconds = time.perf_counter() - t0
+    d.clear()
+    return seconds
+
+
+def _simple_queue_run(items: int) -> tuple[float, int]:
+    """N items through :class:`SimpleQueueBatcher` (started before the clock) until it handed all over."""
+    counter = _BatchCounter()
+    pipe = SimpleQueueBatcher(MAX_SIZE, counter)
+    try:
+        put = pipe.put
+        item = _ITEM
+        t0 = time.perf_counter()
+        for _ in range(items):
+            put(item)
+        pipe.close()
+        seconds = time.perf_counter() - t0
+    finally:
+        pipe.close()
+    return seconds, counter.items
+
+
+def _otel_run(items: int) -> tuple[float, int, str]:
+    """N items emitted into the OTel processor until its ``shutdown()`` returned (everything exported)."""
+    counter = _BatchCounter()
+    otel = otel_processor(MAX_SIZE, items + 1, counter)
+    try:
+        emit = otel.emit
+        item = otel.item
+        t0 = time.perf_counter()
+        for _ in range(items):
+            emit(item)
+        otel.processor.shutdown()
+        seconds = time.perf_counter() - t0
+    finally:
+        otel.processor.shutdown()  # a no-op once shut down
+    return seconds, counter.items, otel.label
+
+
+def _pipeline_key(mode: str, config: QueueConfig) -> str:
+    return f"{mode}, {config.label}"
+
+
+@dataclass(frozen=True)
+class PipelineEndToEnd:
+    """The end-to-end runs of the pipeline figures.
+
+    Attributes:
+        items: N per run.
+        seconds: run times by subject, in run order: ``"deque.append loop"``,
+            ``"deque.extend loop"``, ``"SimpleQueue + consumer thread"``, the
+            OTel label (absent when skipped), and ``"insert, <config>"`` /
+            ``"insert_batch, <config>"`` per :class:`QueueConfig` label.
+        otel: the OTel subject's label, or ``None`` when skipped.
+        otel_skipped: why the OTel subject was skipped; ``""`` if it ran.
+        problems: runs that did not hand over exactly N items.
+    """
+
+    items: int
+    seconds: dict[str, list[float]]
+    otel: str | None
+    otel_skipped: str
+    problems: list[str] = field(default_factory=list)
+
+    def items_per_second(self, key: str) -> float:
+        """N over the median run time of ``key``."""
+        return self.items / statistics.median(self.seconds[key])
+
+
+def bench_pipeline_end_to_end(
+    items: int = DEFAULT_ITEMS,
+    runs: int = DEFAULT_REPEAT,
+    configs: Sequence[QueueConfig] | None = None,
+    *,
+    otel: bool = True,
+    buffer_class: type = Buffer,
+) -> PipelineEndToEnd:
+    """N items from one producer through one partition of 1,000, until all were handed over; ``runs`` rounds.
+
+    Each round runs every subject once, the order rotating from round to
+    round, each from a fresh object built before the clock starts: a
+    ``deque.append`` loop and a ``deque.extend`` loop of 1,000-item lists
+    (storing only), :class:`SimpleQueueBatcher` until ``close()`` returned,
+    the OTel processor (see :func:`otel_processor`) until ``shutdown()``
+    returned, and per config a ``Buffer`` fed by ``insert`` and one fed by
+    ``insert_batch`` of 1,000-item lists, until ``close()`` returned, into a
+    ``handle_flush`` that counts.
+    """
+    if items < 1 or runs < 1:
+        raise ValueError(f"items and runs must be >= 1, got {items!r} and {runs!r}")
+    configs = queue_configs(buffer_class)[0] if configs is None else list(configs)
+    problems: list[str] = []
+    subjects: dict[str, Callable[[], float]] = {
+        "deque.append loop": lambda: _deque_loop(items),
+        "deque.extend loop": lambda: _deque_extend_loop(items),
+    }
+
+    def simple_queue() -> float:
+        seconds, got = _simple_queue_run(items)
+        problems.extend(_count_problem("pipeline, SimpleQueue + consumer thread", got, items))
+        return seconds
+
+    subjects["SimpleQueue + consumer thread"] = simple_queue
+    otel_label: str | None = None
+    otel_skipped = "not run"
+    if otel:
+        try:
+            otel_label = otel_processor(MAX_SIZE, 1, _BatchCounter()).label
+        except OTelUnavailable as exc:
+            otel_skipped = str(exc)
+        else:
+            otel_skipped = ""
+
+            def otel_subject() -> float:
+                seconds, got, _ = _otel_run(items)
+                if got != items:
+                    problems.append(f"pipeline, {otel_label}: the exporter got {got:,} items of {items:,}")
+                return seconds
+
+            subjects[otel_label] = otel_subject
+    for config in configs:
+        options = {**PIPELINE_OPTIONS, **config.options}
+        for mode in ("insert", "insert_batch"):
+            key = _pipeline_key(mode, config)
+
+            def buffer_subject(mode: str = mode, key: str = key, options: dict[str, Any] = options) -> float:
+                seconds, counter = _buffer_run(mode, items, buffer_class, options)
+                problems.extend(_count_problem(f"pipeline, {key}", counter.total, items))
+                return seconds
+
+            subjects[key] = buffer_subject
+    seconds: dict[str, list[float]] = {key: [] for key in subjects}
+    order = list(subjects)
+    for r in range(runs):
+        k = r % len(order)
+        for key in (*order[k:], *order[:k]):
+            gc.collect()
+            seconds[key].append(subjects[key]())
+    return PipelineEndToEnd(items, seconds, otel_label, otel_skipped, problems)
+
+
+def bench_pipeline_amortized(
+    rounds: int = DEFAULT_ROUNDS,
+    configs: Sequence[QueueConfig] | None = None,
+    *,
+    blocks: int = CHUNK_BLOCKS,
+    batch_blocks: int = BATCH_CHUNK_BLOCKS,
+    buffer_class: type = Buffer,
+) -> tuple[dict[str, Timing], list[str]]:
+    """``insert`` and ``insert_batch(1,000)`` per item on one partition, per config, interleaved.
+
+    The subjects of :func:`bench_insert` and :func:`bench_insert_batch`
+    (``deque.append``; ``list.clear`` + ``list.extend``; buffers drained by
+    ``sync_flush`` after each chunk, timed), all in the same rounds.
+    Returns the timings by name (``"deque.append"``, ``"list.extend"``,
+    ``"insert, <config>"``, ``"insert_batch, <config>"``) and the count
+    problems.
+    """
+    configs = queue_configs(buffer_class)[0] if configs is None else list(configs)
+    d: collections.deque[Any] = collections.deque()
+    batch = [_ITEM] * BLOCK
+    target: list[Any] = []
+    clear, extend = target.clear, target.extend
+
+    def extend_cleared(items: list[Any]) -> None:
+        clear()
+        extend(items)
+
+    subjects = [
+        _Subject("deque.append", d.append, _ITEM, BLOCK, 1, blocks=blocks, reset=d.clear),
+        _Subject("list.extend", extend_cleared, batch, BATCH_CALLS, BLOCK, blocks=batch_blocks, reset=clear),
+    ]
+    counted: list[tuple[_Subject, _Counter]] = []
+    buffers: list[Any] = []
+    try:
+        for config in configs:
+            for mode, arg, calls, per_call, n in (
+                ("insert", _ITEM, BLOCK, 1, blocks),
+                ("insert_batch", batch, BATCH_CALLS, BLOCK, batch_blocks),
+            ):
+                counter = _Counter(1)
+                buf = buffer_class(
+                    handle_flush=counter.handle_flush,
+                    name=f"bench-pipeline-{mode}",
+                    **PIPELINE_OPTIONS,
+                    **config.options,
+                )
+                buffers.append(buf)
+                name = _pipeline_key(mode, config)
+                subject = _Subject(
+                    name, getattr(buf, mode), arg, calls, per_call, blocks=n, drain=buf.sync_flush
+                )
+                subjects.append(subject)
+                counted.append((subject, counter))
+        gc.collect()
+        _interleave(subjects, rounds)
+    finally:
+        for buf in buffers:
+            buf.close()
+    problems: list[str] = []
+    for subject, counter in counted:
+        problems += _count_problem(f"pipeline, {subject.name} (amortized)", counter.total, subject.items)
+    return {s.name: s.timing() for s in subjects}, problems
+
+
+class _Stamps:
+    """A batch sink that reads ``clock`` at the entry and the exit of each call.
+
+    It runs in the thread that hands the batches over (a buffer's flusher,
+    a consumer thread).  With ``time.thread_time`` (that thread's CPU time,
+    user and system), the time from one call's exit to the next call's
+    entry is what that thread spent on its own per-batch work, waits not
+    counted.  :meth:`cycle` holds a first call at a gate until the producer
+    has queued more batches behind it, then lets them all through and
+    returns the gaps between their calls: batches were waiting for every
+    one of them.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.thread_time) -> None:
+        self.clock = clock
+        self.calls: list[tuple[float, float]] = []  # (entry, exit) per call
+        self.items = 0
+        self._hold = False
+        self._target = 0
+        self._entered = threading.Event()
+        self._gate = threading.Event()
+        self._done = threading.Event()
+
+    def __call__(self, batch: list[Any], opts: Any = None) -> None:
+        entry = self.clock()
+        if self._hold:
+            self._hold = False
+            self._entered.set()
+            self._gate.wait()
+        self.items += len(batch)
+        self.calls.append((entry, self.clock()))
+        if len(self.calls) == self._target:
+            self._done.set()
+
+    def _arm(self, more: int) -> int:
+        first = len(self.calls)
+        self._target = first + 1 + more
+        self._entered.clear()
+        self._gate.clear()
+        self._done.clear()
+        self._hold = True
+        return first
+
+    def _gaps(self, first: int, more: int) -> list[float]:
+        calls = self.calls
+        return [calls[i + 1][0] - calls[i][1] for i in range(first, first + more)]
+
+    def cycle(self, feed: Callable[[int], Any], more: int, timeout: float = 60.0) -> list[float]:
+        """``feed(1)``, wait for its call, ``feed(more)``, open the gate; the ``more`` gaps.
+
+        ``feed(n)`` hands over ``n`` batches; it must not block (no more
+        than fit behind the held batch).
+        """
+        first = self._arm(more)
+        try:
+            feed(1)
+            if not self._entered.wait(timeout):
+                raise RuntimeError(f"no batch call within {timeout} s")
+            feed(more)
+        finally:
+            self._gate.set()
+        if not self._done.wait(timeout):
+            raise RuntimeError(f"{more} queued batches not handed over within {timeout} s")
+        return self._gaps(first, more)
+
+
+class _AsyncStamps(_Stamps):
+    """:class:`_Stamps` as an ``async def`` ``handle_flush``, on one event loop, with wall time.
+
+    While a :meth:`acycle` waits for the queued batches, the loop has
+    nothing else to run than the buffer's flusher task.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(time.perf_counter)
+        self._aentered = asyncio.Event()
+        self._agate = asyncio.Event()
+        self._adone = asyncio.Event()
+
+    async def handle_flush(self, batch: list[Any], opts: Any) -> None:
+        entry = self.clock()
+        if self._hold:
+            self._hold = False
+            self._aentered.set()
+            await self._agate.wait()
+        self.items += len(batch)
+        self.calls.append((entry, self.clock()))
+        if len(self.calls) == self._target:
+            self._adone.set()
+
+    async def acycle(self, feed: Callable[[int], Any], more: int, timeout: float = 60.0) -> list[float]:
+        first = self._arm(more)
+        self._aentered.clear()
+        self._agate.clear()
+        self._adone.clear()
+        try:
+            feed(1)
+            await asyncio.wait_for(self._aentered.wait(), timeout)
+            feed(more)
+        finally:
+            self._agate.set()
+        await asyncio.wait_for(self._adone.wait(), timeout)
+        return self._gaps(first, more)
+
+
+@dataclass(frozen=True)
+class FlusherCost:
+    """A flushing thread's (or task's) own work per batch, between two batch calls with batches waiting.
+
+    Attributes:
+        name: whose.
+        clock: ``"thread CPU"`` (``time.thread_time`` of the flushing
+            thread) or ``"wall"`` (``time.perf_counter``, on an event loop
+            running nothing else).
+        samples: gaps measured.
+        median_us: their median, in microseconds.
+        min_us: the smallest, in microseconds.
+    """
+
+    name: str
+    clock: str
+    samples: int
+    median_us: float
+    min_us: float
+
+
+def _flusher_cost(name: str, clock: str, gaps: list[float]) -> FlusherCost:
+    if not gaps:
+        return FlusherCost(name, clock, 0, math.nan, math.nan)
+    return FlusherCost(name, clock, len(gaps), statistics.median(gaps) * 1e6, min(gaps) * 1e6)
+
+
+def stamp_overhead(calls: int = 1000) -> float:
+    """Microseconds the stamping itself puts in a gap: :class:`_Stamps` called back to back (median)."""
+    stamps = _Stamps()
+    batch = [_ITEM]
+    for _ in range(calls):
+        stamps(batch)
+    c = stamps.calls
+    return statistics.median(c[i + 1][0] - c[i][1] for i in range(len(c) - 1)) * 1e6
+
+
+def _run_aclose(runner: asyncio.Runner, buf: Any) -> None:
+    runner.run(buf.aclose())
+
+
+class _FlusherRun:
+    """One subject of :func:`bench_flusher`: its sink, how to hand it a batch, and its gaps."""
+
+    def __init__(
+        self,
+        name: str,
+        stamps: _Stamps,
+        hand_over: Callable[[], Any],
+        more: int,
+        runner: asyncio.Runner | None = None,
+    ) -> None:
+        self.name = name
+        self.stamps = stamps
+        self.hand_over = hand_over
+        self.more = more
+        self.runner = runner
+        self.fed = 0  # items handed over
+        self.gaps: list[float] = []
+
+    def feed(self, n: int) -> None:
+        for _ in range(n):
+            self.hand_over()
+            self.fed += BLOCK
+
+    def cycle(self) -> None:
+        if isinstance(self.stamps, _AsyncStamps):
+            assert self.runner is not None
+            self.gaps += self.runner.run(self.stamps.acycle(self.feed, self.more))
+        else:
+            self.gaps += self.stamps.cycle(self.feed, self.more)
+
+    def cost(self) -> FlusherCost:
+        clock = "wall" if isinstance(self.stamps, _AsyncStamps) else "thread CPU"
+        return _flusher_cost(self.name, clock, self.gaps)
+
+
+def bench_flusher(
+    cycles: int = DEFAULT_ROUNDS,
+    configs: Sequence[QueueConfig] | None = None,
+    *,
+    asynchronous: bool = True,
+    buffer_class: type = Buffer,
+    async_class: type = AsyncBuffer,
+) -> tuple[dict[str, FlusherCost], list[str]]:
+    """The flusher's own cost per batch, ``handle_flush`` excluded, per config; ``cycles`` interleaved cycles.
+
+    A cycle (see :class:`_Stamps`): the producer hands over one batch of
+    1,000 (``insert_batch``), whose ``handle_flush`` call waits at a gate
+    until the producer has queued ``depth + 1`` more behind it (``depth``
+    sealed batches and a full ring: all that fits), then the flusher takes
+    them one after the other.  ``Buffer``: the flusher thread's CPU time
+    from one call's exit to the next call's entry.  ``AsyncBuffer`` (same
+    options, an ``async def`` sink): wall time between its calls, the loop
+    running nothing else.  Baseline: :class:`SimpleQueueBatcher`'s consumer
+    thread, CPU time between its per-batch calls (1,000 ``get`` and
+    ``append`` per batch), with as many batches queued as the deepest
+    config.  Every subject runs one cycle per round, the order rotating.
+
+    Returns:
+        The costs by name (``"SimpleQueue consumer thread"``,
+        ``"Buffer, <config>"``, ``"AsyncBuffer, <config>"``) and the problems.
+    """
+    configs = queue_configs(buffer_class)[0] if configs is None else list(configs)
+    chunk = [_ITEM] * BLOCK
+    problems: list[str] = []
+    subjects: list[_FlusherRun] = []
+    closers: list[Callable[[], Any]] = []
+    runner = asyncio.Runner() if asynchronous else None
+    try:
+        stamps = _Stamps()
+        pipe = SimpleQueueBatcher(MAX_SIZE, stamps)
+        closers.append(pipe.close)
+        put = pipe.put
+
+        def put_batch() -> None:
+            for item in chunk:
+                put(item)
+
+        more = max(c.depth for c in configs) + 1
+        subjects.append(_FlusherRun("SimpleQueue consumer thread", stamps, put_batch, more))
+        for config in configs:
+            stamps = _Stamps()
+            options = {**PIPELINE_OPTIONS, **config.options, "insert_timeout": 10.0}
+            buf = buffer_class(handle_flush=stamps, name="bench-flusher", **options)
+            closers.append(buf.close)
+            hand_over = functools.partial(buf.insert_batch, chunk)
+            subjects.append(_FlusherRun(f"Buffer, {config.label}", stamps, hand_over, config.depth + 1))
+        if runner is not None:
+            for config in configs:
+                astamps = _AsyncStamps()
+                options = {**PIPELINE_OPTIONS, **config.options}
+                abuf = async_class(handle_flush=astamps.handle_flush, name="bench-async-flusher", **options)
+                runner.run(abuf.start())
+                closers.append(functools.partial(_run_aclose, runner, abuf))
+                hand_over = functools.partial(abuf.insert_batch, chunk)
+                name = f"AsyncBuffer, {config.label}"
+                subjects.append(_FlusherRun(name, astamps, hand_over, config.depth + 1, runner))
+        failed: set[str] = set()
+        gc.collect()
+        for r in range(cycles):
+            k = r % len(subjects)
+            for subject in (*subjects[k:], *subjects[:k]):
+                if subject.name in failed:
+                    continue
+                try:
+                    subject.cycle()
+                except (RuntimeError, TimeoutError) as exc:
+                    failed.add(subject.name)
+                    problems.append(f"pipeline, flusher per batch, {subject.name}: {exc!r}")
+    finally:
+        try:
+            for close in reversed(closers):
+                close()
+        finally:
+            if runner is not None:
+                runner.close()
+    for subject in subjects:
+        what = f"pipeline, flusher per batch, {subject.name}"
+        problems += _count_problem(what, subject.stamps.items, subject.fed)
+    return {s.name: s.cost() for s in subjects}, problems
+
+
+@dataclass(frozen=True)
+class PipelineRow:
+    """One line of the pipeline table: ``ratio`` is ``value / baseline_value``, in ``unit``."""
+
+    figure: str
+    unit: str
+    subject: str
+    value: float
+    baseline: str
+    baseline_value: float
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline_value
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Everything :func:`bench_pipeline` measured.
+
+    Attributes:
+        configs: the ``max_queued_batches`` settings compared.
+        queue_note: which, or why only the default.
+        end_to_end: see :func:`bench_pipeline_end_to_end`.
+        amortized: see :func:`bench_pipeline_amortized`.
+        flusher: see :func:`bench_flusher`.
+        stamp_overhead_us: what stamping adds to each flusher gap (:func:`stamp_overhead`).
+        rounds: interleaved rounds of the amortized figures.
+        cycles: interleaved cycles of the flusher figures.
+        problems: counts that were not exact.
+    """
+
+    configs: list[QueueConfig]
+    queue_note: str
+    end_to_end: PipelineEndToEnd
+    amortized: dict[str, Timing]
+    flusher: dict[str, FlusherCost]
+    stamp_overhead_us: float
+    rounds: int
+    cycles: int
+    problems: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[PipelineRow]:
+        """Each config against each baseline, then the default against ``max_queued_batches=0``."""
+        rows: list[PipelineRow] = []
+        e2e = self.end_to_end
+        configs = self.configs
+
+        def add(
+            figure: str, unit: str, values: dict[str, float], baselines: Sequence[str], kind: str
+        ) -> None:
+            for config in configs:
+                subject = f"{kind}, {config.label}"
+                for baseline in baselines:
+                    rows.append(
+                        PipelineRow(figure, unit, subject, values[subject], baseline, values[baseline])
+                    )
+            if len(configs) == 2:
+                old, new = (f"{kind}, {c.label}" for c in configs)
+                rows.append(PipelineRow(figure, unit, new, values[new], old, values[old]))
+
+        rate = {key: e2e.items_per_second(key) for key in e2e.seconds}
+        for mode, fig in (("insert", "insert"), ("insert_batch", f"insert_batch({BLOCK:,})")):
+            values = {
+                k.replace(f"{mode}, ", "Buffer, ", 1): v for k, v in rate.items() if k.startswith(f"{mode}, ")
+            }
+            values.update(rate)
+            if mode == "insert":
+                baselines = ["deque.append loop", "SimpleQueue + consumer thread"]
+                baselines += [e2e.otel] if e2e.otel else []
+            else:
+                baselines = ["deque.extend loop", "deque.append loop"]
+            add(f"end to end, {fig}, until close() returned", "items/s", values, baselines, "Buffer")
+        amortized = {name: t.amortized_ns for name, t in self.amortized.items()}
+        for mode, fig, baseline in (
+            ("insert", "insert", "deque.append"),
+            ("insert_batch", f"insert_batch({BLOCK:,})", "list.extend"),
+        ):
+            values = {
+                k.replace(f"{mode}, ", "Buffer, ", 1): v for k, v in amortized.items() if k.startswith(mode)
+            }
+            values[baseline] = amortized[baseline]
+            add(f"{fig}: amortized", "ns/item", values, [baseline], "Buffer")
+        flusher = {name: cost.median_us for name, cost in self.flusher.items()}
+        if "SimpleQueue consumer thread" in flusher:
+            add(
+                "flusher per batch, handle_flush excluded (thread CPU, median)",
+                "us/batch",
+                flusher,
+                ["SimpleQueue consumer thread"],
+                "Buffer",
+            )
+        if any(name.startswith("AsyncBuffer") for name in flusher):
+            for config in configs:
+                subject = f"AsyncBuffer, {config.label}"
+                baseline = f"Buffer, {config.label}"
+                rows.append(
+                    PipelineRow(
+                        "AsyncBuffer flusher per batch, handle_flush excluded (wall, median)",
+                        "us/batch",
+                        subject,
+                        flusher[subject],
+                        baseline + " (thread CPU)",
+                        flusher[baseline],
+                    )
+                )
+            if len(configs) == 2:
+                old, new = (f"AsyncBuffer, {c.label}" for c in configs)
+                figure = rows[-1].figure
+                rows.append(PipelineRow(figure, "us/batch", new, flusher[new], old, flusher[old]))
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        e2e = self.end_to_end
+        return {
+            "settings": {
+                "partitions": PIPELINE_OPTIONS["partitions"],
+                "max_size": MAX_SIZE,
+                "items": e2e.items,
+                "runs": min(len(s) for s in e2e.seconds.values()),
+                "rounds": self.rounds,
+                "cycles": self.cycles,
+            },
+            "max_queued_batches": {
+                "configs": [asdict(c) for c in self.configs],
+                "note": self.queue_note,
+            },
+            "otel": e2e.otel,
+            "otel_skipped": e2e.otel_skipped,
+            "rows": [{**asdict(row), "ratio": row.ratio} for row in self.rows()],
+            "end_to_end_seconds": e2e.seconds,
+            "end_to_end_items_per_second": {key: e2e.items_per_second(key) for key in e2e.seconds},
+            "amortized": {name: asdict(t) for name, t in self.amortized.items()},
+            "flusher": {name: asdict(c) for name, c in self.flusher.items()},
+            "stamp_overhead_us": self.stamp_overhead_us,
+            "problems": self.problems,
+        }
+
+
+def bench_pipeline(
+    items: int = DEFAULT_ITEMS,
+    runs: int = DEFAULT_REPEAT,
+    rounds: int = DEFAULT_ROUNDS,
+    cycles: int = DEFAULT_ROUNDS,
+    *,
+    otel: bool = True,
+    asynchronous: bool = True,
+    say: Callable[[str], Any] | None = None,
+) -> PipelineResult:
+    """The pipeline figures for each ``max_queued_batches`` setting: end to end, amortized, flusher cost."""
+    configs, note = queue_configs()
+    if say is not None:
+        say("pipeline (1 partition): end to end")
+    e2e = bench_pipeline_end_to_end(items, runs, configs, otel=otel)
+    if say is not None:
+        say("pipeline (1 partition): insert and insert_batch amortized")
+    amortized, problems = bench_pipeline_amortized(rounds, configs)
+    if say is not None:
+        say("pipeline (1 partition): flusher per batch")
+    flusher, flusher_problems = bench_flusher(cycles, configs, asynchronous=asynchronous)
+    return PipelineResult(
+        configs,
+        note,
+        e2e,
+        amortized,
+        flusher,
+        stamp_overhead(),
+        rounds,
+        cycles,
+        e2e.problems + problems + flusher_problems,
+    )
+
+
 # -- the report -----------------------------------------------------------
 
 
@@ -1013,11 +1916,19 @@ class BenchReport:
     memory: MemoryResult | None = None
     seconds: float = 0.0
     async_end_to_end: list[AsyncEndToEndResult] = field(default_factory=list)
+    pipeline: PipelineResult | None = None
 
     @property
     def problems(self) -> list[str]:
         found: list[str] = []
-        for result in (self.insert, self.insert_batch, *self.end_to_end, *self.async_end_to_end, self.memory):
+        for result in (
+            self.insert,
+            self.insert_batch,
+            *self.end_to_end,
+            *self.async_end_to_end,
+            self.pipeline,
+            self.memory,
+        ):
             if result is not None:
                 found += result.problems
         return found
@@ -1158,6 +2069,7 @@ class BenchReport:
                 "settings": self.settings,
                 "rows": rows,
                 "results": results,
+                "pipeline": self.pipeline.to_json() if self.pipeline is not None else None,
                 "ok": self.ok,
                 "problems": self.problems,
                 "seconds": self.seconds,
@@ -1197,6 +2109,83 @@ def _number(value: float) -> str:
     if value >= 100:
         return f"{value:,.1f}"
     return f"{value:.2f}"
+
+
+def _pipeline_lines(result: PipelineResult) -> list[str]:
+    """The pipeline table: one block per figure, each row a subject with its ratio to a baseline."""
+    e2e = result.end_to_end
+    runs = min(len(s) for s in e2e.seconds.values())
+    lines = [
+        "",
+        f"pipeline: one producer thread, partitions=1, max_size={MAX_SIZE:,}, a handle_flush that counts; "
+        + result.queue_note,
+        f"  end to end: N={e2e.items:,}, {runs} runs of each, interleaved (order rotating), median run; "
+        f"amortized: {result.rounds} interleaved rounds; "
+        f"flusher: {result.cycles} interleaved cycles, median gap",
+    ]
+    header = ("figure / subject", "unit", "value", "ratio", "vs baseline (its value)")
+    table: list[tuple[str, ...]] = []
+    figure = ""
+    for row in result.rows():
+        if row.figure != figure:
+            figure = row.figure
+            table.append((figure,))
+        table.append(
+            (
+                f"  {row.subject}",
+                row.unit,
+                _number(row.value),
+                f"{row.ratio:.2f}x",
+                f"{row.baseline} ({_number(row.baseline_value)})",
+            )
+        )
+    rows = [cells for cells in table if len(cells) > 1]
+    widths = [max(len(cells[i]) for cells in (header, *rows)) for i in range(len(header) - 1)]
+    align = ("<", "<", ">", ">")
+    lines.append("")
+    for n, cells in enumerate((header, *table)):
+        if len(cells) == 1:
+            lines.append(cells[0])
+            continue
+        lines.append(
+            "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=False))
+            + "  "
+            + cells[-1]
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))
+    lines.append("")
+    lines.append(
+        "ratio = subject / baseline in the row's unit (items/s: above 1x is faster; ns/item, us/batch: "
+        "below 1x is cheaper)"
+    )
+    lines.append(
+        "  end to end: from the first insert until close() returned (Buffer: every batch flushed); "
+        "deque loops store only; SimpleQueue + consumer thread: SimpleQueue.put per item,"
+    )
+    lines.append(
+        f"  one consumer thread grouping the items into lists of {MAX_SIZE:,} and calling a no-op that "
+        "counts per list, until it handed over the last item (SimpleQueueBatcher)"
+    )
+    if e2e.otel:
+        lines.append(
+            f"  {e2e.otel}: max_export_batch_size={MAX_SIZE:,}, a queue of N+1 (nothing dropped: "
+            "the exporter counted N), an exporter that counts, until shutdown() returned"
+        )
+    else:
+        lines.append(f"  OTel baseline: skipped, {e2e.otel_skipped}")
+    lines.append(
+        "  amortized: blocks of calls, then sync_flush(), all timed, over all items (see the table above)"
+    )
+    lines.append(
+        "  flusher per batch: one batch's handle_flush held until all that fits is queued behind it, then "
+        "the time from each call's exit to the next call's entry"
+    )
+    lines.append(
+        "    (Buffer, SimpleQueue consumer: that thread's CPU, time.thread_time; AsyncBuffer: wall time, "
+        f"the loop running nothing else); stamping adds {result.stamp_overhead_us:.2f} us to each"
+    )
+    return lines
 
 
 def format_table(report: BenchReport) -> str:
@@ -1292,6 +2281,8 @@ def format_table(report: BenchReport) -> str:
                 lines.append(goal + f"not checked, the core is the pure-Python one ({measured})")
             else:
                 lines.append(goal + ("met" if figure["met"] else "NOT met") + f" ({measured})")
+    if report.pipeline is not None:
+        lines += _pipeline_lines(report.pipeline)
     lines.append("check: " + ("OK, every item flushed exactly once" if report.ok else "FAILED"))
     lines.append(f"time: {report.seconds:.1f} s")
     return "\n".join(lines)
@@ -1349,6 +2340,7 @@ def run(
             async_end_to_end += bench_async_end_to_end(
                 mode, items, repeat, loops=loops, partitions=p, max_size=m
             )
+    pipeline = bench_pipeline(items, repeat, rounds, rounds, say=say)
     say("memory")
     memory = bench_memory(memory_items)
     return BenchReport(
@@ -1360,6 +2352,7 @@ def run(
         memory=memory,
         seconds=time.perf_counter() - start,
         async_end_to_end=async_end_to_end,
+        pipeline=pipeline,
     )
 
 
@@ -1386,8 +2379,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=DEFAULT_ITEMS,
         metavar="N",
-        help="items pushed through the buffer in the end-to-end figures, Buffer and AsyncBuffer "
-        "(default: %(default)s)",
+        help="items pushed through the buffer in the end-to-end figures, Buffer and AsyncBuffer, "
+        "and through each subject of the pipeline table's (default: %(default)s)",
     )
     parser.add_argument(
         "--memory-items",
@@ -1403,14 +2396,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ROUNDS,
         metavar="N",
         help=f"interleaved rounds of the insert (Buffer and AsyncBuffer) and insert_batch figures, "
-        f"each of {CHUNK_BLOCKS} blocks of {BLOCK} calls per subject (default: %(default)s)",
+        f"each of {CHUNK_BLOCKS} blocks of {BLOCK} calls per subject, of the pipeline table's "
+        "amortized figures, and its interleaved cycles of the flusher figure (default: %(default)s)",
     )
     parser.add_argument(
         "--repeat",
         type=_int_at_least(1),
         default=DEFAULT_REPEAT,
         metavar="N",
-        help="runs of each end-to-end figure, the fastest counts (default: %(default)s)",
+        help="runs of each end-to-end figure: the fastest counts in the first table, the median in "
+        "the pipeline table (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
@@ -1421,8 +2416,15 @@ DESCRIPTION = (
     "N items end to end until flushed vs a deque.append loop, AsyncBuffer.insert on a running "
     "loop vs deque.append and Buffer.insert, N items end to end through an AsyncBuffer (asyncio, "
     "and uvloop when importable) vs a Buffer of the same options, and bytes per buffered item "
-    "vs a list. Progress goes to stderr, the table (or JSON) to stdout. The exit status is 1 "
-    "if an item was not flushed exactly once."
+    "vs a list. Then the pipeline table: one producer, partitions=1, max_size=1000, for "
+    "max_queued_batches=0 and the default (the default alone if this build has no such option): "
+    "N items by insert until close() returned vs a deque.append loop, a queue.SimpleQueue with a "
+    "consumer thread batching by 1000, and the OpenTelemetry SDK's BatchProcessor (when "
+    "installed; nothing dropped); N items by insert_batch(1000) vs deque loops; insert and "
+    "insert_batch amortized; and the flusher's own time per batch, handle_flush excluded (thread "
+    "CPU for Buffer, wall time for AsyncBuffer) vs the SimpleQueue consumer's. Progress goes to "
+    "stderr, the tables (or JSON) to stdout. The exit status is 1 if an item was not flushed "
+    "exactly once, or a baseline lost one."
 )
 
 
