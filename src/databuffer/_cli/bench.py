@@ -1799,7 +1799,7 @@ class PipelineResult:
                         "us/batch",
                         subject,
                         flusher[subject],
-                        baseline + " (thread CPU)",
+                        baseline + ", thread CPU",
                         flusher[baseline],
                     )
                 )
