@@ -9,13 +9,13 @@ Sizes come from environment variables, so a quick run is one variable away:
 ``DATABUFFER_BENCH_THREAD_ITEMS``   items inserted by EACH producer thread (full 1_000_000, quick 50_000)
 ``DATABUFFER_BENCH_THREAD_ROUNDS``  rounds of each thread benchmark (full 3, quick 1)
 ``DATABUFFER_BENCH_MEMORY_ITEMS``   buffered ``None``s of the memory figures (1_000_000 in both modes)
+``DATABUFFER_BENCH_FLUSHER_CYCLES`` cycles of each flusher-per-batch subject (full 2000, quick 100)
 ``DATABUFFER_BENCH_TIMEOUT``        per-test timeout in seconds (900), replacing pyproject's 120
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import os
 import statistics
@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 import databuffer
+from databuffer._cli.bench import OTelBaseline, OTelUnavailable, otel_processor, queue_configs
 
 
 def _env_int(name: str, full: int, quick: int) -> int:
@@ -52,6 +53,7 @@ THREAD_ITEMS = _env_int("DATABUFFER_BENCH_THREAD_ITEMS", 1_000_000, 50_000)
 THREAD_ROUNDS = _env_int("DATABUFFER_BENCH_THREAD_ROUNDS", 3, 1)
 THREAD_MAX_SIZE = 1000
 MEMORY_ITEMS = _env_int("DATABUFFER_BENCH_MEMORY_ITEMS", 1_000_000, 1_000_000)
+FLUSHER_CYCLES = _env_int("DATABUFFER_BENCH_FLUSHER_CYCLES", 2000, 100)
 TIMEOUT = _env_int("DATABUFFER_BENCH_TIMEOUT", 900, 900)
 
 # A running buffer's timed flushes are pushed far out, so the per-call
@@ -63,6 +65,22 @@ FLUSH_INTERVAL = 60.0
 SUBJECT = databuffer.Buffer
 COMPILED = databuffer.USING_EXTENSION
 SUBJECT_LABEL = "databuffer" if COMPILED else "databuffer (pure core!)"
+
+#: ``max_queued_batches``: ``[0, default]``, or ``[default]`` alone when this
+#: build has no such option (QUEUE_NOTE says which); see
+#: ``databuffer._cli.bench.queue_configs``.
+QUEUE_CONFIGS, QUEUE_NOTE = queue_configs(SUBJECT)
+#: Subject names of the buffers compared, in QUEUE_CONFIGS order: "databuffer-mqb0", "databuffer".
+QUEUE_SUBJECTS = {
+    ("databuffer" if config is QUEUE_CONFIGS[-1] else "databuffer-mqb0"): config for config in QUEUE_CONFIGS
+}
+
+
+def queue_label(subject: str) -> str:
+    """The row label of a subject of QUEUE_SUBJECTS: SUBJECT_LABEL, and its setting when two are compared."""
+    if len(QUEUE_CONFIGS) == 1:
+        return SUBJECT_LABEL
+    return f"{SUBJECT_LABEL}, {QUEUE_SUBJECTS[subject].label}"
 
 
 def gil_enabled() -> bool | None:
@@ -91,7 +109,8 @@ def environment_lines() -> list[str]:
         f"mode: {'QUICK' if QUICK else 'full'}; "
         f"per-call rounds {ROUNDS} x {CALLS} calls (+{WARMUP} warm-up); "
         f"end-to-end {E2E_ITEMS:,} items x {E2E_ROUNDS} rounds; threads {THREAD_ITEMS:,} items/thread "
-        f"x {THREAD_ROUNDS} rounds; memory {MEMORY_ITEMS:,} items",
+        f"x {THREAD_ROUNDS} rounds; memory {MEMORY_ITEMS:,} items; flusher {FLUSHER_CYCLES} cycles",
+        QUEUE_NOTE,
     ]
 
 
@@ -209,7 +228,7 @@ def shut(obj: Any, runner: asyncio.Runner | None = None) -> None:
 
 
 class CountingExporter:
-    """A no-op exporter that counts what it is given."""
+    """The no-op exporter's batch call: counts what it is given."""
 
     def __init__(self) -> None:
         self.items = 0
@@ -219,36 +238,24 @@ class CountingExporter:
         self.items += len(batch)
         self.calls += 1
 
-    def shutdown(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
-
-def otel_batch_processor(batch_size: int, queue_size: int) -> tuple[Any, CountingExporter]:
-    """The SDK's ``BatchProcessor`` (behind BatchSpanProcessor / BatchLogRecordProcessor).
+def otel_batch_processor(batch_size: int, queue_size: int) -> tuple[OTelBaseline, CountingExporter]:
+    """The SDK's batch processor (``databuffer._cli.bench.otel_processor``) into a counting exporter.
 
     ``max_export_batch_size=batch_size`` (the counterpart of ``max_size``),
     ``max_queue_size=queue_size`` (large enough that nothing is dropped: the
-    callers check the exported count), a 60 s schedule delay (exports are
-    triggered by the batch size, as the buffer's flushes are).
+    callers check the exported count), an hour's schedule delay (exports are
+    triggered by the batch size, as the buffer's flushes are).  Recent SDKs
+    give ``_shared_internal.BatchProcessor`` (``emit``); older ones a
+    ``BatchSpanProcessor`` (``on_end`` of a span), as the label says.
+    Skips the test when opentelemetry-sdk is not installed.
     """
-    mod = pytest.importorskip("opentelemetry.sdk._shared_internal", reason="needs opentelemetry-sdk>=1.34")
-    cls = getattr(mod, "BatchProcessor", None)
-    if cls is None:
-        pytest.skip("opentelemetry-sdk has no _shared_internal.BatchProcessor (needs >= 1.34)")
     exporter = CountingExporter()
-    kwargs: dict[str, Any] = {
-        "exporter": exporter,
-        "schedule_delay_millis": FLUSH_INTERVAL * 1000,
-        "max_export_batch_size": batch_size,
-        "export_timeout_millis": 30_000,
-        "max_queue_size": queue_size,
-        "exporting": "Bench",
-    }
-    if "metrics" in inspect.signature(cls).parameters:  # SDK >= 1.40 or so
-        from opentelemetry.sdk._shared_internal._processor_metrics import NoOpProcessorMetrics
-
-        kwargs["metrics"] = NoOpProcessorMetrics()
-    return cls(**kwargs), exporter
+    try:
+        otel = otel_processor(batch_size, queue_size, exporter.export)
+    except OTelUnavailable as exc:
+        pytest.skip(f"OTel baseline skipped: {exc}")
+    return otel, exporter
 
 
 # -- results --------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def _fmt(x: float, width: int = 10) -> str:
         return f"{'n/a':>{width}}"
     if x >= 1000:
         return f"{x:>{width},.0f}"
+    if x < 10:
+        return f"{x:>{width}.2f}"
     return f"{x:>{width}.1f}"
 
 
@@ -62,34 +64,37 @@ def _rate(ns: float) -> float:
 def _per_item_table(group: Group, write: Any) -> None:
     subjects = [r for r in group.rows if r.role == "subject"]
     throughput = group.kind == "throughput"
+    # "per-batch" rows hold ns per batch: shown in us.
+    unit, scale = ("us/batch", 1e-3) if group.kind == "per-batch" else ("ns/item", 1.0)
+    width = max([44, *(len(row.label) + 1 for row in group.rows)])
     write(f"\n== {group.title} ==")
     for note in group.notes:
         write(f"   {note}")
-    head = f"   {'':<44}{'ns/item':>10}{'ns/item':>10}"
-    head2 = f"   {'':<44}{'min':>10}{'median':>10}"
+    head = f"   {'':<{width}}{unit:>10}{unit:>10}"
+    head2 = f"   {'':<{width}}{'min':>10}{'median':>10}"
     if throughput:
         head += f"{'items/s':>14}{'items/s':>14}{'flushes/s':>11}"
         head2 += f"{'(min)':>14}{'(median)':>14}{'(median)':>11}"
-    for s in subjects:
+    columns = [max(24, len(s.label) + 6) for s in subjects]
+    for s, w in zip(subjects, columns, strict=True):
         name = f"{s.label} / row"
-        head += f"   {name:>24}"
-        head2 += f"   {'min | median':>24}"
+        head += f"   {name:>{w}}"
+        head2 += f"   {'min | median':>{w}}"
     write(head)
     write(head2)
     for row in group.rows:
-        line = f"   {row.label:<44}{_fmt(row.min_ns)}{_fmt(row.median_ns)}"
+        line = f"   {row.label:<{width}}{_fmt(row.min_ns * scale)}{_fmt(row.median_ns * scale)}"
         if throughput:
             flushes = row.extra.get("flushes_per_s_median_time")
             line += f"{_fmt(_rate(row.min_ns), 14)}{_fmt(_rate(row.median_ns), 14)}"
             line += f"{_fmt(flushes, 11) if flushes is not None else f'{chr(45):>11}'}"
-        for s in subjects:
+        for s, w in zip(subjects, columns, strict=True):
             if row is s:
                 cell = "(subject)"
-            elif row.role == "subject":
-                cell = ""
             else:
+                # Against a baseline, or against another subject (e.g. another max_queued_batches).
                 cell = f"{ratio(s.min_ns, row.min_ns)} | {ratio(s.median_ns, row.median_ns)}"
-            line += f"   {cell:>24}"
+            line += f"   {cell:>{w}}"
         write(line)
 
 
@@ -162,9 +167,19 @@ def _memory_table(memory: dict[str, dict[str, Any]], write: Any) -> None:
         write(line)
 
 
-# Tables in the order of the issue: insert, insert_batch, telemetry, end to end, threads;
-# the AsyncBuffer tables (test_bench_async.py) after the end-to-end ones.
-_SECTIONS = ("insert,", "insert_batch", "insert with one telemetry", "end to end", "AsyncBuffer", "threads")
+# Tables in the order of the issue: insert, insert_batch, telemetry, end to end (the pipeline's
+# last), flusher per batch, threads; the AsyncBuffer tables (test_bench_async.py) after the
+# end-to-end ones.
+_SECTIONS = (
+    "insert,",
+    "insert_batch",
+    "insert with one telemetry",
+    "end to end:",
+    "end to end, pipeline",
+    "flusher per batch",
+    "AsyncBuffer",
+    "threads",
+)
 
 
 def _section(group: Group) -> int:
@@ -190,6 +205,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     write(
         "round (the cost of the call itself, least disturbed by the noisy machine), 'median' the median round"
         " (includes the amortized share of sealing batches and waking flushers)."
+    )
+    write(
+        "'flusher per batch' tables: us per batch, min and median gap between handle_flush calls"
+        " (see test_bench_flusher.py)."
     )
     write(
         "Ratio columns: the subject's figure divided by the row's, with the same statistic on both sides"

@@ -6,7 +6,9 @@ compiled from the same source (see ``_bench.make_loop``); a round makes
 ``BATCH_CALLS`` calls with one reused ``BATCH_LEN``-item list, and the
 figures are the round times divided by the items of a round.  Baselines and
 subjects of one table are measured next to each other (tests run in the
-order of ``CASES``).
+order of ``CASES``).  When the build has ``max_queued_batches``, the
+``insert`` and ``insert_batch`` tables have a buffer with
+``max_queued_batches=0`` (one sealed batch at a time) beside the default.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from _bench import (
     BATCH_LEN,
     CALLS,
     COMPILED,
+    QUEUE_SUBJECTS,
     ROUNDS,
     STYLES,
     SUBJECT,
@@ -31,6 +34,7 @@ from _bench import (
     Results,
     new_buffer,
     otel_batch_processor,
+    queue_label,
     run_loop_rounds,
     shut,
 )
@@ -45,7 +49,15 @@ ITEM = ("tick", 1)  # one small object, reused: the figure is the call, not an a
 PARTITIONS = (1, 4)
 MAX_SIZE = 1000
 
-INSERT_SUBJECTS = ["deque.append", "SimpleQueue.put", "otel.emit", "pure-core", "databuffer", "telemetry"]
+# "databuffer-mqb0": max_queued_batches=0 beside the default ("databuffer"), when the build has the option.
+INSERT_SUBJECTS = [
+    "deque.append",
+    "SimpleQueue.put",
+    "otel.emit",
+    "pure-core",
+    *QUEUE_SUBJECTS,
+    "telemetry",
+]
 CASES = [
     pytest.param(style, p, subject, id=f"{style}-p{p}-{subject}")
     for style in STYLES
@@ -117,19 +129,22 @@ def test_insert(
         return
 
     if subject == "otel.emit":
-        proc, exporter = otel_batch_processor(batch_size=MAX_SIZE, queue_size=1 << 23)
+        otel, exporter = otel_batch_processor(batch_size=MAX_SIZE, queue_size=1 << 23)
+        proc = otel.processor
         closing.append(proc)
+        method = otel.emit.__name__  # "emit", or "on_end" on an SDK without BatchProcessor
         emitted = run_loop_rounds(
-            benchmark, style=style, method="emit", get_target=lambda: proc, item=ITEM, calls=CALLS
+            benchmark, style=style, method=method, get_target=lambda: proc, item=otel.item, calls=CALLS
         )
         assert proc.force_flush()
         assert exporter.items == emitted, "the OTel queue dropped items: make it larger"
-        results.add(benchmark, CALLS, (title, "OTel BatchProcessor.emit", "baseline"))
+        results.add(benchmark, CALLS, (title, otel.label, "baseline"))
         return
 
     counter = FlushCounter()
     cls = PyBuffer if subject == "pure-core" else SUBJECT
-    buf = new_buffer(cls, counter, partitions=partitions, max_size=MAX_SIZE)
+    options = QUEUE_SUBJECTS["databuffer-mqb0"].options if subject == "databuffer-mqb0" else {}
+    buf = new_buffer(cls, counter, partitions=partitions, max_size=MAX_SIZE, **options)
     closing.append(buf)
     handler_calls = request.getfixturevalue("insert_handler") if subject == "telemetry" else None
     inserted = run_loop_rounds(
@@ -140,12 +155,14 @@ def test_insert(
     assert sum(p["inserted"] for p in buf.info()) == inserted
     if subject == "pure-core":
         results.add(benchmark, CALLS, (title, "pure-Python core", "baseline"))
+    elif subject == "databuffer-mqb0":
+        results.add(benchmark, CALLS, (title, queue_label(subject), "subject"))
     elif subject == "databuffer":
         # The subject of the insert table, and the baseline of the telemetry table.
         results.add(
             benchmark,
             CALLS,
-            (title, SUBJECT_LABEL, "subject"),
+            (title, queue_label(subject), "subject"),
             (telemetry_title(style, partitions), f"{SUBJECT_LABEL}, no handler", "baseline"),
         )
     else:
@@ -158,7 +175,7 @@ def test_insert(
 BATCH_CASES = [
     pytest.param(p, subject, id=f"p{p}-{subject}")
     for p in PARTITIONS
-    for subject in ("list.extend", "pure-core", "databuffer")
+    for subject in ("list.extend", "pure-core", *QUEUE_SUBJECTS)
     if not (subject == "pure-core" and not COMPILED)
 ]
 
@@ -182,7 +199,8 @@ def test_insert_batch(
         return
     counter = FlushCounter()
     cls = PyBuffer if subject == "pure-core" else SUBJECT
-    buf = new_buffer(cls, counter, partitions=partitions, max_size=MAX_SIZE)
+    options = QUEUE_SUBJECTS[subject].options if subject in QUEUE_SUBJECTS else {}
+    buf = new_buffer(cls, counter, partitions=partitions, max_size=MAX_SIZE, **options)
     closing.append(buf)
     calls = run_loop_rounds(
         benchmark, style="local", method="insert_batch", get_target=lambda: buf, item=batch, calls=BATCH_CALLS
@@ -192,7 +210,7 @@ def test_insert_batch(
     if subject == "pure-core":
         results.add(benchmark, per_round, (title, "pure-Python core", "baseline"))
     else:
-        results.add(benchmark, per_round, (title, SUBJECT_LABEL, "subject"))
+        results.add(benchmark, per_round, (title, queue_label(subject), "subject"))
 
 
 HANDOFF_TRIPS = 200  # round trips per round
