@@ -1187,7 +1187,10 @@ def otel_processor(
         sdk_trace = importlib.import_module("opentelemetry.sdk.trace")
         api_trace = importlib.import_module("opentelemetry.trace")
     except ImportError as exc:
-        raise OTelUnavailable(f"opentelemetry-sdk is not installed ({exc})") from None
+        raise OTelUnavailable(
+            f"opentelemetry-sdk is not importable ({exc}): pip install opentelemetry-sdk, "
+            "or databuffer's bench extra"
+        ) from None
 
     def export_spans(self: Any, spans: Any) -> Any:
         handle_batch(list(spans))
@@ -1331,11 +1334,12 @@ def bench_pipeline_end_to_end(
     otel_skipped = "not run"
     if otel:
         try:
-            otel_label = otel_processor(MAX_SIZE, 1, _BatchCounter()).label
+            probe = otel_processor(MAX_SIZE, 1, _BatchCounter())
         except OTelUnavailable as exc:
             otel_skipped = str(exc)
         else:
-            otel_skipped = ""
+            probe.processor.shutdown()  # it has a worker thread
+            otel_label, otel_skipped = probe.label, ""
 
             def otel_subject() -> float:
                 seconds, got, _ = _otel_run(items)
