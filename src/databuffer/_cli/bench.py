@@ -2189,6 +2189,11 @@ def _pipeline_lines(result: PipelineResult) -> list[str]:
         "    (Buffer, SimpleQueue consumer: that thread's CPU, time.thread_time; AsyncBuffer: wall time, "
         f"the loop running nothing else); stamping adds {result.stamp_overhead_us:.2f} us to each"
     )
+    if len(result.configs) == 2:
+        lines.append(
+            "    with max_queued_batches=0 the waiting batch is still in the ring and the flusher copies it "
+            "out; a queued one was copied out (sealed) by the producer's insert"
+        )
     return lines
 
 
