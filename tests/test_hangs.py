@@ -184,10 +184,16 @@ def test_a_flusher_ended_by_a_callback_is_replaced_even_while_its_thread_is_aliv
     delivered: list[Any] = []
 
     class Hold(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
+        # Held in handle(), before the handler's lock: the buffer's other
+        # records (a new flusher started) pass meanwhile.
+        def handle(self, record: logging.LogRecord) -> bool:
             if "ends: a flush callback raised SystemExit" in record.getMessage():
                 dying.set()
                 done.wait(30)
+            return super().handle(record)
+
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
 
     def handle_flush(batch: list[Any], opts: Any) -> None:
         if batch == ["exit"]:

@@ -494,6 +494,8 @@ class ThreadEngine(Engine[T]):
         """
         if self.stopping:
             return
+        started: list[int] = []  # partitions given a new flusher; -1: the timer
+        failure: RuntimeError | None = None
         with self._threads_lock:
             if self.stopping:
                 return
@@ -503,16 +505,24 @@ class ThreadEngine(Engine[T]):
                     if thread is not None and _gone(thread):
                         # It takes what is due before it first waits: no wake needed.
                         self._start_flusher(part, None)
-                        logger.warning(
-                            "buffer %r: started a new flusher for partition %d (the last one ended)",
-                            self.name,
-                            part.index,
-                        )
+                        started.append(part.index)
                 if self._timer is not None and _gone(self._timer):
                     self._start_timer()
-                    logger.warning("buffer %r: started a new timer thread (the last one ended)", self.name)
+                    started.append(-1)
             except RuntimeError as exc:  # no new threads: the interpreter is shutting down
-                logger.error("buffer %r: cannot replace an ended thread: %s", self.name, exc)
+                failure = exc
+        # Logged once the lock is released: a logging handler may block (or
+        # log through the buffer), and inserts that attend wait for this lock.
+        for index in started:
+            if index < 0:
+                logger.warning("buffer %r: started a new timer thread (the last one ended)", self.name)
+            else:
+                logger.warning(
+                    "buffer %r: started a new flusher for partition %d (the last one ended)", self.name, index
+                )
+        if failure is not None:
+            logger.error("buffer %r: cannot replace an ended thread: %s", self.name, failure)
+            failure = None
 
     def _thread_ended(self, which: str, exc: BaseException) -> None:
         """Log why one of the buffer's threads ends early; have it restarted.
