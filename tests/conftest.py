@@ -352,7 +352,9 @@ def stuck_buffer(
     recorder: Recorder | None = None,
     **options: Any,
 ) -> tuple[Any, threading.Event, Recorder]:
-    """A buffer (max_size=2) whose first batch [0, 1] is stuck in handle_flush.
+    """A buffer (max_size=2, no queue) whose first batch [0, 1] is stuck in handle_flush.
+
+    With ``max_queued_batches=0`` (unless given), two more items fill it.
 
     Returns (buffer, release, recorder): setting ``release`` lets the stuck
     flush go on; ``recorder`` (a new ``Recorder`` unless given) records every
@@ -369,6 +371,7 @@ def stuck_buffer(
         return rec(batch, opts)
 
     options.setdefault("flush_interval", 3600)
+    options.setdefault("max_queued_batches", 0)
     buf = make_buffer(handle_flush=fn, max_size=2, **options)
     buf.insert_batch([0, 1])
     assert started.wait(30)

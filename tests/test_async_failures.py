@@ -875,7 +875,12 @@ async def test_an_ainsert_that_waits_for_room_emits_one_start_and_one_stop(
             await release.wait()
 
     async with AsyncBuffer(
-        handle_flush=handle_flush, name="room-async", max_size=1, flush_interval=BIG, flush_timeout=60
+        handle_flush=handle_flush,
+        name="room-async",
+        max_size=1,
+        max_queued_batches=0,
+        flush_interval=BIG,
+        flush_timeout=60,
     ) as buf:
         try:
             buf.insert(0)  # sealed: its flush gets stuck
@@ -911,7 +916,12 @@ async def test_inserts_that_find_no_room_emit_an_exception_event(AsyncBuffer: An
             await release.wait()
 
     async with AsyncBuffer(
-        handle_flush=handle_flush, name="noroom-async", max_size=1, flush_interval=BIG, flush_timeout=60
+        handle_flush=handle_flush,
+        name="noroom-async",
+        max_size=1,
+        max_queued_batches=0,
+        flush_interval=BIG,
+        flush_timeout=60,
     ) as buf:
         try:
             buf.insert(0)
@@ -1750,7 +1760,9 @@ async def test_an_ainsert_cancelled_while_it_waits_emits_its_exception_event(Asy
     async def handle_flush(batch: list[Any], opts: Any) -> None:
         await release.wait()
 
-    buf = AsyncBuffer(handle_flush=handle_flush, name="cancel-wait", max_size=1, flush_interval=BIG)
+    buf = AsyncBuffer(
+        handle_flush=handle_flush, name="cancel-wait", max_size=1, max_queued_batches=0, flush_interval=BIG
+    )
     async with buf:
         buf.insert(1)  # sealed: in flight, blocked
         buf.insert(2)  # the partition is full

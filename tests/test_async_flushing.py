@@ -39,7 +39,9 @@ async def wait_event(event: asyncio.Event, timeout: float = 10.0) -> None:
 
 @contextlib.asynccontextmanager
 async def stuck(AsyncBuffer: type, **options: Any) -> AsyncIterator[tuple[Any, asyncio.Event, AsyncRecorder]]:
-    """A started buffer (max_size=2, one partition) whose first batch [0, 1] is stuck in handle_flush.
+    """A started buffer (max_size=2, one partition, no queue) whose batch [0, 1] is stuck in handle_flush.
+
+    With ``max_queued_batches=0`` (unless given), two more items fill it.
 
     Yields (buffer, release, recorder); releases and closes it on the way out.
     """
@@ -54,6 +56,7 @@ async def stuck(AsyncBuffer: type, **options: Any) -> AsyncIterator[tuple[Any, a
         return await recorder(batch, opts)
 
     options.setdefault("name", "stuck")
+    options.setdefault("max_queued_batches", 0)
     buf = AsyncBuffer(handle_flush=fn, max_size=2, flush_interval=3600, **options)
     await buf.start()
     try:
@@ -226,7 +229,9 @@ async def test_concurrent_acloses_both_wait_for_the_flushes(AsyncBuffer):
 
 async def test_calls_that_need_the_loop_raise_before_start(AsyncBuffer):
     recorder = AsyncRecorder()
-    buf = AsyncBuffer(handle_flush=recorder, name="unstarted", max_size=2, flush_interval=3600)
+    buf = AsyncBuffer(
+        handle_flush=recorder, name="unstarted", max_size=2, max_queued_batches=0, flush_interval=3600
+    )
     try:
         with pytest.raises(RuntimeError, match=r"^flush\(\).*start") as excinfo:
             await buf.flush()
@@ -884,7 +889,7 @@ async def test_ainsert_waiting_for_room_when_aclose_comes_loses_nothing(AsyncBuf
             await release.wait()
         return await recorder(batch, opts)
 
-    buf = AsyncBuffer(handle_flush=fn, max_size=2, flush_interval=3600)
+    buf = AsyncBuffer(handle_flush=fn, max_size=2, max_queued_batches=0, flush_interval=3600)
     await buf.start()
     closing = None
     try:

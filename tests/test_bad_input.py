@@ -59,7 +59,9 @@ def test_a_non_iterable_raises_type_error_naming_it(make_buffer: Any, items: Any
 
 def test_buffer_full_from_insert_batch_counts_the_leading_items_stored(make_buffer: Any, gates: Any) -> None:
     release = gates()
-    buf = make_buffer(handle_flush=lambda b, o: release.wait(30), max_size=4, flush_interval=BIG)
+    buf = make_buffer(
+        handle_flush=lambda b, o: release.wait(30), max_size=4, max_queued_batches=0, flush_interval=BIG
+    )
     buf.insert_batch(range(4))  # sealed; its flush is stuck
     wait_for(lambda: buf.info()[0]["flushing"], timeout=30)
     with pytest.raises(BufferFull) as caught:

@@ -93,7 +93,7 @@ def test_each_core_is_made_with_the_same_arguments_and_calls_its_hooks(core_name
     assert core.hooks is hooks
     stats = core.stats(1)
     assert isinstance(stats, _contract.PartStats)
-    assert stats == (0, 2, False, 0, 0, 0, 0)
+    assert stats == (0, 2, False, 0, 0, 0, 0, 0)
     assert core.push_many(1, (1, 2), 0) == 2
     assert calls == [("sealed", 1)]
     assert core.stats(1).taken == 2 and core.stats(1).busy
@@ -104,6 +104,31 @@ def test_each_core_is_made_with_the_same_arguments_and_calls_its_hooks(core_name
     with pytest.raises(RuntimeError, match="closed"):
         core.push_many(0, (3,), 0)
     assert calls[-1] == ("closed_error", 0)
+
+
+def test_a_core_queues_sealed_batches_up_to_max_queued_plus_one(core_name: str) -> None:
+    # Core(..., max_queued=1): two batches sealed or with the flusher at most.
+    module = _core_modules(core_name)
+
+    class Hooks:
+        def sealed(self, p: int) -> None:
+            pass
+
+    core = module.Core(1, 2, 0, False, False, Hooks(), 1)
+    assert core.push_many(0, (1, 2, 3, 4, 5, 6, 7), 0) == 6  # two sealed, a full ring
+    s = core.stats(0)
+    assert (s.queued, s.size, s.taken, s.busy) == (2, 2, 4, True)
+    assert core.take(0, 0) == ([1, 2], True, 0)
+    assert core.stats(0).queued == 1
+    assert core.push_many(0, (7,), 0) == 0  # still full: one queued, one with the flusher
+    assert core.take(0, 0) == ([3, 4], True, 2)  # [1, 2] finished
+    assert core.push_many(0, (7,), 0) == 1  # [5, 6] sealed, 7 in the ring
+    s = core.stats(0)
+    assert (s.queued, s.size, s.taken) == (1, 1, 6)
+    assert core.take(0, 0) == ([5, 6], True, 4)
+    assert core.take(0, 7) == ([7], False, 6)  # a flush request
+    assert core.take(0, 7) is None
+    assert not core.stats(0).busy
 
 
 @pytest.mark.parametrize("engine", [ThreadEngine, AsyncEngine])
@@ -121,7 +146,7 @@ def test_counters_come_back_as_a_named_record(make_buffer: Any) -> None:
     buf = make_buffer(handle_flush=lambda batch, opts: None, max_size=10, flush_interval=3600)
     buf.insert_batch([1, 2, 3])
     stats = engine_of(buf).core.stats(0)
-    assert stats._fields == ("size", "threshold", "busy", "inserted", "taken", "flushed", "failed")
+    assert stats._fields == ("size", "threshold", "busy", "inserted", "taken", "flushed", "failed", "queued")
     assert (stats.size, stats.inserted, stats.taken) == (3, 3, 0)
 
 

@@ -181,7 +181,7 @@ CTRL_C_SCRIPT = textwrap.dedent(
         release.wait(60)
         delivered.extend(batch)
 
-    buf = Buffer(handle_flush=flush, max_size=2, flush_interval=3600, flush_timeout=60)
+    buf = Buffer(handle_flush=flush, max_size=2, max_queued_batches=0, flush_interval=3600, flush_timeout=60)
     buf.insert_batch([0, 1])          # sealed: its flush is stuck
     buf.insert_batch([2, 3])          # the partition is full again
     main = threading.get_ident()
@@ -246,7 +246,9 @@ def test_a_deadline_past_an_insert_waiting_for_room_raises_buffer_full_in_time(
     make_buffer: Any, gates: Any
 ) -> None:
     release = gates()
-    buf = make_buffer(handle_flush=lambda b, o: release.wait(60), max_size=1, flush_interval=BIG)
+    buf = make_buffer(
+        handle_flush=lambda b, o: release.wait(60), max_size=1, max_queued_batches=0, flush_interval=BIG
+    )
     buf.insert(0)
     buf.insert(1)
     wait_for(lambda: buf.info()[0]["flushing"], timeout=30)

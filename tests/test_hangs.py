@@ -91,7 +91,7 @@ def test_an_interrupt_at_any_moment_of_a_wait_for_room_leaves_nothing_held(
         with lock:
             delivered.update(batch)
 
-    buf = make_buffer(handle_flush=handle_flush, max_size=1, flush_interval=BIG)
+    buf = make_buffer(handle_flush=handle_flush, max_size=1, max_queued_batches=0, flush_interval=BIG)
     buf.insert("a")  # sealed: the flusher waits in handle_flush
     wait_for(lambda: buf.stats()["in_flight"] == 1)
     buf.insert("b")  # a full batch waits: the partition is full
@@ -151,7 +151,7 @@ delivered = []
 def handle_flush(batch, opts):
     release.wait(30)
     print("delivered", batch, flush=True)
-buf = Buffer(handle_flush=handle_flush, max_size=1, flush_interval=3600)
+buf = Buffer(handle_flush=handle_flush, max_size=1, max_queued_batches=0, flush_interval=3600)
 buf.insert(1)
 while buf.stats()["in_flight"] == 0:
     time.sleep(0.001)
@@ -533,7 +533,9 @@ async def test_a_cancelled_ainsert_says_whether_it_stored_its_items(AsyncBuffer:
         await release.wait()
         delivered.extend(batch)
 
-    async with AsyncBuffer(handle_flush=handle_flush, partitions=2, max_size=1, flush_interval=BIG) as buf:
+    async with AsyncBuffer(
+        handle_flush=handle_flush, partitions=2, max_size=1, max_queued_batches=0, flush_interval=BIG
+    ) as buf:
         buf.insert("a0")
         buf.insert("b0")  # both partitions flushing (held)
         await asyncio.sleep(0)

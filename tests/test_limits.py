@@ -110,8 +110,8 @@ def test_finite_seconds_beyond_timeout_max_stay_accepted(build: Any, option: str
 
 
 def stuck(make_buffer: Any, gates: Any, *, room: bool) -> tuple[Any, list[int]]:
-    """A buffer (max_size=2) whose first batch is stuck in handle_flush; the partition holds
-    one item (``room``: one more fits) or two (full). Returns it and what it holds."""
+    """A buffer (max_size=2, no queue) whose first batch is stuck in handle_flush; the partition
+    holds one item (``room``: one more fits) or two (full). Returns it and what it holds."""
     release = gates()
     started = threading.Event()
 
@@ -119,7 +119,9 @@ def stuck(make_buffer: Any, gates: Any, *, room: bool) -> tuple[Any, list[int]]:
         started.set()
         release.wait(30)
 
-    buf = make_buffer(handle_flush=fn, max_size=2, flush_interval=BIG, insert_timeout=30)
+    buf = make_buffer(
+        handle_flush=fn, max_size=2, max_queued_batches=0, flush_interval=BIG, insert_timeout=30
+    )
     buf.insert_batch([0, 1])
     assert started.wait(30)
     held = [2] if room else [2, 3]

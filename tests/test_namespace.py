@@ -181,7 +181,7 @@ def test_timeouts_and_backpressure_with_every_0_1_private_name_overridden(Buffer
         def handle_flush_error(self, batch: list[Any], opts: FlushOpts, error: BaseException) -> None:
             errors.append(error)
 
-    buf = Stuck(max_size=2, flush_timeout=0.2, flush_interval=3600)
+    buf = Stuck(max_size=2, max_queued_batches=0, flush_timeout=0.2, flush_interval=3600)
     try:
         buf.insert_batch([1, 2])  # sealed: its flush is stuck
         buf.insert_batch([3, 4])  # full again

@@ -16,7 +16,9 @@ INFO_KEYS = {
     "flush_interval",
     "flush_jitter",
     "flush_timeout",
+    "max_queued_batches",
     "flushing",
+    "queued",
     "inserted",
     "in_flight",
     "flushed",
@@ -252,6 +254,7 @@ def test_info_keys_and_counters(make_buffer):
         assert part["flush_jitter"] == 1.5
         assert part["flush_timeout"] == 20.0
         assert part["flushing"] is False
+        assert (part["max_queued_batches"], part["queued"]) == (4, 0)
         assert (part["inserted"], part["in_flight"], part["flushed"], part["retried"], part["failed"]) == (
             0,
             0,

@@ -120,7 +120,9 @@ def test_an_insert_from_a_flush_callback_does_not_wait_for_room(make_buffer: Any
                 caught.append(exc)
             took.append(time.monotonic() - start)
 
-    buf = make_buffer(handle_flush=flush, max_size=1, flush_interval=BIG, insert_timeout=20)
+    buf = make_buffer(
+        handle_flush=flush, max_size=1, max_queued_batches=0, flush_interval=BIG, insert_timeout=20
+    )
     buf.insert(0)
     wait_for(lambda: took, timeout=30)
     assert took[0] < 5

@@ -243,7 +243,9 @@ def test_buffer_closed_during_insert_batch_says_how_many_were_stored(make_buffer
         release.wait(30)
         got.extend(batch)
 
-    buf = make_buffer(handle_flush=flush, max_size=3, flush_interval=BIG, insert_timeout=30)
+    buf = make_buffer(
+        handle_flush=flush, max_size=3, max_queued_batches=0, flush_interval=BIG, insert_timeout=30
+    )
     outcome: list[BaseException] = []
 
     def insert() -> None:

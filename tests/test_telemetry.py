@@ -158,7 +158,7 @@ def test_insert_exception_event_on_buffer_full(make_buffer, gates):
         release.wait(30)
 
     rec = Events("full-buf")
-    buf = make_buffer(handle_flush=fn, name="full-buf", max_size=1, flush_interval=3600)
+    buf = make_buffer(handle_flush=fn, name="full-buf", max_size=1, max_queued_batches=0, flush_interval=3600)
     buf.insert(0)  # a full batch: flushing, stuck
     assert started.wait(30)
     buf.insert(1)  # the partition now holds a full batch

@@ -102,6 +102,33 @@ cdef inline void ring_move(Part *part, PyObject **dest, Py_ssize_t k) noexcept n
     db_store(&part.taken, part.taken + k)
 
 
+cdef inline bint can_seal(Part *part) noexcept nogil:
+    """Whether ``part`` may seal one more batch (under its lock)."""
+    return part.queued + part.holding < part.slots
+
+
+cdef inline void queue_push(Part *part, PyObject *batch, int64_t k) noexcept nogil:
+    """Queue a sealed batch of ``k`` items (a reference the caller owns); ``can_seal`` held."""
+    cdef int64_t i = part.qhead + part.queued
+    if i >= part.slots:
+        i -= part.slots
+    part.queue[i] = batch
+    db_store(&part.queued, part.queued + 1)
+    part.queued_items += k
+
+
+cdef inline PyObject *queue_pop(Part *part) noexcept nogil:
+    """Take the oldest sealed batch out of the queue (not empty); the caller owns the reference."""
+    cdef PyObject *batch = part.queue[part.qhead]
+    part.queue[part.qhead] = NULL
+    part.qhead += 1
+    if part.qhead == part.slots:
+        part.qhead = 0
+    db_store(&part.queued, part.queued - 1)
+    part.queued_items -= PyList_GET_SIZE(batch)
+    return batch
+
+
 cdef object new_seed():
     """A random odd 64-bit seed for a partition's jitter generator (never 0)."""
     import os
@@ -159,9 +186,9 @@ cdef class Core:
                 if idx == part.cap:
                     idx = 0
             part.count = 0
-            if part.ready is not NULL:
-                Py_DECREF(<object>part.ready)
-                part.ready = NULL
+            while part.queued > 0:
+                Py_DECREF(<object>queue_pop(part))
+            free(part.queue)
             free(part.ring)
             if p < self._events:
                 db_event_destroy(&part.wake)
@@ -169,7 +196,7 @@ cdef class Core:
         self._parts = NULL
 
     def __init__(self, Py_ssize_t partitions, Py_ssize_t max_size, Py_ssize_t max_size_jitter,
-                 bint by_thread, bint seal_hook, hooks):
+                 bint by_thread, bint seal_hook, hooks, Py_ssize_t max_queued=0):
         """Allocate the rings (capacity ``max_size + max_size_jitter``).
 
         ``by_thread``: dispatch by thread (each thread inserts into a home
@@ -177,15 +204,19 @@ cdef class Core:
         instead of round-robin per insert call.  ``seal_hook``: after each
         seal, call ``hooks.sealed(p)`` (with no partition lock held), for an
         engine whose flushers do not sleep on the wake event.  ``hooks``:
-        the engine (``CoreHooks``).
+        the engine (``CoreHooks``).  ``max_queued``: how many sealed batches
+        a partition may hold waiting for its flusher besides the one it
+        flushes (a queue of ``max_queued + 1`` slots per partition).
         """
         cdef Py_ssize_t p, cap
         cdef int err
         if self._parts is not NULL:
             raise RuntimeError("the buffer core is already initialised")
         self.hooks = hooks
-        if partitions < 1 or max_size < 1 or max_size_jitter < 0:
+        if partitions < 1 or max_size < 1 or max_size_jitter < 0 or max_queued < 0:
             raise ValueError("bad core sizes")
+        if max_queued >= (PY_SSIZE_T_MAX // <Py_ssize_t>sizeof(PyObject *)) // 2:
+            raise ValueError(f"max_queued = {max_queued} is too large")
         self._max_size = max_size
         self._jitter = max_size_jitter
         self._by_thread = by_thread
@@ -213,6 +244,10 @@ cdef class Core:
                     f"for partition {p}"
                 )
             self._parts[p].cap = cap
+            self._parts[p].queue = <PyObject **>malloc((max_queued + 1) * sizeof(PyObject *))
+            if self._parts[p].queue is NULL:
+                raise MemoryError(f"no memory for a queue of {max_queued + 1} batches for partition {p}")
+            self._parts[p].slots = max_queued + 1
             self._parts[p].threshold = self._draw(&self._parts[p])
 
     cdef inline int64_t _draw(self, Part *part) noexcept nogil:
@@ -271,7 +306,7 @@ cdef class Core:
                 continue
             full = part.count >= part.threshold
             if full:
-                seal = not part.busy
+                seal = can_seal(part)
             else:
                 items = PySequence_Fast_ITEMS(seq)
                 room = <Py_ssize_t>(part.threshold - part.count)
@@ -282,7 +317,7 @@ cdef class Core:
                     Py_INCREF(<object>items[j])
                     ring_push(part, items[j])
                 i = stop
-                seal = part.count >= part.threshold and not part.busy
+                seal = part.count >= part.threshold and can_seal(part)
             db_unlock(&part.lock)
             if seal:
                 self._seal(p)
@@ -290,10 +325,11 @@ cdef class Core:
                 return i
 
     cdef int _seal(self, Py_ssize_t p) except -1:
-        """Hand a full batch to the idle flusher and wake it, if still due.
+        """Queue a full batch for the flusher and wake it, if still due.
 
-        Seals nothing when the partition is busy or not full by the time the
-        batch list is allocated; the caller tests the partition again.
+        Seals nothing when the partition's queue is full (``can_seal``) or
+        the ring not full by the time the batch list is allocated; the
+        caller tests the partition again.
         """
         cdef Part *part = &self._parts[p]
         cdef Py_ssize_t k
@@ -304,16 +340,14 @@ cdef class Core:
             # taking the lock, then check that the decision still holds.
             batch = PyList_New(k)
             db_lock(&part.lock)
-            if part.busy or part.count < part.threshold:
+            if not can_seal(part) or part.count < part.threshold:
                 db_unlock(&part.lock)
                 break
             if part.threshold == k:
-                part.ready_seq = part.taken
                 # The list's slots take over the ring's references.
                 ring_move(part, (<PyListObject *>batch).ob_item, k)
                 Py_INCREF(batch)
-                part.ready = <PyObject *>batch
-                db_store(&part.busy, 1)
+                queue_push(part, <PyObject *>batch, k)
                 db_store(&part.threshold, self._draw(part))
                 sealed = True
             db_unlock(&part.lock)
@@ -378,6 +412,7 @@ cdef class Core:
         """Give the flusher its next batch, or None once it is idle.
 
         Returns ``(batch, by_size, first_seq)``; see the reference core.
+        The batch the flusher took before has finished.
         """
         cdef Part *part = self._part(p)
         cdef int64_t first
@@ -388,13 +423,14 @@ cdef class Core:
         batch = None
         while True:
             db_lock(&part.lock)
-            ready = part.ready
-            if ready is not NULL:
-                part.ready = NULL
-                first = part.ready_seq
+            db_store(&part.holding, 0)
+            if part.queued > 0:
+                first = part.taken - part.queued_items
+                ready = queue_pop(part)
+                db_store(&part.holding, 1)
                 db_unlock(&part.lock)
                 sealed = <object>ready
-                Py_DECREF(sealed)  # the struct's reference
+                Py_DECREF(sealed)  # the queue's reference
                 return (sealed, True, first)
             first = part.taken
             if part.count > 0 and part.count >= part.threshold:
@@ -402,13 +438,12 @@ cdef class Core:
             elif part.count > 0 and first < upto:
                 by_size = False
             else:
-                db_store(&part.busy, 0)
                 db_unlock(&part.lock)
                 return None
             due = <Py_ssize_t>(part.count if part.count < part.threshold else part.threshold)
             if batch is not None and due == k:
                 ring_move(part, (<PyListObject *>batch).ob_item, k)
-                db_store(&part.busy, 1)
+                db_store(&part.holding, 1)
                 db_store(&part.threshold, self._draw(part))
                 db_unlock(&part.lock)
                 return (batch, by_size, first)
@@ -497,13 +532,12 @@ cdef class Core:
             batch = PyList_New(k)
             ring_move(part, (<PyListObject *>batch).ob_item, k)
             dropped.append(batch)
-            if part.ready is not NULL:
-                sealed = <object>part.ready
-                Py_DECREF(sealed)  # the struct's reference; `sealed` holds one
-                part.ready = NULL
+            while part.queued > 0:
+                sealed = <object>queue_pop(part)
+                Py_DECREF(sealed)  # the queue's reference; `sealed` holds one
                 dropped.append(sealed)
-            part.head = part.tail = 0
-            part.count = part.busy = part.ready_seq = 0
+            part.head = part.tail = part.qhead = 0
+            part.count = part.holding = 0
             part.inserted = part.taken = part.flushed = part.failed = 0
             part.rng = new_seed()
             part.threshold = self._draw(part)
@@ -516,24 +550,25 @@ cdef class Core:
         return dropped
 
     def stats(self, Py_ssize_t p):
-        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed)``.
+        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed, queued)``.
 
         One consistent snapshot: read under the partition's lock, so that
         ``inserted == size + taken``, and ``flushed + failed <= taken``
         (batches are counted as finished only after they were taken).
         """
         cdef Part *part = self._part(p)
-        cdef int64_t count, threshold, busy, inserted, taken, flushed, failed
+        cdef int64_t count, threshold, busy, inserted, taken, flushed, failed, queued
         db_lock(&part.lock)
         count = part.count
         threshold = part.threshold
-        busy = part.busy
+        queued = part.queued
+        busy = part.holding or queued
         inserted = part.inserted
         taken = part.taken
         flushed = db_load(&part.flushed)
         failed = db_load(&part.failed)
         db_unlock(&part.lock)
-        return PartStats(count, threshold, busy != 0, inserted, taken, flushed, failed)
+        return PartStats(count, threshold, busy != 0, inserted, taken, flushed, failed, queued)
 
     def size(self):
         cdef Py_ssize_t p
@@ -615,7 +650,7 @@ cdef inline Py_ssize_t insert_one(Core self, object item, object timeout) except
         Py_INCREF(item)
         ring_push(part, <PyObject *>item)
         stored = True
-        seal = part.count >= part.threshold and not part.busy
+        seal = part.count >= part.threshold and can_seal(part)
     db_unlock(&part.lock)
     if stored:
         if seal:

@@ -12,6 +12,8 @@ cdef extern from "Python.h":
     Py_ssize_t PySequence_Fast_GET_SIZE(object) noexcept
     ctypedef struct PyListObject:
         PyObject **ob_item
+    # The size of a list (a PyObject * known to be one), without the GIL's help.
+    Py_ssize_t PyList_GET_SIZE(PyObject *op) noexcept nogil
     const Py_ssize_t PY_SSIZE_T_MAX
     # A C method's descriptor, made for another class (see own_methods).
     ctypedef struct PyMethodDef:
@@ -62,13 +64,16 @@ cdef extern from "_part.h" nogil:
         Py_ssize_t tail
         int64_t count
         int64_t threshold
-        int64_t busy
+        int64_t holding
         int64_t inserted
         int64_t taken
         int64_t flushed
         int64_t failed
-        PyObject *ready
-        int64_t ready_seq
+        PyObject **queue
+        int64_t slots
+        int64_t qhead
+        int64_t queued
+        int64_t queued_items
         uint64_t rng
         db_event wake
     Part *db_parts_new(Py_ssize_t n)

@@ -48,13 +48,20 @@ typedef struct DB_PART_ALIGN {
     Py_ssize_t tail;
     int64_t count;      /* items in the ring */
     int64_t threshold;  /* the current flush size */
-    int64_t busy;       /* 1 while a batch is handed to the flusher, unfinished */
+    int64_t holding;    /* 1 while the flusher has a batch it took (until its next take) */
     int64_t inserted;   /* counters, in items */
-    int64_t taken;
+    int64_t taken;      /* items sealed into a batch or taken by the flusher */
     int64_t flushed;    /* written by whichever thread settles a batch (atomic add) */
     int64_t failed;
-    PyObject *ready;    /* owned: a batch sealed by an insert, or NULL */
-    int64_t ready_seq;
+    /* The batches sealed by inserts, waiting for the flusher, oldest first:
+     * owned references queue[qhead], queue[qhead+1], ... (mod slots), with
+     * queued_items items in all.  queued + holding <= slots, which is
+     * max_queued_batches + 1. */
+    PyObject **queue;
+    int64_t slots;
+    int64_t qhead;
+    int64_t queued;
+    int64_t queued_items;
     uint64_t rng;       /* xorshift64* state for the size jitter */
     db_event wake;      /* wakes the flusher; guarded by its own mutex */
 } Part;

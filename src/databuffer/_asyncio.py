@@ -494,9 +494,14 @@ class AsyncEngine(Engine[T]):
         wake = part.wake
         assert wake is not None
         take, flush = self.core.take, self._flush
+        # Batches flushed in a row without yielding to the loop: a full
+        # queue and a full ring, then one yield per batch (a producer that
+        # keeps up must not starve the loop's other tasks).
+        run = self.config.max_queued_batches + 2
         while True:
             wake.clear()
             taken = take(p, part.flush_upto)
+            flushed = 0
             while taken is not None:
                 if part.room:
                     _wake_all(part.room)
@@ -518,7 +523,8 @@ class AsyncEngine(Engine[T]):
                 # The next batch, or the partition marked idle, before any
                 # other task runs: who waited for this flush sees it done.
                 taken = take(p, part.flush_upto)
-                if taken is not None:
+                flushed += 1
+                if taken is not None and flushed >= run:
                     # Let the rest of the loop run between batches.
                     try:
                         await asyncio.sleep(0)

@@ -40,6 +40,7 @@ class BufferMethods(Front[T]):
         dispatch: str = "round_robin",
         max_size: int = 5000,
         max_size_jitter: int = 0,
+        max_queued_batches: int = 4,
         flush_interval: float = 10.0,
         flush_jitter: float = 2.0,
         flush_timeout: float = 60.0,
@@ -157,6 +158,13 @@ class Buffer(BufferMethods[T], BufferCore):
         max_size: items in a partition that trigger a flush (default 5000).
         max_size_jitter: a random 0..n (inclusive) added to ``max_size``,
             drawn anew after every flush of that partition (default 0).
+        max_queued_batches: how many full batches a partition may hold
+            sealed, waiting for its flusher, besides the one it flushes
+            (default 4; 0 to 65536).  Producers wait for room only once
+            they are all taken, and the flusher flushes every waiting
+            batch in one wake-up; each queued batch holds up to
+            ``max_size + max_size_jitter`` items.  ``0``: one batch at a
+            time, as before this option existed.
         flush_interval: seconds between timed flushes of a partition,
             counted from its last flush of any kind (default 10.0).
         flush_jitter: a random 0..n seconds added to ``flush_interval``,

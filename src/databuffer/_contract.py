@@ -31,7 +31,11 @@ class PartStats(NamedTuple):
     """One consistent snapshot of a partition's counters (``Core.stats``).
 
     ``inserted == size + taken`` and ``flushed + failed <= taken``: items
-    move ring (``size``) -> taken by the flusher -> finished.
+    move ring (``size``) -> sealed into a batch, or taken by the flusher
+    (``taken`` counts both) -> finished.  ``busy``: the partition has a
+    batch sealed or with its flusher; ``queued``: how many sealed batches
+    wait for the flusher (at most ``max_queued_batches + 1``, while the
+    flusher has none).
     """
 
     size: int
@@ -41,6 +45,7 @@ class PartStats(NamedTuple):
     taken: int
     flushed: int
     failed: int
+    queued: int
 
 
 #: What ``Core.take`` hands the flusher: the batch, whether it was due by
@@ -106,9 +111,11 @@ class CoreAPI(Protocol):
     def take(self, p: int, upto: int) -> Taken | None:
         """The flusher's next batch of partition ``p``, or None once the partition is idle.
 
-        A batch is due when one was sealed, when the ring is full, or when
-        items before sequence number ``upto`` (a flush request) are still
-        in the ring.
+        A batch is due when one was sealed (the oldest of the queue comes
+        first), when the ring is full, or when items before sequence number
+        ``upto`` (a flush request) are still in the ring.  Calling it says
+        that the batch it gave last has finished: a partition holds at most
+        ``max_queued_batches + 1`` batches sealed or with its flusher.
         """
 
     def finish(self, p: int, n: int, ok: bool) -> None:

@@ -17,10 +17,12 @@ The core also owns each partition's wake-up of its flusher thread: the
 engine's flusher sleeps in ``wait_wake(p)``; a sealing insert, and the
 engine itself (flush requests, close), wake it with ``wake(p)``.
 
-Per partition the items move ring -> batch (handed to the flusher) ->
-finished.  Sequence counters count items, in insertion order:
-``taken`` items have been handed to the flusher, ``flushed + failed`` have
-finished.
+Per partition the items move ring -> sealed batch (queued for the
+flusher) -> taken by the flusher -> finished.  Sequence counters count
+items, in insertion order: ``taken`` items have been sealed or handed to
+the flusher, ``flushed + failed`` have finished.  A partition holds at most
+``max_queued + 1`` batches sealed or with its flusher (``_can_seal``): the
+flusher's call of ``take`` says that the batch it had is finished.
 
 Re-entrancy: while a partition's lock is held, this module creates no object
 the cyclic GC tracks (no list, tuple, iterator, bound method or exception),
@@ -75,9 +77,9 @@ class _Ring(deque):  # type: ignore[type-arg]
     """One partition: its items (the deque itself) and its fields.
 
     The deque holds the partition's items in insertion order; its first
-    ``ready_count`` items form a batch that was sealed by an insert and that
-    the flusher has not taken out yet (they are no longer counted as
-    buffered).  Appends need no lock: ``deque.append`` is atomic, and
+    ``ready_count`` items form the batches that were sealed by inserts and
+    that the flusher has not taken out yet (they are no longer counted as
+    buffered), oldest first, of the sizes in ``sizes``.  Appends need no lock: ``deque.append`` is atomic, and
     ``insert`` appends first and checks afterwards (see
     ``Core._appended``).  Items leave only from the left, and only under
     ``lock``, which also guards every other field.  ``limit`` (the number
@@ -88,15 +90,15 @@ class _Ring(deque):  # type: ignore[type-arg]
     """
 
     __slots__ = (
-        "busy",
         "failed",
         "flushed",
         "hold",
+        "holding",
         "limit",
         "lock",
         "partition",
         "ready_count",
-        "ready_seq",
+        "sizes",
         "taken",
         "threshold",
         "wake",
@@ -115,11 +117,13 @@ class _Ring(deque):  # type: ignore[type-arg]
         # item (_push_many) or copy the ring (_snapshot): while any does,
         # the limit stays 0.
         self.hold = 0
-        # A batch has been handed to the flusher and has not finished.
-        self.busy = False
-        # A batch sealed by an insert: its size and first sequence number.
+        # The flusher holds a batch it took (until its next take).
+        self.holding = False
+        # The batches sealed by inserts, waiting for the flusher: their
+        # sizes, oldest first (appending an int allocates nothing the GC
+        # tracks), and their items in all.
+        self.sizes: deque[int] = deque()
         self.ready_count = 0
-        self.ready_seq = 0
         self.taken = 0
         self.flushed = 0
         self.failed = 0
@@ -141,9 +145,12 @@ class Core:
         by_thread: bool,
         seal_hook: bool,
         hooks: CoreHooks,
+        max_queued: int = 0,
     ) -> None:
         # Written once, before the buffer is shared.
         self.hooks = hooks
+        # A partition holds at most max_queued + 1 batches sealed or with its flusher.
+        self.slots = max_queued + 1
         self.max_size = max_size
         self.jitter = max_size_jitter
         self.random = random.Random()
@@ -168,6 +175,10 @@ class Core:
         if _GIL_DISABLED:
             return _LockedCycle(self.parts)
         return itertools.cycle(self.parts)
+
+    def _can_seal(self, ring: _Ring) -> bool:
+        """Whether ``ring`` may seal one more batch (under ``ring.lock``)."""
+        return len(ring.sizes) + ring.holding < self.slots
 
     def _draw(self) -> int:
         if self.jitter:
@@ -196,11 +207,11 @@ class Core:
                 refused = _take_back(ring, item)
             else:
                 size = len(ring) - ring.ready_count
-                if size > ring.threshold and ring.busy:
-                    full = _take_back(ring, item)
-                elif size >= ring.threshold and not ring.busy:
+                if size >= ring.threshold and self._can_seal(ring):
                     self._seal(ring)
                     sealed = True
+                elif size > ring.threshold:
+                    full = _take_back(ring, item)
         if sealed and self.seal_hook:
             self.hooks.sealed(ring.partition)
         if refused:
@@ -240,7 +251,7 @@ class Core:
         return p, n
 
     def _seal(self, ring: _Ring) -> None:
-        """Hand a full batch to the idle flusher (under ``ring.lock``).
+        """Queue a full batch for the flusher and wake it (under ``ring.lock``; ``_can_seal``).
 
         The caller calls ``hooks.sealed`` afterwards, once the lock
         is released, if ``seal_hook`` was asked for.
@@ -249,10 +260,9 @@ class Core:
         them out (``take``), so that sealing allocates nothing.
         """
         k = ring.threshold
-        ring.ready_seq = ring.taken
-        ring.ready_count = k
+        ring.sizes.append(k)
+        ring.ready_count += k
         ring.taken += k
-        ring.busy = True
         ring.threshold = self._draw()
         self._set_limit(ring)
         _release(ring.wake)
@@ -303,7 +313,7 @@ class Core:
                         break
                     room = ring.threshold - (len(ring) - ring.ready_count)
                     if room <= 0:
-                        if ring.busy:
+                        if not self._can_seal(ring):
                             break
                         self._seal(ring)
                         sealed = True
@@ -312,7 +322,7 @@ class Core:
                     for j in range(i, stop):
                         ring.append(seq[j])
                     i = stop
-                    if len(ring) - ring.ready_count >= ring.threshold and not ring.busy:
+                    if len(ring) - ring.ready_count >= ring.threshold and self._can_seal(ring):
                         self._seal(ring)
                         sealed = True
             finally:
@@ -329,22 +339,27 @@ class Core:
         """Give the flusher its next batch, or None once it is idle.
 
         Returns ``(batch, by_size, first_seq)``.  A batch is due when one
-        was sealed, when the ring is full, or when items before sequence
-        number ``upto`` (a flush request) are still in the ring.
+        was sealed (the oldest first), when the ring is full, or when items
+        before sequence number ``upto`` (a flush request) are still in the
+        ring.  The batch the flusher took before has finished.
         """
         ring = self.parts[p]
         while True:
             # Made before the lock is taken (see the module docstring), for
             # the size read here; used only if that is still the size due.
-            k = ring.ready_count or min(len(ring) - ring.ready_count, ring.threshold)
+            try:
+                k = ring.sizes[0]
+            except IndexError:  # none queued (only this flusher takes them out)
+                k = min(len(ring) - ring.ready_count, ring.threshold)
             batch: list[Any] = []
             # popleft() k times.  Not iter(popleft, sentinel): that compares
             # every item with the sentinel, and an item's __eq__ may raise
             # (losing the items popped so far) or run arbitrary code.
             pops = itertools.starmap(ring.popleft, itertools.repeat((), k))
             with ring.lock:
-                if ring.ready_count:
-                    due, by_size, first = ring.ready_count, True, ring.ready_seq
+                ring.holding = False
+                if ring.sizes:
+                    due, by_size, first = ring.sizes[0], True, ring.taken - ring.ready_count
                 else:
                     size = len(ring)
                     first = ring.taken
@@ -353,7 +368,6 @@ class Core:
                     elif size and first < upto:
                         by_size = False
                     else:
-                        ring.busy = False
                         return None
                     due = min(size, ring.threshold)
                 if due == k:
@@ -361,12 +375,13 @@ class Core:
                     # while the length drops, send them to the locked path.
                     ring.limit = 0
                     batch.extend(pops)  # C-level pops, allocating nothing the GC tracks
-                    if ring.ready_count:
-                        ring.ready_count = 0
+                    if ring.sizes:
+                        ring.sizes.popleft()
+                        ring.ready_count -= k
                     else:
                         ring.taken += k
-                        ring.busy = True
                         ring.threshold = self._draw()
+                    ring.holding = True
                     self._set_limit(ring)
                     break
         return batch, by_size, first
@@ -469,15 +484,16 @@ class Core:
             ring.wake = threading.Lock()
             ring.wake.acquire()
             ring.hold = 0
-            ring.busy = False
-            ring.ready_count = ring.ready_seq = ring.taken = ring.flushed = ring.failed = 0
+            ring.holding = False
+            ring.sizes.clear()
+            ring.ready_count = ring.taken = ring.flushed = ring.failed = 0
             ring.threshold = self._draw()
             self._set_limit(ring)
         self.rr = self._dispatcher()
         return dropped
 
     def stats(self, p: int) -> PartStats:
-        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed)``.
+        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed, queued)``.
 
         ``inserted`` is ``taken + size``: an append refused because the
         buffer closed is taken back out, so it never counts.
@@ -486,11 +502,12 @@ class Core:
         with ring.lock:
             size = len(ring) - ring.ready_count
             threshold = ring.threshold
-            busy = ring.busy
+            queued = len(ring.sizes)
+            busy = ring.holding or queued > 0
             taken = ring.taken
             flushed = ring.flushed
             failed = ring.failed
-        return PartStats(size, threshold, busy, taken + size, taken, flushed, failed)
+        return PartStats(size, threshold, busy, taken + size, taken, flushed, failed, queued)
 
     def size(self) -> int:
         total = 0

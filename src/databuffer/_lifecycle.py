@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import _instrument, telemetry
 from ._compat import core_module_of
-from ._contract import CoreAPI, Taken
+from ._contract import CoreAPI, PartStats, Taken
 from ._errors import BufferClosed
 from ._options import Callbacks, Options, check_timeout
 from ._registry import registry
@@ -214,6 +214,7 @@ class Engine(Generic[T]):
             options.by_thread,
             seal_hook,
             cast("CoreHooks", self),
+            options.max_queued_batches,
         )
         module.attach(front, core)
         self.core = core
@@ -252,9 +253,13 @@ class Engine(Generic[T]):
 
     def full(self, p: int) -> str:
         """The start of a ``BufferFull`` message: partition ``p`` is full while it flushes."""
+        queued = self.config.max_queued_batches
+        waiting = (
+            f" and {queued} more batch{'es' if queued > 1 else ''} queued for its flusher" if queued else ""
+        )
         return (
             f"buffer {self.name!r} partition {p} is full ({self.core.stats(p).threshold} items) "
-            "while its previous batch is flushing"
+            f"while its previous batch is flushing{waiting}"
         )
 
     def next_interval(self) -> float:
@@ -262,8 +267,8 @@ class Engine(Generic[T]):
         # uniform(0, jitter) as random.uniform computes it, without its frame.
         return self.config.flush_interval + self.config.flush_jitter * self.random.random()
 
-    def counters(self, part: PartState) -> tuple[Counters, int, bool]:
-        """A partition's item counters (one snapshot), its threshold, and whether it is flushing."""
+    def counters(self, part: PartState) -> tuple[Counters, PartStats]:
+        """A partition's item counters, and the core's snapshot they come from."""
         s = self.core.stats(part.index)
         counters: Counters = {
             "inserted": s.inserted,
@@ -273,22 +278,24 @@ class Engine(Generic[T]):
             "retried": part.retried,
             "failed": s.failed,
         }
-        return counters, s.threshold, s.busy
+        return counters, s
 
     def info(self) -> list[PartitionInfo]:
         config = self.config
         out: list[PartitionInfo] = []
         for part in self.parts:
-            counters, threshold, busy = self.counters(part)
+            counters, s = self.counters(part)
             out.append(
                 {
                     "partition": part.index,
                     "name": self.name,
-                    "flush_size": threshold,
+                    "flush_size": s.threshold,
                     "flush_interval": config.flush_interval,
                     "flush_jitter": config.flush_jitter,
                     "flush_timeout": config.flush_timeout,
-                    "flushing": busy,
+                    "max_queued_batches": config.max_queued_batches,
+                    "flushing": s.busy,
+                    "queued": s.queued,
                     **counters,
                 }
             )
@@ -297,7 +304,7 @@ class Engine(Generic[T]):
     def stats(self) -> BufferStats:
         totals = cast(Counters, dict.fromkeys(COUNTERS, 0))
         for part in self.parts:
-            counters, _threshold, _busy = self.counters(part)
+            counters, _snapshot = self.counters(part)
             for key in COUNTERS:
                 totals[key] += counters[key]
         return {
@@ -360,20 +367,31 @@ class Engine(Generic[T]):
     def first_attempt(self, part: PartState, taken: Taken) -> Attempt:
         """The first attempt at a batch the core handed out (``take``); emits its ``start`` event."""
         batch, by_size, first = taken
-        trigger = "size" if by_size else part.flush_trigger
-        opts = FlushOpts(self.config.flush_meta, len(batch), part.index, self.name, trigger)
-        self.report_start(opts)
+        opts = FlushOpts(
+            self.config.flush_meta,
+            len(batch),
+            part.index,
+            self.name,
+            "size" if by_size else part.flush_trigger,
+        )
+        if telemetry._listening:
+            self.report_start(opts)
         attempt = Attempt(batch, opts, first)
-        attempt.start()
+        attempt.start_ns = attempt.began_ns = _monotonic_ns()
         return attempt
 
     def succeeded(self, part: PartState, attempt: Attempt, result: Any) -> None:
         """Settle a batch whose attempt returned: the common case, with no error handler to call."""
+        opts = attempt.opts
         try:
-            self.report_outcome(attempt.opts, attempt.began_ns, None)
+            if telemetry._listening:
+                self.report_outcome(opts, attempt.began_ns, None)
         finally:
             # Whatever a telemetry handler raised, the batch is finished and counted.
-            self.record(part, attempt.opts, attempt.first, result, None)
+            if part.syncs:
+                self.record(part, opts, attempt.first, result, None)
+            else:
+                self.core.finish(opts.partition, opts.size, True)
             self.progressed()
 
     def life(self, part: PartState, attempt: Attempt, outcome: Outcome) -> Life:

@@ -37,6 +37,11 @@ MAX_CAPACITY = sys.maxsize // 16
 # schedules usefully.  Refusing more catches a slip such as 2**63 (which
 # would allocate until out of memory) before anything is allocated.
 MAX_PARTITIONS = 1024
+# Each partition allocates a slot per queued batch up front (a pointer), and
+# a full queue holds that many batches of items: past a few batches the
+# producer already never waits for the flusher hand-off, and a queue of a
+# million batches is a slip (max_size, not max_queued_batches).
+MAX_QUEUED_BATCHES = 65536
 # The timer wakes once per flush_interval per partition, and Buffer's timer
 # thread rescans at least once per flush_timeout: below a millisecond an
 # idle buffer keeps a core busy.  There is no upper bound: finite times
@@ -113,6 +118,7 @@ class Options:
         "flush_meta",
         "flush_timeout",
         "insert_timeout",
+        "max_queued_batches",
         "max_retries",
         "max_size",
         "max_size_jitter",
@@ -130,6 +136,7 @@ class Options:
         dispatch: str,
         max_size: int,
         max_size_jitter: int,
+        max_queued_batches: int,
         flush_interval: float,
         flush_jitter: float,
         flush_timeout: float,
@@ -157,6 +164,13 @@ class Options:
                 f"max_size + max_size_jitter must be <= {MAX_CAPACITY}, "
                 f"got {_show(self.max_size)} + {_show(self.max_size_jitter)}"
             )
+        self.max_queued_batches = check_count(
+            "max_queued_batches",
+            max_queued_batches,
+            0,
+            MAX_QUEUED_BATCHES,
+            "each queued batch takes a slot per partition; a few batches already keep producers from waiting",
+        )
         self.flush_interval = check_seconds(
             "flush_interval",
             flush_interval,

@@ -100,6 +100,13 @@ class _Partition(PartState):
         # Inserts waiting for room wait on it, holding no lock, and try the
         # core again after every take (_room_freed) and at close.
         self.room = Notifier()
+        # How many inserts wait for room (written under PartState.lock, read
+        # without it).  It goes up before a waiter first tries the core
+        # again, and the flusher reads it after its take: both pass through
+        # the partition's lock in the core, which orders them, so a flusher
+        # that reads 0 made its room before any waiter's try and may skip
+        # the notify.
+        self.room_waiting = 0
         # Next timed flush (monotonic seconds).  Re-armed by the flusher
         # when it starts a flush and by the timer when it fires; the timer
         # thread reads it, and is woken (_wake_timer_before) when it moves earlier.
@@ -376,6 +383,8 @@ class ThreadEngine(Engine[T]):
         deadline = _monotonic() + seconds
         # No lock is held here: a finalizer run by the garbage collector
         # during the wait may use the buffer, and Ctrl-C leaves nothing held.
+        with part.lock:
+            part.room_waiting += 1
         try:
             while True:
                 seen = room.epoch  # before the try: a take after it ends the wait at once
@@ -396,6 +405,10 @@ class ThreadEngine(Engine[T]):
                     f"insert_batch stored {stored} leading items of the call before it was interrupted"
                 )
             raise
+        finally:
+            # (A count left too high by an interrupt only costs flushers a notify.)
+            with part.lock:
+                part.room_waiting -= 1
 
     # -- flush requests and waits -----------------------------------------
 
@@ -652,20 +665,25 @@ class ThreadEngine(Engine[T]):
         """Call ``handle_flush`` under the timer's watch; None if the timer abandoned the call."""
         # One clock read (time.monotonic() is the same clock, in seconds).
         now = attempt.start_ns * 1e-9
-        watch = _Watch(life, attempt, now + self.config.flush_timeout)
+        config = self.config
+        watch = _Watch(life, attempt, now + config.flush_timeout)
         part.flight = watch
-        # The flush happens now: the partition's next timed flush counts from here.
-        part.deadline = now + self.next_interval()
+        # The flush happens now: the partition's next timed flush counts
+        # from here (next_interval, inlined: this runs once per batch).
+        part.deadline = deadline = now + config.flush_interval + config.flush_jitter * self.random.random()
         # No wake for the watch's deadline: the timer never sleeps longer than
         # flush_timeout, so it is awake by the deadline of any flush started
         # after it went to sleep.  Waking it for every batch cost a thread
-        # switch per batch.
-        self._wake_timer_before(part.deadline)
+        # switch per batch.  (_wake_timer_before, inlined.)
+        if deadline < self._timer_wake_at:
+            self._timer_bell.notify()
         result: Any = None
         error: BaseException | None = None
         try:
             try:
-                result = self.flush_fn(self.batch_for(attempt), attempt.opts)
+                result = self.flush_fn(
+                    list(attempt.batch) if self.copy_batches else attempt.batch, attempt.opts
+                )
             except BaseException as exc:  # any failure of the callback is the batch's failure
                 error = exc
             if not watch.claim.acquire(False):
@@ -812,7 +830,8 @@ _Resume = tuple["Life | None", Attempt, Outcome]
 
 def _room_freed(part: _Partition) -> None:
     """Let inserts waiting for room in ``part`` try again (after a take)."""
-    part.room.notify()
+    if part.room_waiting:
+        part.room.notify()
 
 
 def _gone(thread: threading.Thread) -> bool:

@@ -77,7 +77,9 @@ class PartitionInfo(Counters):
     flush_interval: float
     flush_jitter: float
     flush_timeout: float
+    max_queued_batches: int
     flushing: bool
+    queued: int
 
 
 # The item counters of stats() and info(), in that order.

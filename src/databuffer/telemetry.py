@@ -102,6 +102,9 @@ class _Attached:
 _lock = threading.Lock()
 _handlers: dict[Event, tuple[_Attached, ...]] = {}
 _order: list[_Attached] = []
+#: Whether any handler is attached (to any event): the flushers test it
+#: once per batch before looking up an event.  Rebound with ``_handlers``.
+_listening = False
 
 
 def _after_fork_in_child() -> None:
@@ -132,9 +135,11 @@ def _rebuild() -> None:
     global _handlers
     # Rebound, never mutated: emitters read it without the lock.
     _handlers = {event: tuple(atts) for event, atts in index.items()}
-    listening = any(event in _INSERT_EVENTS for event in _handlers)
+    global _listening
+    _listening = bool(_handlers)
+    inserts = any(event in _INSERT_EVENTS for event in _handlers)
     for core in LOADED_CORES:
-        core.set_insert_telemetry(listening)
+        core.set_insert_telemetry(inserts)
 
 
 def attach(handler_id: object, event: Iterable[str], function: Handler, config: Any = None) -> None:
