@@ -386,3 +386,71 @@ async def test_async_flusher_drains_its_queue_in_one_wake_up(AsyncBuffer: Any) -
         await await_for(lambda: len(order) >= 5)
         await task
     assert order[:4] == [0, 4, 8, 12]
+
+
+@pytest.mark.anyio
+async def test_async_flush_timeout_in_the_middle_of_a_drained_run(AsyncBuffer: Any) -> None:
+    entered = asyncio.Event()
+    go = asyncio.Event()
+    delivered: list[list[Any]] = []
+    failed: list[tuple[list[Any], BaseException]] = []
+
+    async def handle_flush(batch: list[Any], opts: Any) -> None:
+        if batch[0] == 0:
+            entered.set()
+            await go.wait()
+        elif batch[0] == 4:
+            await asyncio.sleep(BIG)  # stuck: cancelled at flush_timeout
+        delivered.append(list(batch))
+
+    async with AsyncBuffer(
+        handle_flush=handle_flush,
+        handle_flush_error=lambda b, o, e: failed.append((list(b), e)),
+        max_size=4,
+        max_queued_batches=3,
+        flush_interval=BIG,
+        flush_timeout=0.2,
+    ) as buf:
+        buf.insert_batch(range(4))
+        await asyncio.wait_for(entered.wait(), 10)
+        buf.insert_batch(range(4, 16))  # three queued batches
+        go.set()
+        await await_for(lambda: len(delivered) == 3, timeout=10)
+    assert delivered == [[0, 1, 2, 3], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert [(b, type(e)) for b, e in failed] == [([4, 5, 6, 7], FlushTimeout)]
+
+
+@pytest.mark.anyio
+async def test_async_flush_timeout_is_watched_without_a_timer_per_batch(AsyncBuffer: Any) -> None:
+    # One watchdog per partition, armed when idle: not a loop timer per call.
+    loop = asyncio.get_running_loop()
+    batches: list[int] = []
+    all_done = asyncio.Event()
+
+    async def handle_flush(batch: list[Any], opts: Any) -> None:
+        batches.append(len(batch))
+        if len(batches) == 51:
+            all_done.set()
+
+    async with AsyncBuffer(
+        handle_flush=handle_flush, max_size=10, max_queued_batches=64, flush_interval=BIG, flush_timeout=30
+    ) as buf:
+        await buf.ainsert_batch(range(10))
+        await await_for(lambda: len(batches) == 1)
+        calls = 0
+        call_at = loop.call_at
+
+        def counting_call_at(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return call_at(*args, **kwargs)
+
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        try:
+            for _ in range(50):
+                buf.insert_batch(range(10))  # all queued: nothing waits for room
+            await all_done.wait()  # no polling: a poll's sleep is a loop timer too
+        finally:
+            del loop.call_at
+    # The partition's timed flush is re-armed lazily, when it fires (BIG away).
+    assert calls <= 2, calls

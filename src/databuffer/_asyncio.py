@@ -5,9 +5,12 @@ The loop is the one running when the buffer is started.  On it:
 - one flusher task per partition, which sleeps on an ``asyncio.Event`` (its
   wake), takes the partition's batches from the core one at a time and runs
   each batch's life (``Engine.life``) to its end, carrying out its effects:
-  it awaits ``handle_flush`` under ``asyncio.timeout(flush_timeout)``,
-  ``asyncio.sleep`` before a retry, and ``handle_flush_error``;
-- one ``loop.call_at`` timer per partition for the timed flushes;
+  it awaits ``handle_flush`` within ``flush_timeout``, ``asyncio.sleep``
+  before a retry, and ``handle_flush_error``;
+- one ``loop.call_at`` timer per partition for the timed flushes, and one,
+  the watchdog (``_watch``), that cancels a ``handle_flush`` call past
+  ``flush_timeout``: armed when a call starts and finds it unarmed or set
+  later, re-armed lazily when it fires early (no timer made per batch);
 - the core's seal hook (``sealed``), which sets a partition's wake: directly
   on the loop's thread, through ``loop.call_soon_threadsafe`` from others.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -90,6 +94,16 @@ class _LoopPartition(PartState):
         # down): it flushes what is left (draining), then ends (drained).
         self.draining = False
         self.drained = False
+        # flush_timeout: the attempt in handle_flush and its loop-time
+        # deadline, watched by one loop timer per partition (watchdog),
+        # re-armed lazily when it fires early; timed_out is the attempt the
+        # watchdog cancelled the flusher task for.
+        self.flight: Attempt | None = None
+        self.flight_task: asyncio.Task[Any] | None = None
+        self.flight_deadline = math.inf
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.watchdog_at = math.inf
+        self.timed_out: Attempt | None = None
 
     def stop_timer(self) -> None:
         """Cancel the partition's timed flushes."""
@@ -461,6 +475,11 @@ class AsyncEngine(Engine[T]):
         task.add_done_callback(lambda task: self._flusher_done(part, task))
 
     def _flusher_done(self, part: _LoopPartition, task: asyncio.Task[None]) -> None:
+        if part.watchdog is not None and task is part.task:
+            # Nothing to watch until a new flusher calls handle_flush.
+            part.watchdog.cancel()
+            part.watchdog = None
+            part.watchdog_at = math.inf
         if task.cancelled() or self.stopping or task is not part.task:
             return
         exc = task.exception()
@@ -591,17 +610,26 @@ class AsyncEngine(Engine[T]):
                 pending = None
 
     async def _call(self, part: _LoopPartition, attempt: Attempt) -> tuple[Outcome, BaseException | None]:
-        """Await ``handle_flush`` within ``flush_timeout``; also returns a cancellation to honour after it."""
+        """Await ``handle_flush`` within ``flush_timeout``; also returns a cancellation to honour after it.
+
+        The timeout is the partition's watchdog (``_watch``), not an
+        ``asyncio.timeout`` per call: that made and cancelled a timer handle
+        for every batch, more than half of the flusher's own work per batch.
+        """
         loop = self.loop
         assert loop is not None
+        config = self.config
+        now = loop.time()
         # The flush happens now: the partition's next timed flush counts from here.
-        part.deadline = loop.time() + self.next_interval()
+        part.deadline = now + config.flush_interval + config.flush_jitter * self.random.random()
         result: Any = None
         error: BaseException | None = None
         give_up: BaseException | None = None
         again = False
-        scope: asyncio.Timeout | None = None
         call: Any = None
+        task = asyncio.current_task()
+        # Cancellations pending before the call are not the watchdog's.
+        pending = 0 if task is None else task.cancelling()
         try:
             call = self.flush_fn(self.batch_for(attempt), attempt.opts)
             if not hasattr(type(call), "__await__"):
@@ -609,18 +637,25 @@ class AsyncEngine(Engine[T]):
                     f"handle_flush of {self.describe()} returned {type(call).__name__}, not an "
                     "awaitable: define it with async def"
                 )
-            async with asyncio.timeout(self.config.flush_timeout) as scope:
+            part.flight = attempt
+            part.flight_task = task
+            part.flight_deadline = deadline = now + config.flush_timeout
+            if deadline < part.watchdog_at:
+                self._arm_watchdog(part, deadline)
+            try:
                 result = await call
-            if scope.expired():
-                # It swallowed the cancellation and returned late.
+            finally:
+                part.flight = part.flight_task = None
+            if part.timed_out is attempt and task is not None and task.uncancel() <= pending:
+                # It swallowed the watchdog's cancellation and returned late.
                 error = self._timed_out(attempt, None)
-        except TimeoutError as exc:
-            error = self._timed_out(attempt, exc) if scope is not None and scope.expired() else exc
         except asyncio.CancelledError as exc:
-            # Ours (flush_timeout) became TimeoutError above: this one is
-            # the flusher task's own cancellation, or handle_flush's.
             error = exc
-            if _cancelling():
+            if part.timed_out is attempt and task is not None and task.uncancel() <= pending:
+                # The watchdog's, and no other: flush_timeout ran out.
+                error = self._timed_out(attempt, exc)
+            elif _cancelling():
+                # The flusher task's own cancellation (or handle_flush's).
                 if self._cancelled_by_loop(part):
                     again = True  # the loop is shutting down: the drain tries it again
                 else:
@@ -632,7 +667,35 @@ class AsyncEngine(Engine[T]):
         finally:
             # The error's traceback holds this frame: nor it nor the batch stay here.
             error = give_up = call = None
+            if part.timed_out is attempt:
+                part.timed_out = None
             del attempt
+
+    def _arm_watchdog(self, part: _LoopPartition, when: float) -> None:
+        """Make the partition's watchdog fire at loop time ``when`` (or earlier)."""
+        loop = self.loop
+        assert loop is not None
+        if part.watchdog is not None:
+            part.watchdog.cancel()
+        part.watchdog_at = when
+        part.watchdog = loop.call_at(when, self._watch, part)
+
+    def _watch(self, part: _LoopPartition) -> None:
+        """The watchdog fired: cancel a ``handle_flush`` past ``flush_timeout``, or re-arm for the next."""
+        part.watchdog = None
+        part.watchdog_at = math.inf
+        attempt = part.flight
+        if attempt is None:
+            return  # idle: the next call arms it again
+        loop = self.loop
+        assert loop is not None
+        if loop.time() < part.flight_deadline:
+            self._arm_watchdog(part, part.flight_deadline)
+            return
+        task = part.flight_task
+        if task is not None and not task.done() and part.timed_out is not attempt:
+            part.timed_out = attempt
+            task.cancel()
 
     def _timed_out(self, attempt: Attempt, cause: BaseException | None) -> FlushTimeout:
         opts = attempt.opts
