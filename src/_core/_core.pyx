@@ -148,12 +148,14 @@ cdef inline uint64_t rng_next(Part *part) noexcept nogil:
 cdef class Core:
     """Storage and counters of a buffer: a ring of items per partition (``CoreAPI``)."""
 
+    # Every insert reads the fields below; on a free-threaded build every
+    # thread that takes a reference to the core writes its header (the
+    # shared reference count): the padding keeps them off its cache line.
+    cdef char _pad_header[64]
     cdef Part *_parts
     cdef Py_ssize_t _n
-    cdef int64_t _rr            # round-robin counter (atomic helper)
     cdef bint _by_thread        # dispatch="thread": each thread has a home partition
     cdef uint64_t _serial       # this core's key in the threads' home caches
-    cdef int64_t _homes_rr      # round-robin over threads (atomic helper)
     cdef dict _homes            # thread ident -> home partition (dict ops are atomic)
     # The insert gate (atomic helpers): GATE_OPEN, GATE_CLOSED (final, see
     # mark_closed) or GATE_ATTEND (see set_attention).  The hot path only
@@ -165,6 +167,11 @@ cdef class Core:
     cdef bint _seal_hook        # call hooks.sealed(p) after each seal
     # The engine (CoreHooks): called on the slow paths of inserts.
     cdef readonly object hooks
+    # Written by inserts (round-robin dispatch): on cache lines of their own.
+    cdef char _pad_counters[64]
+    cdef int64_t _rr            # round-robin counter (atomic helper)
+    cdef int64_t _homes_rr      # round-robin over threads (atomic helper)
+    cdef char _pad_end[56]
 
     def __cinit__(self, *args, **kwargs):
         self._parts = NULL
@@ -712,13 +719,17 @@ cdef class BufferCore:
         the buffer's ``insert_timeout``), then raises ``BufferFull`` having
         stored nothing.  Raises ``BufferClosed`` after ``close()``.
         """
-        cdef Core core = self._databuffer
-        if core is None:
+        # Borrowed: written once by attach() and held by self, which the
+        # caller holds.  Taking a reference would make every insert write
+        # the core's reference count, one cache line for every thread
+        # (contended atomics on a free-threaded build).
+        cdef PyObject *core = <PyObject *>self._databuffer
+        if core == <PyObject *>None:
             raise not_initialised(self)
         if db_load(&_insert_events):
-            core.hooks.insert_instrumented(item, timeout)
+            (<Core>core).hooks.insert_instrumented(item, timeout)
             return
-        insert_one(core, item, timeout)
+        insert_one(<Core>core, item, timeout)
 
     @cython.binding(False)
     def insert_batch(self, items, timeout=None):
@@ -729,13 +740,14 @@ cdef class BufferCore:
         raises ``BufferFull`` whose ``stored`` counts the leading items
         stored.
         """
-        cdef Core core = self._databuffer
-        if core is None:
+        # Borrowed, as in insert().
+        cdef PyObject *core = <PyObject *>self._databuffer
+        if core == <PyObject *>None:
             raise not_initialised(self)
         if db_load(&_insert_events):
-            core.hooks.insert_batch_instrumented(items, timeout)
+            (<Core>core).hooks.insert_batch_instrumented(items, timeout)
             return
-        core._insert_many(items, timeout)
+        (<Core>core)._insert_many(items, timeout)
 
 
 cdef object not_initialised(BufferCore buf):
