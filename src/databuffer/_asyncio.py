@@ -620,7 +620,8 @@ class AsyncEngine(Engine[T]):
         assert loop is not None
         config = self.config
         now = loop.time()
-        # The flush happens now: the partition's next timed flush counts from here.
+        # The flush happens now: the partition's next timed flush counts
+        # from here (Engine.next_interval, inlined: this runs once per batch).
         part.deadline = now + config.flush_interval + config.flush_jitter * self.random.random()
         result: Any = None
         error: BaseException | None = None

@@ -109,7 +109,7 @@ class _Partition(PartState):
         self.room_waiting = 0
         # Next timed flush (monotonic seconds).  Re-armed by the flusher
         # when it starts a flush and by the timer when it fires; the timer
-        # thread reads it, and is woken (_wake_timer_before) when it moves earlier.
+        # thread reads it, and is woken (ThreadEngine._call) when it moves earlier.
         self.deadline = math.inf
         # The current flusher thread: replaced by the timer thread after a
         # timeout (published before it starts), joined by close().
@@ -153,7 +153,7 @@ class ThreadEngine(Engine[T]):
         self._sync_lock = threading.Lock()
         self._sync_count = 0
         # The timer thread sleeps on _timer_bell until _timer_wake_at, which
-        # only it writes; _wake_timer_before reads it (a stale read only
+        # only it writes; each flush (_call) reads it (a stale read only
         # costs a notify, or a wake that comes at most flush_timeout later:
         # the timer never sleeps longer).  The partitions' deadlines are
         # floats written by their flusher and by the timer, which reads them
@@ -674,13 +674,17 @@ class ThreadEngine(Engine[T]):
         # No wake for the watch's deadline: the timer never sleeps longer than
         # flush_timeout, so it is awake by the deadline of any flush started
         # after it went to sleep.  Waking it for every batch cost a thread
-        # switch per batch.  (_wake_timer_before, inlined.)
+        # switch per batch.  The timer publishes the time it sleeps until in
+        # _timer_wake_at (math.inf while awake, when it rescans every
+        # deadline anyway): it is notified only when this deadline comes first.
         if deadline < self._timer_wake_at:
             self._timer_bell.notify()
         result: Any = None
         error: BaseException | None = None
         try:
             try:
+                # Engine.batch_for, inlined (each of these inlines is measured:
+                # together about 0.45 us of the flusher's ~3.5 us per batch).
                 result = self.flush_fn(
                     list(attempt.batch) if self.copy_batches else attempt.batch, attempt.opts
                 )
@@ -708,16 +712,6 @@ class ThreadEngine(Engine[T]):
             self.log_error_handler_failure(attempt.opts)
         except BaseException as exc:
             life.throw(exc)  # the batch is counted (its finally), then exc goes on
-
-    def _wake_timer_before(self, deadline: float) -> None:
-        """Make the timer thread wake by ``deadline`` (written before this call).
-
-        The timer publishes the time it sleeps until in _timer_wake_at
-        (math.inf while awake, when it rescans every deadline anyway), so
-        it is only notified when the new deadline comes first.
-        """
-        if deadline < self._timer_wake_at:
-            self._timer_bell.notify()
 
     # -- the timer ----------------------------------------------------------
 
