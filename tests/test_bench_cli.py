@@ -214,6 +214,23 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
         assert target["met"] is all(f["met"] for f in target["figures"])
     else:
         assert target["met"] is None and all(f["met"] is None for f in target["figures"])
+    # The pipeline's ceiling: a deque.append loop plus one wake-up round trip
+    # per max_queued_batches+2 batches, below the loop, higher with a longer queue.
+    pipeline = data["pipeline"]
+    trip = pipeline["wake_round_trip_us"]
+    assert positive_finite(trip)
+    deque_rate = pipeline["end_to_end_items_per_second"]["deque.append loop"]
+    configs = pipeline["max_queued_batches"]["configs"]
+    ceilings = pipeline["ceilings"]
+    assert list(ceilings) == [c["label"] for c in configs]
+    for config in configs:
+        expected = 1 / (1 / deque_rate + trip * 1e-6 / ((config["depth"] + 2) * _bench.MAX_SIZE))
+        assert ceilings[config["label"]] == pytest.approx(expected)
+        assert ceilings[config["label"]] < deque_rate
+    depths = [c["depth"] for c in configs]
+    assert [ceilings[c["label"]] for c in configs] == sorted(ceilings.values()) and depths == sorted(depths)
+    ceiling_rows = [r for r in pipeline["rows"] if r["figure"].startswith("end to end, insert: ceiling")]
+    assert [r["baseline"] for r in ceiling_rows] == ["deque.append loop", "its ceiling"] * len(configs)
 
 
 def test_count_mismatch_fails_loudly(

@@ -1575,6 +1575,29 @@ def stamp_overhead(calls: int = 1000) -> float:
     return statistics.median(c[i + 1][0] - c[i][1] for i in range(len(c) - 1)) * 1e6
 
 
+def wake_round_trip(trips: int = 2000) -> float:
+    """Microseconds of one thread wake-up round trip (median of ``trips``), timed one by one.
+
+    A :class:`HandOff` trip: wake a sleeping thread and sleep until it wakes
+    this one.  End to end, with one producer faster than its flusher, each
+    time the partition's queue is full costs at least that: the producer
+    sleeps (the flusher wakes and drains), then the flusher sleeps (the
+    producer wakes).  The median, not the best block of the hand-off row in
+    the insert table: what a typical wake-up costs on this machine.
+    """
+    hand_off = HandOff()
+    perf = time.perf_counter
+    times: list[float] = []
+    try:
+        for _ in range(trips):
+            t0 = perf()
+            hand_off.trip()
+            times.append(perf() - t0)
+    finally:
+        hand_off.close()
+    return statistics.median(times) * 1e6
+
+
 def _run_aclose(runner: asyncio.Runner, buf: Any) -> None:
     runner.run(buf.aclose())
 
@@ -1728,6 +1751,7 @@ class PipelineResult:
         amortized: see :func:`bench_pipeline_amortized`.
         flusher: see :func:`bench_flusher`.
         stamp_overhead_us: what stamping adds to each flusher gap (:func:`stamp_overhead`).
+        wake_round_trip_us: one thread wake-up round trip (:func:`wake_round_trip`).
         rounds: interleaved rounds of the amortized figures.
         cycles: interleaved cycles of the flusher figures.
         problems: counts that were not exact.
@@ -1739,9 +1763,26 @@ class PipelineResult:
     amortized: dict[str, Timing]
     flusher: dict[str, FlusherCost]
     stamp_overhead_us: float
+    wake_round_trip_us: float
     rounds: int
     cycles: int
     problems: list[str] = field(default_factory=list)
+
+    def ceiling(self, config: QueueConfig) -> float:
+        """End-to-end ``insert`` items/s that thread wake-ups alone allow with ``config``.
+
+        With one producer faster than its flusher, the producer fills the
+        partition (the batch being flushed, ``depth`` queued, the one it
+        fills) and sleeps; the flusher drains and sleeps; so one wake-up
+        round trip per ``depth + 2`` batches, measured as about that on this
+        machine (twice as many of the producer thread's voluntary context
+        switches).  The ceiling is a ``deque.append`` loop's rate with that
+        added, as if ``insert`` cost no more than ``deque.append`` and the
+        flusher nothing.
+        """
+        per_item = 1 / self.end_to_end.items_per_second("deque.append loop")
+        per_item += self.wake_round_trip_us * 1e-6 / ((config.depth + 2) * MAX_SIZE)
+        return 1 / per_item
 
     def rows(self) -> list[PipelineRow]:
         """Each config against each baseline, then the default against ``max_queued_batches=0``."""
@@ -1774,6 +1815,27 @@ class PipelineResult:
             else:
                 baselines = ["deque.extend loop", "deque.append loop"]
             add(f"end to end, {fig}, until close() returned", "items/s", values, baselines, "Buffer")
+            if mode == "insert":
+                figure = (
+                    f"end to end, insert: ceiling from thread wake-ups ({self.wake_round_trip_us:.0f} us "
+                    "round trip per max_queued_batches+2 batches)"
+                )
+                for config in configs:
+                    subject = f"Buffer, {config.label}"
+                    ceiling = self.ceiling(config)
+                    rows.append(
+                        PipelineRow(
+                            figure,
+                            "items/s",
+                            f"{subject}, ceiling",
+                            ceiling,
+                            baselines[0],
+                            values[baselines[0]],
+                        )
+                    )
+                    rows.append(
+                        PipelineRow(figure, "items/s", subject, values[subject], "its ceiling", ceiling)
+                    )
         amortized = {name: t.amortized_ns for name, t in self.amortized.items()}
         for mode, fig, baseline in (
             ("insert", "insert", "deque.append"),
@@ -1836,6 +1898,8 @@ class PipelineResult:
             "amortized": {name: asdict(t) for name, t in self.amortized.items()},
             "flusher": {name: asdict(c) for name, c in self.flusher.items()},
             "stamp_overhead_us": self.stamp_overhead_us,
+            "wake_round_trip_us": self.wake_round_trip_us,
+            "ceilings": {c.label: self.ceiling(c) for c in self.configs},
             "problems": self.problems,
         }
 
@@ -1868,6 +1932,7 @@ def bench_pipeline(
         amortized,
         flusher,
         stamp_overhead(),
+        wake_round_trip(),
         rounds,
         cycles,
         e2e.problems + problems + flusher_problems,
@@ -2178,6 +2243,14 @@ def _pipeline_lines(result: PipelineResult) -> list[str]:
         )
     else:
         lines.append(f"  OTel baseline: skipped, {e2e.otel_skipped}")
+    lines.append(
+        "  ceiling: a deque.append loop plus one thread wake-up round trip (median, two threads passing "
+        "two locks) per max_queued_batches+2 batches:"
+    )
+    lines.append(
+        "    the producer fills the partition and sleeps, the flusher drains it and sleeps; no insert or "
+        "flusher cost counted; a longer queue raises it"
+    )
     lines.append(
         "  amortized: blocks of calls, then sync_flush(), all timed, over all items (see the table above)"
     )
