@@ -27,6 +27,17 @@ Variants:
 
 Every buffer run checks that its ``handle_flush`` got exactly every item.
 Meant for the free-threaded build; with the GIL the ratios stay near 1.
+
+Each variant also prints what bounds it on this machine's cores: the CPU
+time of the whole process (producers and flusher threads) per item, with 1
+producer and with N.  With N producers and their flushers sharing the
+machine's CPUs, items/s can reach at most ``cores / cpu_per_item``; the
+``ceiling`` column gives that as a ratio to the 1-producer median (the
+scaling figure if every core were busy all the time), and ``cpu/item Nx``
+how much more CPU an item costs with N producers than with 1 (contention:
+shared counters, refcounts, cache lines, wake-ups).  On 2 cores, flushers
+that cost a fraction ``f`` of the producers' CPU cap the figure at about
+``2 / (1 + f)`` of a producer whose flusher runs on the other core.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
+import os
 import statistics
 import sys
 import threading
@@ -78,8 +90,8 @@ class _BareFlusher(Buffer):
             wait_wake(p)
 
 
-def run(variant: str, threads: int, items: int, partitions: int) -> float:
-    """Items per second of ``threads`` producers inserting ``items`` each."""
+def run(variant: str, threads: int, items: int, partitions: int) -> tuple[float, float]:
+    """Items per second of ``threads`` producers inserting ``items`` each, and CPU seconds per item."""
     count = _Count()
     buf = None
     if variant != "floor":
@@ -112,18 +124,20 @@ def run(variant: str, threads: int, items: int, partitions: int) -> float:
         w.start()
     barrier.wait()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     for w in workers:
         w.join()
     if buf is not None:
         buf.sync_flush()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     if buf is not None:
         buf.close()
         if count.items != threads * items:
             raise AssertionError(f"{variant}: {count.items} items flushed, {threads * items} inserted")
     if errors:
         raise errors[0]
-    return threads * items / elapsed
+    return threads * items / elapsed, cpu / (threads * items)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,21 +154,38 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds, {args.items:,} items per thread, 1 and {args.partitions} threads "
         f"on {args.partitions} partitions"
     )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     rates: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    cpus: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
     for _ in range(args.rounds):
         for variant in VARIANTS:
             for threads in (1, args.partitions):
-                rates[variant, threads].append(run(variant, threads, args.items, args.partitions))
+                rate, cpu = run(variant, threads, args.items, args.partitions)
+                rates[variant, threads].append(rate)
+                cpus[variant, threads].append(cpu)
     n = args.partitions
-    print(f"{'variant':<12}{'1 thread':>14}{f'{n} threads':>14}{'ratio of medians':>18}   per-round ratios")
+    print(
+        f"{'variant':<13}{'1 thread':>11}{f'{n} threads':>11}{'ratio':>7}{'ceiling':>9}"
+        f"{'cpu ns/item':>14}{f'cpu {n}x':>8}   per-round ratios"
+    )
     for variant in VARIANTS:
-        one, many = rates[variant, 1], rates[variant, n]
-        ratios = sorted(b / a for a, b in zip(one, many, strict=True))
+        one, many = statistics.median(rates[variant, 1]), statistics.median(rates[variant, n])
+        cpu_one, cpu_many = statistics.median(cpus[variant, 1]), statistics.median(cpus[variant, n])
+        ceiling = min(n, cores) / cpu_many / one
+        ratios = sorted(b / a for a, b in zip(rates[variant, 1], rates[variant, n], strict=True))
         print(
-            f"{variant:<12}{statistics.median(one) / 1e6:>11.1f}M/s{statistics.median(many) / 1e6:>11.1f}M/s"
-            f"{statistics.median(many) / statistics.median(one):>17.2f}x   "
+            f"{variant:<13}{one / 1e6:>8.1f}M/s{many / 1e6:>8.1f}M/s{many / one:>6.2f}x{ceiling:>8.2f}x"
+            f"{cpu_one * 1e9:>7.1f}{cpu_many * 1e9:>7.1f}{cpu_many / cpu_one:>7.2f}x   "
             + " ".join(f"{r:.2f}" for r in ratios)
         )
+    print(
+        f"ceiling: {min(n, cores)} cores / (CPU per item with {n} threads), over the 1-thread median, "
+        "i.e. the ratio if every core were busy all the time;"
+    )
+    print(
+        f"cpu ns/item: process CPU (producers and flushers) per item with 1 and {n} threads; "
+        f"cpu {n}x: their ratio"
+    )
     return 0
 
 
