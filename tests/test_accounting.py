@@ -1,5 +1,5 @@
 """Accounting: stats() and info() add up at every moment,
-inserted == size + in_flight + flushed + failed."""
+inserted == size + in_flight + flushed + failed + dropped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from conftest import wait_for
 
 BIG = 3600
-COUNTERS = ("inserted", "size", "in_flight", "flushed", "retried", "failed")
+COUNTERS = ("inserted", "size", "in_flight", "flushed", "retried", "failed", "dropped")
 
 
 def test_stats_keys_and_a_fresh_buffer(make_buffer: Any) -> None:

@@ -1157,8 +1157,8 @@ async def test_info_has_the_keys_of_buffer_info_and_right_values(AsyncBuffer, ma
             assert part["flush_jitter"] == 1.5
             assert part["flush_timeout"] == 20.0
             assert part["flushing"] is False
-            counters = ("inserted", "in_flight", "flushed", "retried", "failed")
-            assert [part[k] for k in counters] == [0] * 5
+            counters = ("inserted", "in_flight", "flushed", "retried", "failed", "dropped")
+            assert [part[k] for k in counters] == [0] * 6
         assert set(buf.stats()) == {
             "name",
             "partitions",
@@ -1169,6 +1169,7 @@ async def test_info_has_the_keys_of_buffer_info_and_right_values(AsyncBuffer, ma
             "flushed",
             "retried",
             "failed",
+            "dropped",
         }
 
         buf.insert(0)

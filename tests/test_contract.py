@@ -93,7 +93,7 @@ def test_each_core_is_made_with_the_same_arguments_and_calls_its_hooks(core_name
     assert core.hooks is hooks
     stats = core.stats(1)
     assert isinstance(stats, _contract.PartStats)
-    assert stats == (0, 2, False, 0, 0, 0, 0, 0)
+    assert stats == (0, 2, False, 0, 0, 0, 0, 0, 0, 0)
     assert core.push_many(1, (1, 2), 0) == 2
     assert calls == [("sealed", 1)]
     assert core.stats(1).taken == 2 and core.stats(1).busy
@@ -131,6 +131,39 @@ def test_a_core_queues_sealed_batches_up_to_max_queued_plus_one(core_name: str) 
     assert not core.stats(0).busy
 
 
+def test_a_core_evicts_buffered_items_only_and_keeps_sequence_numbers(core_name: str) -> None:
+    # on_full="drop_oldest": evict() takes from the ring, never a sealed batch.
+    module = _core_modules(core_name)
+
+    class Hooks:
+        def sealed(self, p: int) -> None:
+            pass
+
+    core = module.Core(1, 2, 0, False, False, Hooks(), 1)
+    assert core.push_many(0, (1, 2, 3, 4, 5, 6), 0) == 6  # [1, 2], [3, 4] sealed, [5, 6] in the ring
+    assert core.evict(0, 1) == [5]
+    s = core.stats(0)
+    assert (s.size, s.taken, s.evicted, s.inserted) == (1, 4, 1, 6)
+    # An evicted item finishes nothing: the sealed batches before it are not done.
+    assert core.finished_upto(0, 0) and not core.finished_upto(0, 1)
+    assert core.evict(0, 5) == [6]  # only what the ring holds
+    assert core.evict(0, 3) == []
+    assert core.push_many(0, (7, 8), 0) == 2
+    # The sealed batches keep their sequence numbers; 7 and 8 take over those of 5 and 6.
+    assert core.take(0, 0) == ([1, 2], True, 0)
+    assert core.take(0, 0) == ([3, 4], True, 2)
+    assert core.take(0, 0) == ([7, 8], True, 4)
+    assert not core.finished_upto(0, 1)
+    core.finish(0, 6, True)
+    assert core.finished_upto(0, 6)
+    core.refuse(0, 3)
+    s = core.stats(0)
+    assert (s.inserted, s.refused, s.evicted, s.flushed, s.taken) == (8, 3, 2, 6, 6)
+    for bad in (core.evict, core.refuse):
+        with pytest.raises(ValueError, match="n must be >= 0"):
+            bad(0, -1)
+
+
 @pytest.mark.parametrize("engine", [ThreadEngine, AsyncEngine])
 def test_each_engine_implements_every_hook_with_its_parameters(engine: type) -> None:
     for name in _members(_contract.CoreHooks):
@@ -146,7 +179,18 @@ def test_counters_come_back_as_a_named_record(make_buffer: Any) -> None:
     buf = make_buffer(handle_flush=lambda batch, opts: None, max_size=10, flush_interval=3600)
     buf.insert_batch([1, 2, 3])
     stats = engine_of(buf).core.stats(0)
-    assert stats._fields == ("size", "threshold", "busy", "inserted", "taken", "flushed", "failed", "queued")
+    assert stats._fields == (
+        "size",
+        "threshold",
+        "busy",
+        "inserted",
+        "taken",
+        "flushed",
+        "failed",
+        "queued",
+        "evicted",
+        "refused",
+    )
     assert (stats.size, stats.inserted, stats.taken) == (3, 3, 0)
 
 

@@ -17,6 +17,7 @@ INFO_KEYS = {
     "flush_jitter",
     "flush_timeout",
     "max_queued_batches",
+    "on_full",
     "flushing",
     "queued",
     "inserted",
@@ -24,6 +25,7 @@ INFO_KEYS = {
     "flushed",
     "retried",
     "failed",
+    "dropped",
 }
 
 

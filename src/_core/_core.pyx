@@ -108,13 +108,17 @@ cdef inline bint can_seal(Part *part) noexcept nogil:
 
 
 cdef inline void queue_push(Part *part, PyObject *batch, int64_t k) noexcept nogil:
-    """Queue a sealed batch of ``k`` items (a reference the caller owns); ``can_seal`` held."""
+    """Queue a sealed batch of ``k`` items (a reference the caller owns); ``can_seal`` held.
+
+    Called right after ``ring_move`` took the batch's items out of the ring,
+    so its first item's sequence number is ``taken - k``.
+    """
     cdef int64_t i = part.qhead + part.queued
     if i >= part.slots:
         i -= part.slots
     part.queue[i] = batch
+    part.qfirst[i] = part.taken - k
     db_store(&part.queued, part.queued + 1)
-    part.queued_items += k
 
 
 cdef inline PyObject *queue_pop(Part *part) noexcept nogil:
@@ -125,7 +129,6 @@ cdef inline PyObject *queue_pop(Part *part) noexcept nogil:
     if part.qhead == part.slots:
         part.qhead = 0
     db_store(&part.queued, part.queued - 1)
-    part.queued_items -= PyList_GET_SIZE(batch)
     return batch
 
 
@@ -196,6 +199,7 @@ cdef class Core:
             while part.queued > 0:
                 Py_DECREF(<object>queue_pop(part))
             free(part.queue)
+            free(part.qfirst)
             free(part.ring)
             if p < self._events:
                 db_event_destroy(&part.wake)
@@ -252,7 +256,8 @@ cdef class Core:
                 )
             self._parts[p].cap = cap
             self._parts[p].queue = <PyObject **>malloc((max_queued + 1) * sizeof(PyObject *))
-            if self._parts[p].queue is NULL:
+            self._parts[p].qfirst = <int64_t *>malloc((max_queued + 1) * sizeof(int64_t))
+            if self._parts[p].queue is NULL or self._parts[p].qfirst is NULL:
                 raise MemoryError(f"no memory for a queue of {max_queued + 1} batches for partition {p}")
             self._parts[p].slots = max_queued + 1
             self._parts[p].threshold = self._draw(&self._parts[p])
@@ -265,10 +270,13 @@ cdef class Core:
 
     # -- inserts ----------------------------------------------------------
 
-    cdef tuple _insert_many(self, object items, object timeout):
+    cdef tuple _insert_many(self, object items, object timeout, object key):
         cdef Py_ssize_t p, n, done
         if timeout is not None:
             check_timeout(self, timeout)
+        # The key's partition before the items are consumed: an unhashable
+        # key raises having consumed and stored nothing.
+        p = -1 if key is None else key_partition(self, key)
         if type(items) is tuple or (type(items) is list and not DB_FREE_THREADED):
             seq = items
         elif type(items) is list:
@@ -282,7 +290,8 @@ cdef class Core:
             pass_gate(self, 0)
         if n == 0:
             return (-1, 0)
-        p = next_partition(self)
+        if p < 0:
+            p = next_partition(self)
         done = self._store_many(p, seq, 0)
         if done < n:
             self.hooks.insert_batch_wait(p, seq, done, timeout)
@@ -403,17 +412,19 @@ cdef class Core:
             got = db_event_wait(&part.wake, seconds)
         return got != 0
 
-    def insert_raw(self, item, timeout):
-        """Insert without telemetry; returns the partition used."""
+    def insert_raw(self, item, timeout, key=None):
+        """Insert without telemetry (into ``key``'s partition, if given); returns the partition used."""
         if self._parts is NULL:
             raise not_made()
-        return insert_one(self, item, timeout)
+        if key is None:
+            return insert_one(self, item, timeout)
+        return insert_keyed(self, item, timeout, key)
 
-    def insert_batch_raw(self, items, timeout):
+    def insert_batch_raw(self, items, timeout, key=None):
         """Insert a batch without telemetry; returns ``(partition, count)``."""
         if self._parts is NULL:
             raise not_made()
-        return self._insert_many(items, timeout)
+        return self._insert_many(items, timeout, key)
 
     def take(self, Py_ssize_t p, int64_t upto):
         """Give the flusher its next batch, or None once it is idle.
@@ -432,7 +443,7 @@ cdef class Core:
             db_lock(&part.lock)
             db_store(&part.holding, 0)
             if part.queued > 0:
-                first = part.taken - part.queued_items
+                first = part.qfirst[part.qhead]
                 ready = queue_pop(part)
                 db_store(&part.holding, 1)
                 db_unlock(&part.lock)
@@ -472,6 +483,40 @@ cdef class Core:
         """Whether every item of partition ``p`` before sequence ``target`` has finished."""
         cdef Part *part = self._part(p)
         return db_load(&part.flushed) + db_load(&part.failed) >= target
+
+    def evict(self, Py_ssize_t p, Py_ssize_t n):
+        """Remove up to ``n`` of partition ``p``'s oldest buffered items (``on_full="drop_oldest"``).
+
+        Never a sealed batch: only items still in the ring.  They count as
+        ``evicted``, not taken: the items after them take over their
+        sequence numbers.  Returns them in a list, for the caller to release
+        with no lock held (it may run ``__del__``).
+        """
+        cdef Part *part = self._part(p)
+        cdef Py_ssize_t k
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        # Allocated before the lock (it may run Python code); shrunk to what was moved.
+        out = PyList_New(n)
+        db_lock(&part.lock)
+        k = <Py_ssize_t>part.count
+        if k > n:
+            k = n
+        ring_move(part, (<PyListObject *>out).ob_item, k)
+        db_store(&part.taken, part.taken - k)  # ring_move counted them as taken
+        db_store(&part.evicted, part.evicted + k)
+        Py_SET_SIZE(<PyObject *>out, k)
+        db_unlock(&part.lock)
+        return out
+
+    def refuse(self, Py_ssize_t p, Py_ssize_t n):
+        """Count ``n`` items an insert dropped instead of storing (``on_full="drop_newest"``)."""
+        cdef Part *part = self._part(p)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        db_lock(&part.lock)
+        db_store(&part.refused, part.refused + n)
+        db_unlock(&part.lock)
 
     def is_closed(self):
         return db_load(&self._closed) == GATE_CLOSED
@@ -546,6 +591,7 @@ cdef class Core:
             part.head = part.tail = part.qhead = 0
             part.count = part.holding = 0
             part.inserted = part.taken = part.flushed = part.failed = 0
+            part.evicted = part.refused = 0
             part.rng = new_seed()
             part.threshold = self._draw(part)
             if p < self._events and db_event_init(&part.wake):
@@ -557,14 +603,15 @@ cdef class Core:
         return dropped
 
     def stats(self, Py_ssize_t p):
-        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed, queued)``.
+        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed, queued,
+        evicted, refused)``.
 
         One consistent snapshot: read under the partition's lock, so that
-        ``inserted == size + taken``, and ``flushed + failed <= taken``
-        (batches are counted as finished only after they were taken).
+        ``inserted == size + taken + evicted``, and ``flushed + failed <=
+        taken`` (batches are counted as finished only after they were taken).
         """
         cdef Part *part = self._part(p)
-        cdef int64_t count, threshold, busy, inserted, taken, flushed, failed, queued
+        cdef int64_t count, threshold, busy, inserted, taken, flushed, failed, queued, evicted, refused
         db_lock(&part.lock)
         count = part.count
         threshold = part.threshold
@@ -574,8 +621,12 @@ cdef class Core:
         taken = part.taken
         flushed = db_load(&part.flushed)
         failed = db_load(&part.failed)
+        evicted = part.evicted
+        refused = part.refused
         db_unlock(&part.lock)
-        return PartStats(count, threshold, busy != 0, inserted, taken, flushed, failed, queued)
+        return PartStats(
+            count, threshold, busy != 0, inserted, taken, flushed, failed, queued, evicted, refused
+        )
 
     def size(self):
         cdef Py_ssize_t p
@@ -644,13 +695,38 @@ cdef Py_ssize_t home_partition(Core self) except -1:
 
 cdef inline Py_ssize_t insert_one(Core self, object item, object timeout) except -1:
     """The insert hot path: a plain function so the C compiler can inline it."""
+    if timeout is not None:
+        check_timeout(self, timeout)
+    return insert_at(self, next_partition(self), item, timeout)
+
+
+cdef Py_ssize_t insert_keyed(Core self, object item, object timeout, object key) except -1:
+    """An insert into ``key``'s partition (per-key order)."""
+    if timeout is not None:
+        check_timeout(self, timeout)
+    return insert_at(self, key_partition(self, key), item, timeout)
+
+
+cdef Py_ssize_t key_partition(Core self, object key) except -1:
+    """``hash(key) % partitions``: equal keys, one partition, so their items keep their order."""
+    cdef Py_hash_t h
     cdef Py_ssize_t p
+    try:
+        h = hash(key)
+    except TypeError as exc:
+        raise TypeError(f"key must be hashable, not {type(key).__name__} ({exc})") from None
+    # Python's modulo (never negative), so that it is hash(key) % partitions exactly.
+    p = <Py_ssize_t>(h % self._n)
+    if p < 0:
+        p += self._n
+    return p
+
+
+cdef inline Py_ssize_t insert_at(Core self, Py_ssize_t p, object item, object timeout) except -1:
+    """Store ``item`` in partition ``p`` (``timeout`` checked), or take the slow path."""
     cdef Part *part
     cdef bint stored = False
     cdef bint seal = False
-    if timeout is not None:
-        check_timeout(self, timeout)
-    p = next_partition(self)
     part = &self._parts[p]
     db_lock(&part.lock)
     if part.count < part.threshold and not db_load(&self._closed):
@@ -712,11 +788,13 @@ cdef class BufferCore:
     cdef readonly Core _databuffer
 
     @cython.binding(False)
-    def insert(self, item, timeout=None):
+    def insert(self, item, timeout=None, *, key=None):
         """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
 
-        Waits under backpressure for at most ``timeout`` seconds (``None``:
-        the buffer's ``insert_timeout``), then raises ``BufferFull`` having
+        With a ``key``, the partition ``hash(key) % partitions`` instead, so
+        that items with equal keys are flushed in insertion order.  Waits
+        under backpressure for at most ``timeout`` seconds (``None``: the
+        buffer's ``insert_timeout``), then raises ``BufferFull`` having
         stored nothing.  Raises ``BufferClosed`` after ``close()``.
         """
         # Borrowed: written once by attach() and held by self, which the
@@ -727,13 +805,16 @@ cdef class BufferCore:
         if core == <PyObject *>None:
             raise not_initialised(self)
         if db_load(&_insert_events):
-            (<Core>core).hooks.insert_instrumented(item, timeout)
+            (<Core>core).hooks.insert_instrumented(item, timeout, key)
             return
-        insert_one(<Core>core, item, timeout)
+        if key is None:
+            insert_one(<Core>core, item, timeout)
+        else:
+            insert_keyed(<Core>core, item, timeout, key)
 
     @cython.binding(False)
-    def insert_batch(self, items, timeout=None):
-        """Store every item of an iterable, in order, in one partition.
+    def insert_batch(self, items, timeout=None, *, key=None):
+        """Store every item of an iterable, in order, in one partition (``key``'s, if given).
 
         A batch larger than the flush threshold is split into consecutive
         flushes.  If room runs out for longer than ``timeout`` seconds,
@@ -745,9 +826,9 @@ cdef class BufferCore:
         if core == <PyObject *>None:
             raise not_initialised(self)
         if db_load(&_insert_events):
-            (<Core>core).hooks.insert_batch_instrumented(items, timeout)
+            (<Core>core).hooks.insert_batch_instrumented(items, timeout, key)
             return
-        (<Core>core)._insert_many(items, timeout)
+        (<Core>core)._insert_many(items, timeout, key)
 
 
 cdef object not_initialised(BufferCore buf):

@@ -14,6 +14,8 @@ cdef extern from "Python.h":
         PyObject **ob_item
     # The size of a list (a PyObject * known to be one), without the GIL's help.
     Py_ssize_t PyList_GET_SIZE(PyObject *op) noexcept nogil
+    # Shrinks a list the core filled only in part (the slots past the size are NULL).
+    void Py_SET_SIZE(PyObject *op, Py_ssize_t size) noexcept nogil
     const Py_ssize_t PY_SSIZE_T_MAX
     # A C method's descriptor, made for another class (see own_methods).
     ctypedef struct PyMethodDef:
@@ -69,11 +71,13 @@ cdef extern from "_part.h" nogil:
         int64_t taken
         int64_t flushed
         int64_t failed
+        int64_t evicted
+        int64_t refused
         PyObject **queue
+        int64_t *qfirst
         int64_t slots
         int64_t qhead
         int64_t queued
-        int64_t queued_items
         uint64_t rng
         db_event wake
     Part *db_parts_new(Py_ssize_t n)

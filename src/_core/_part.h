@@ -53,15 +53,20 @@ typedef struct DB_PART_ALIGN {
     int64_t taken;      /* items sealed into a batch or taken by the flusher */
     int64_t flushed;    /* written by whichever thread settles a batch (atomic add) */
     int64_t failed;
+    /* Dropped by on_full: evicted = buffered items removed from the ring's
+     * head ("drop_oldest"; counted in taken too, and finished); refused =
+     * items an insert dropped instead of storing ("drop_newest"; never in
+     * the ring, not in inserted). */
+    int64_t evicted;
+    int64_t refused;
     /* The batches sealed by inserts, waiting for the flusher, oldest first:
-     * owned references queue[qhead], queue[qhead+1], ... (mod slots), with
-     * queued_items items in all.  queued + holding <= slots, which is
-     * max_queued_batches + 1. */
+     * owned references queue[qhead], queue[qhead+1], ... (mod slots).
+     * queued + holding <= slots, which is max_queued_batches + 1. */
     PyObject **queue;
+    int64_t *qfirst;    /* qfirst[i]: the sequence number of queue[i]'s first item */
     int64_t slots;
     int64_t qhead;
     int64_t queued;
-    int64_t queued_items;
     uint64_t rng;       /* xorshift64* state for the size jitter */
     db_event wake;      /* wakes the flusher; guarded by its own mutex */
 } Part;

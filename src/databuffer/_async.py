@@ -8,7 +8,7 @@ the user's subclass holds the user's code only.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from ._asyncio import AsyncEngine
@@ -45,6 +45,7 @@ class AsyncBufferMethods(Front[T]):
         flush_timeout: float = 60.0,
         flush_meta: Any = None,
         insert_timeout: float = 5.0,
+        on_full: str = "wait",
         max_retries: int = 0,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 10.0,
@@ -150,7 +151,7 @@ class AsyncBufferMethods(Front[T]):
         """
         return await _engine(self).sync_flush(timeout)
 
-    async def ainsert(self, item: T, timeout: float | None = None) -> None:
+    async def ainsert(self, item: T, timeout: float | None = None, *, key: Hashable | None = None) -> None:
         """Store one item, waiting for room while its partition is full and flushing.
 
         Returns at once while there is room (as :meth:`insert` does).
@@ -159,6 +160,10 @@ class AsyncBufferMethods(Front[T]):
             item: any object.
             timeout: seconds to wait at most for room; ``None``: the
                 buffer's ``insert_timeout``.
+            key: optional; with one, the call goes to partition
+                ``hash(key) % partitions`` whatever ``dispatch`` says, so
+                items with equal keys are flushed in insertion order.  An
+                unhashable key raises ``TypeError`` and stores nothing.
 
         Raises:
             BufferFull: no room within ``timeout``; nothing was stored.
@@ -166,15 +171,18 @@ class AsyncBufferMethods(Front[T]):
             RuntimeError: it had to wait, and the buffer is not started or
                 is bound to another event loop.
         """
-        await _engine(self).ainsert(item, timeout)
+        await _engine(self).ainsert(item, timeout, key)
 
-    async def ainsert_batch(self, items: Iterable[T], timeout: float | None = None) -> None:
+    async def ainsert_batch(
+        self, items: Iterable[T], timeout: float | None = None, *, key: Hashable | None = None
+    ) -> None:
         """Store every item of an iterable, in order, in one partition, waiting for room between chunks.
 
         Args:
             items: any iterable; it is consumed before anything is stored.
             timeout: seconds to wait at most for room, for each wait;
                 ``None``: the buffer's ``insert_timeout``.
+            key: as for :meth:`ainsert`.
 
         Raises:
             BufferFull: no room within ``timeout``; its ``stored`` counts the
@@ -183,7 +191,7 @@ class AsyncBufferMethods(Front[T]):
             TypeError: ``items`` is not iterable.
             RuntimeError: as for :meth:`ainsert`.
         """
-        await _engine(self).ainsert_batch(items, timeout)
+        await _engine(self).ainsert_batch(items, timeout, key)
 
 
 class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
@@ -249,6 +257,16 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
         flush_meta: any object, handed to every flush as ``opts.meta``.
         insert_timeout: default seconds ``ainsert``/``ainsert_batch`` wait
             for room before raising :class:`BufferFull` (default 5.0).
+        on_full: what an insert does when its partition is full and its
+            flusher has every batch it may hold: ``"wait"`` (default:
+            ``insert``/``insert_batch`` raise :class:`BufferFull` at once,
+            ``ainsert``/``ainsert_batch`` wait for room up to their
+            timeout), ``"raise"`` (both raise :class:`BufferFull` at once),
+            ``"drop_newest"`` (the items that do not fit are dropped and the
+            call returns), ``"drop_oldest"`` (the partition's oldest buffered
+            items, never a batch already sealed or flushing, are dropped to
+            make room).  Dropped items are counted in ``stats()``/``info()``
+            as ``dropped``; see :class:`Buffer`.
         max_retries: how many times a failed or timed-out batch is handed to
             ``handle_flush`` again before it goes to ``handle_flush_error``
             (default 0); as for :class:`Buffer`.
@@ -266,11 +284,13 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
         # Defined by the core (compiled or pure-Python): declared here with
         # the item type, for type checkers and the API reference.
 
-        def insert(self, item: T) -> None:  # type: ignore[override]  # it never waits
-            """Store one item in a partition (the next one round-robin, or the thread's own).
+        def insert(self, item: T, *, key: Hashable | None = None) -> None:  # type: ignore[override]
+            """Store one item in a partition (the next one round-robin, the thread's own, or ``key``'s).
 
             Never waits: safe on the event loop and from any thread.  (The
-            core's ``timeout`` argument, if given, is ignored.)
+            core's ``timeout`` argument, if given, is ignored.)  With a
+            ``key``, the partition ``hash(key) % partitions``, as for
+            :meth:`ainsert`.
 
             Raises:
                 BufferFull: the partition is full while its previous batch
@@ -279,8 +299,8 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
                 BufferClosed: the buffer is closed.
             """
 
-        def insert_batch(self, items: Iterable[T]) -> None:  # type: ignore[override]
-            """Store every item of an iterable, in order, in one partition; never waits.
+        def insert_batch(self, items: Iterable[T], *, key: Hashable | None = None) -> None:  # type: ignore[override]
+            """Store every item of an iterable, in order, in one partition (``key``'s, if given); never waits.
 
             Raises:
                 BufferFull: no room for all of them; its ``stored`` counts

@@ -40,6 +40,7 @@ from ._lifecycle import (
     SLEEP,
     THREAD_EXITS,
     Attempt,
+    DropTally,
     Engine,
     Life,
     Outcome,
@@ -221,23 +222,29 @@ class AsyncEngine(Engine[T]):
         self._supervise()
         return (await self._flush_and_wait("manual", deadline)).outcome(self.name)
 
-    async def ainsert(self, item: Any, timeout: float | None) -> None:
-        await self._ainsert(self._ainsert_raw, item, timeout, batch=False)
+    async def ainsert(self, item: Any, timeout: float | None, key: Any = None) -> None:
+        await self._ainsert(self._ainsert_raw, item, timeout, key, batch=False)
 
-    async def ainsert_batch(self, items: Iterable[Any], timeout: float | None) -> None:
-        await self._ainsert(self._ainsert_batch_raw, items, timeout, batch=True)
+    async def ainsert_batch(self, items: Iterable[Any], timeout: float | None, key: Any = None) -> None:
+        await self._ainsert(self._ainsert_batch_raw, items, timeout, key, batch=True)
 
     async def _ainsert(
-        self, raw: Callable[[Any, Any], Awaitable[Any]], arg: Any, timeout: float | None, *, batch: bool
+        self,
+        raw: Callable[[Any, Any, Any], Awaitable[Any]],
+        arg: Any,
+        timeout: float | None,
+        key: Any,
+        *,
+        batch: bool,
     ) -> None:
         """An ``ainsert``/``ainsert_batch``; its insert events, when on, include the wait for room."""
         check_timeout(timeout)
         if not _core_py.insert_telemetry() or getattr(_instrument.emitting, "insert", False):
-            await raw(arg, timeout)
+            await raw(arg, timeout, key)
             return
         start = _instrument.insert_started(self.name)
         try:
-            result = await raw(arg, timeout)
+            result = await raw(arg, timeout, key)
         except BaseException as exc:  # a cancellation while it waited included
             _instrument.insert_failed(self.name, start, exc)
             raise
@@ -247,11 +254,11 @@ class AsyncEngine(Engine[T]):
     # yields only before it stores anything (_let_flushers_run) and while it
     # waits for room (_wait_for_room), never after its last item is stored.
 
-    async def _ainsert_raw(self, item: Any, timeout: float | None) -> int:
+    async def _ainsert_raw(self, item: Any, timeout: float | None, key: Any) -> int:
         if self._room_wanted:
             await self._let_flushers_run("ainsert")
         try:
-            p = self.core.insert_raw(item, None)
+            p = self.core.insert_raw(item, None, key)
         except NoRoom as full:
             p, seq = full.partition, full.seq
         else:
@@ -259,11 +266,13 @@ class AsyncEngine(Engine[T]):
         await self._wait_for_room(p, seq, 0, timeout, batch=False)
         return p
 
-    async def _ainsert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
+    async def _ainsert_batch_raw(
+        self, items: Iterable[Any], timeout: float | None, key: Any
+    ) -> tuple[int, int]:
         if self._room_wanted:
             await self._let_flushers_run("ainsert_batch")
         try:
-            p, n = self.core.insert_batch_raw(items, None)
+            p, n = self.core.insert_batch_raw(items, None, key)
         except NoRoom as full:
             p, seq, stored = full.partition, full.seq, full.stored
         else:
@@ -290,11 +299,14 @@ class AsyncEngine(Engine[T]):
     # -- CoreHooks: the slow paths of inserts -----------------------------
 
     def insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
-        """A plain insert found partition ``p`` full while flushing: refuse at once (never block the loop)."""
-        raise self._no_room(p, (item,), 0, batch=False)
+        """A plain insert found partition ``p`` full: apply ``on_full`` ("wait": refuse, never block)."""
+        seq = (item,)
+        if not self.overflow(p, seq, 0, batch=False):
+            raise self._no_room(p, seq, 0, batch=False)
 
     def insert_batch_wait(self, p: int, seq: Sequence[Any], start: int, timeout: float | None) -> None:
-        raise self._no_room(p, seq, start, batch=True)
+        if not self.overflow(p, seq, start, batch=True):
+            raise self._no_room(p, seq, start, batch=True)
 
     def _no_room(self, p: int, seq: Sequence[Any], stored: int, *, batch: bool) -> NoRoom:
         # The next ainsert that finds room yields once (_let_flushers_run).
@@ -840,6 +852,7 @@ class AsyncEngine(Engine[T]):
     def fork_after_child(self) -> list[Any]:
         """In a forked child: closed and empty (its items and its loop are the parent's)."""
         dropped = self.core.fork_child()
+        self.drops = DropTally()  # the parent's may have been locked by another thread
         self.core.mark_closed()
         self.forked = True
         self.loop = None

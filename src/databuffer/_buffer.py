@@ -8,7 +8,7 @@ core (``engine_of``): the user's subclass holds the user's code only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from ._compat import BufferCore
@@ -46,6 +46,7 @@ class BufferMethods(Front[T]):
         flush_timeout: float = 60.0,
         flush_meta: Any = None,
         insert_timeout: float = 5.0,
+        on_full: str = "wait",
         max_retries: int = 0,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 10.0,
@@ -174,6 +175,20 @@ class Buffer(BufferMethods[T], BufferCore):
         flush_meta: any object, handed to every flush as ``opts.meta``.
         insert_timeout: default seconds an insert waits under backpressure
             before raising :class:`BufferFull` (default 5.0).
+        on_full: what an insert does when its partition is full and its
+            flusher has every batch it may hold (``max_queued_batches``):
+            ``"wait"`` (default) waits for room up to its timeout, then
+            raises :class:`BufferFull`; ``"raise"`` raises
+            :class:`BufferFull` at once (``insert_batch`` stores the leading
+            items that fit, counted by ``BufferFull.stored``);
+            ``"drop_newest"`` drops the items that do not fit and returns
+            (``insert_batch`` stores the leading items that fit);
+            ``"drop_oldest"`` drops the partition's oldest buffered items,
+            never a batch already sealed or flushing, to make room, and
+            stores the new ones.  Dropped items count as ``inserted`` and
+            ``dropped`` in :meth:`stats` and :meth:`info`, and each drop
+            emits a ``("data_buffer", "insert", "drop")`` telemetry event;
+            a warning is logged at most once per 10 s per buffer.
         max_retries: how many times a batch whose ``handle_flush`` raised or
             timed out is handed to it again before it goes to
             ``handle_flush_error`` (default 0).  Retries come before the
@@ -194,8 +209,8 @@ class Buffer(BufferMethods[T], BufferCore):
         # Defined by the core (compiled or pure-Python): declared here with
         # the item type, for type checkers and the API reference.
 
-        def insert(self, item: T, timeout: float | None = None) -> None:
-            """Store one item in a partition (the next one round-robin, or the thread's own).
+        def insert(self, item: T, timeout: float | None = None, *, key: Hashable | None = None) -> None:
+            """Store one item in a partition (the next one round-robin, the thread's own, or ``key``'s).
 
             Args:
                 item: any object; the buffer holds a reference until its
@@ -203,14 +218,21 @@ class Buffer(BufferMethods[T], BufferCore):
                 timeout: seconds to wait at most for room while the
                     partition is full and its previous batch is still
                     flushing; ``None``: the buffer's ``insert_timeout``.
+                key: optional; with one, the call goes to partition
+                    ``hash(key) % partitions`` whatever ``dispatch`` says,
+                    so items with equal keys are flushed in insertion
+                    order (keys with equal hashes share a partition).
 
             Raises:
                 BufferFull: no room within ``timeout``; nothing was stored.
                 BufferClosed: the buffer is closed.
+                TypeError: ``key`` is not hashable; nothing was stored.
             """
 
-        def insert_batch(self, items: Iterable[T], timeout: float | None = None) -> None:
-            """Store every item of an iterable, in order, in one partition.
+        def insert_batch(
+            self, items: Iterable[T], timeout: float | None = None, *, key: Hashable | None = None
+        ) -> None:
+            """Store every item of an iterable, in order, in one partition (``key``'s, if given).
 
             A batch larger than the flush threshold is split into
             consecutive flushes.
@@ -219,10 +241,12 @@ class Buffer(BufferMethods[T], BufferCore):
                 items: any iterable; it is consumed before anything is
                     stored, so one that raises midway stores nothing.
                 timeout: as for :meth:`insert`, for each wait for room.
+                key: as for :meth:`insert`.
 
             Raises:
                 BufferFull: no room within ``timeout``; its ``stored``
                     counts the leading items stored.
                 BufferClosed: the buffer is closed (``stored`` as above).
-                TypeError: ``items`` is not iterable.
+                TypeError: ``items`` is not iterable, or ``key`` is not
+                    hashable; nothing was stored.
             """

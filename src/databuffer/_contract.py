@@ -30,12 +30,20 @@ __all__ = ("CoreAPI", "CoreHooks", "PartStats", "Taken")
 class PartStats(NamedTuple):
     """One consistent snapshot of a partition's counters (``Core.stats``).
 
-    ``inserted == size + taken`` and ``flushed + failed <= taken``: items
-    move ring (``size``) -> sealed into a batch, or taken by the flusher
-    (``taken`` counts both) -> finished.  ``busy``: the partition has a
-    batch sealed or with its flusher; ``queued``: how many sealed batches
-    wait for the flusher (at most ``max_queued_batches + 1``, while the
-    flusher has none).
+    ``inserted == size + taken + evicted`` and ``flushed + failed <=
+    taken``: items move ring (``size``) -> sealed into a batch or taken by
+    the flusher (``taken`` counts both) -> finished; or ring -> ``evicted``
+    (removed by ``on_full="drop_oldest"``).  ``refused``: items an insert
+    dropped instead of storing (``on_full="drop_newest"``), not in
+    ``inserted``.  ``busy``: the partition has a batch sealed or with its
+    flusher; ``queued``: how many sealed batches wait for the flusher (at
+    most ``max_queued_batches + 1``, while the flusher has none).
+
+    Sequence numbers count the items that reach the flusher, in order: the
+    ring's oldest item is number ``taken``, the next insert's ``taken +
+    size``.  An evicted item gives its number up to the items after it, so a
+    flush request or a ``sync_flush`` target (``taken + size``) may cover a
+    few items inserted after it was made, never fewer than it asked for.
     """
 
     size: int
@@ -46,6 +54,8 @@ class PartStats(NamedTuple):
     flushed: int
     failed: int
     queued: int
+    evicted: int
+    refused: int
 
 
 #: What ``Core.take`` hands the flusher: the batch, whether it was due by
@@ -66,10 +76,10 @@ class CoreHooks(Protocol):
     def insert_batch_wait(self, p: int, seq: Sequence[Any], start: int, timeout: float | None) -> None:
         """As ``insert_wait``, for ``seq[start:]``; ``BufferFull.stored`` counts what was stored."""
 
-    def insert_instrumented(self, item: Any, timeout: float | None) -> None:
+    def insert_instrumented(self, item: Any, timeout: float | None, key: Any = None) -> None:
         """An insert while insert telemetry is on: emit its events around ``Core.insert_raw``."""
 
-    def insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None) -> None:
+    def insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None, key: Any = None) -> None:
         """As ``insert_instrumented``, around ``Core.insert_batch_raw``."""
 
     def closed_error(self, stored: int = 0) -> BufferClosed:
@@ -99,10 +109,12 @@ class CoreAPI(Protocol):
 
     hooks: CoreHooks
 
-    def insert_raw(self, item: Any, timeout: float | None) -> int:
-        """Insert without telemetry; returns the partition used."""
+    def insert_raw(self, item: Any, timeout: float | None, key: Any = None) -> int:
+        """Insert without telemetry (into ``key``'s partition, if given); returns the partition used."""
 
-    def insert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
+    def insert_batch_raw(
+        self, items: Iterable[Any], timeout: float | None, key: Any = None
+    ) -> tuple[int, int]:
         """Insert a batch without telemetry; returns ``(partition, count)`` (partition -1 if empty)."""
 
     def push_many(self, p: int, seq: Sequence[Any], start: int) -> int:
@@ -120,6 +132,16 @@ class CoreAPI(Protocol):
 
     def finish(self, p: int, n: int, ok: bool) -> None:
         """Count a finished batch of ``n`` items as flushed (``ok``) or failed."""
+
+    def evict(self, p: int, n: int) -> list[Any]:
+        """Remove up to ``n`` of partition ``p``'s oldest buffered items, never a sealed batch's.
+
+        Counted in ``PartStats.evicted`` (not taken); returned for the
+        caller to release with no lock held.
+        """
+
+    def refuse(self, p: int, n: int) -> None:
+        """Count ``n`` items an insert dropped instead of storing (``PartStats.refused``)."""
 
     def finished_upto(self, p: int, target: int) -> bool:
         """Whether every item of partition ``p`` before sequence ``target`` has finished.

@@ -90,7 +90,9 @@ class _Ring(deque):  # type: ignore[type-arg]
     """
 
     __slots__ = (
+        "evicted",
         "failed",
+        "firsts",
         "flushed",
         "hold",
         "holding",
@@ -98,6 +100,7 @@ class _Ring(deque):  # type: ignore[type-arg]
         "lock",
         "partition",
         "ready_count",
+        "refused",
         "sizes",
         "taken",
         "threshold",
@@ -123,10 +126,17 @@ class _Ring(deque):  # type: ignore[type-arg]
         # sizes, oldest first (appending an int allocates nothing the GC
         # tracks), and their items in all.
         self.sizes: deque[int] = deque()
+        # The sequence number of each sealed batch's first item, in step with sizes.
+        self.firsts: deque[int] = deque()
         self.ready_count = 0
         self.taken = 0
         self.flushed = 0
         self.failed = 0
+        # Dropped by on_full: buffered items removed from the unsealed head
+        # (evict: counted in taken too, and finished), and items an insert
+        # dropped instead of storing (refuse: never in the ring).
+        self.evicted = 0
+        self.refused = 0
         # Wakes the flusher: a lock used as a binary semaphore.  Unlocked
         # means a wake is pending; only the flusher acquires it (wait_wake),
         # anyone releases it (wake).
@@ -224,18 +234,30 @@ class Core:
         if self.push_many(ring.partition, (item,), 0) == 0:
             self.hooks.insert_wait(ring.partition, item, timeout)
 
-    def insert_raw(self, item: Any, timeout: float | None) -> int:
+    def _key_partition(self, key: Any) -> int:
+        """``hash(key) % partitions``: equal keys, one partition, so their items keep their order."""
+        try:
+            return hash(key) % self.n
+        except TypeError as exc:
+            raise TypeError(f"key must be hashable, not {type(key).__name__} ({exc})") from None
+
+    def insert_raw(self, item: Any, timeout: float | None, key: Any = None) -> int:
         if timeout is not None:
             self.hooks.check_timeout(timeout)
+        ring = next(self.rr) if key is None else self.parts[self._key_partition(key)]
         if self.attention:
             self._pass_gate()
-        ring = next(self.rr)
         self._store_locked(ring, item, timeout)
         return ring.partition
 
-    def insert_batch_raw(self, items: Iterable[Any], timeout: float | None) -> tuple[int, int]:
+    def insert_batch_raw(
+        self, items: Iterable[Any], timeout: float | None, key: Any = None
+    ) -> tuple[int, int]:
         if timeout is not None:
             self.hooks.check_timeout(timeout)
+        # The key's partition before the items are consumed: an unhashable
+        # key raises having consumed and stored nothing.
+        keyed = -1 if key is None else self._key_partition(key)
         seq = items if type(items) is list or type(items) is tuple else list(self.hooks.iterate(items))
         n = len(seq)
         if self.closed:
@@ -244,7 +266,7 @@ class Core:
             self._pass_gate()
         if n == 0:
             return -1, 0
-        p = next(self.rr).partition
+        p = next(self.rr).partition if keyed < 0 else keyed
         done = self.push_many(p, seq, 0)
         if done < n:
             self.hooks.insert_batch_wait(p, seq, done, timeout)
@@ -261,6 +283,7 @@ class Core:
         """
         k = ring.threshold
         ring.sizes.append(k)
+        ring.firsts.append(ring.taken)
         ring.ready_count += k
         ring.taken += k
         ring.threshold = self._draw()
@@ -359,7 +382,7 @@ class Core:
             with ring.lock:
                 ring.holding = False
                 if ring.sizes:
-                    due, by_size, first = ring.sizes[0], True, ring.taken - ring.ready_count
+                    due, by_size, first = ring.sizes[0], True, ring.firsts[0]
                 else:
                     size = len(ring)
                     first = ring.taken
@@ -377,6 +400,7 @@ class Core:
                     batch.extend(pops)  # C-level pops, allocating nothing the GC tracks
                     if ring.sizes:
                         ring.sizes.popleft()
+                        ring.firsts.popleft()
                         ring.ready_count -= k
                     else:
                         ring.taken += k
@@ -400,6 +424,49 @@ class Core:
             inserted = ring.taken + len(ring) - ring.ready_count
             done = ring.flushed + ring.failed
         return done >= min(target, inserted)
+
+    def evict(self, p: int, n: int) -> list[Any]:
+        """Remove up to ``n`` of partition ``p``'s oldest buffered items (``on_full="drop_oldest"``).
+
+        Never a sealed batch: only items after them.  They count as
+        ``evicted``, not taken: the items after them take over their sequence
+        numbers.  Returns them, for the caller to release with no lock held
+        (it may run ``__del__``).
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        ring = self.parts[p]
+        # Made before the lock (see the module docstring): the loop below allocates nothing.
+        out: list[Any] = [None] * n
+        k = 0
+        if ring.lock._is_owned():  # type: ignore[attr-defined]
+            return []  # re-entered by a finalizer inside a locked section: drop nothing
+        with ring.lock:
+            # Lock-free appends go to the locked path meanwhile (as in push_many).
+            ring.hold += 1
+            ring.limit = 0
+            try:
+                start = ring.ready_count
+                k = min(n, len(ring) - start)
+                for i in range(k):
+                    # Items leave only under this lock, and appends land on
+                    # the right: index `start` stays the oldest unsealed item.
+                    out[i] = ring[start]
+                    del ring[start]
+                ring.evicted += k
+            finally:
+                ring.hold -= 1
+                self._set_limit(ring)
+        del out[k:]
+        return out
+
+    def refuse(self, p: int, n: int) -> None:
+        """Count ``n`` items an insert dropped instead of storing (``on_full="drop_newest"``)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        ring = self.parts[p]
+        with ring.lock:
+            ring.refused += n
 
     def finish(self, p: int, n: int, ok: bool) -> None:
         """Count a finished batch of ``n`` items as flushed or failed."""
@@ -486,14 +553,17 @@ class Core:
             ring.hold = 0
             ring.holding = False
             ring.sizes.clear()
+            ring.firsts.clear()
             ring.ready_count = ring.taken = ring.flushed = ring.failed = 0
+            ring.evicted = ring.refused = 0
             ring.threshold = self._draw()
             self._set_limit(ring)
         self.rr = self._dispatcher()
         return dropped
 
     def stats(self, p: int) -> PartStats:
-        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed, queued)``.
+        """A ``PartStats``: ``(size, threshold, busy, inserted, taken, flushed, failed, queued,
+        evicted, refused)``.
 
         ``inserted`` is ``taken + size``: an append refused because the
         buffer closed is taken back out, so it never counts.
@@ -507,7 +577,11 @@ class Core:
             taken = ring.taken
             flushed = ring.flushed
             failed = ring.failed
-        return PartStats(size, threshold, busy, taken + size, taken, flushed, failed, queued)
+            evicted = ring.evicted
+            refused = ring.refused
+        return PartStats(
+            size, threshold, busy, taken + size + evicted, taken, flushed, failed, queued, evicted, refused
+        )
 
     def size(self) -> int:
         total = 0
@@ -657,11 +731,13 @@ class BufferCore:
     __slots__ = ("_databuffer",)
     _databuffer: Core
 
-    def insert(self, item: Any, timeout: float | None = None) -> None:
+    def insert(self, item: Any, timeout: float | None = None, *, key: Any = None) -> None:
         """Store one item in a partition: the next one round-robin, or the thread's own (``dispatch``).
 
-        Waits under backpressure for at most ``timeout`` seconds (``None``:
-        the buffer's ``insert_timeout``), then raises ``BufferFull`` having
+        With a ``key``, the partition ``hash(key) % partitions`` instead, so
+        that items with equal keys are flushed in insertion order.  Waits
+        under backpressure for at most ``timeout`` seconds (``None``: the
+        buffer's ``insert_timeout``), then raises ``BufferFull`` having
         stored nothing.  Raises ``BufferClosed`` after ``close()``.
         """
         try:
@@ -669,7 +745,10 @@ class BufferCore:
         except AttributeError:
             raise _not_initialised(self) from None
         if _insert_events:
-            core.hooks.insert_instrumented(item, timeout)
+            core.hooks.insert_instrumented(item, timeout, key)
+            return
+        if key is not None:
+            core.insert_raw(item, timeout, key)
             return
         if timeout is not None:
             core.hooks.check_timeout(timeout)
@@ -680,8 +759,8 @@ class BufferCore:
         if len(ring) >= ring.limit:
             core._appended(ring, item, timeout)
 
-    def insert_batch(self, items: Iterable[Any], timeout: float | None = None) -> None:
-        """Store every item of an iterable, in order, in one partition.
+    def insert_batch(self, items: Iterable[Any], timeout: float | None = None, *, key: Any = None) -> None:
+        """Store every item of an iterable, in order, in one partition (``key``'s, if given).
 
         A batch larger than the flush threshold is split into consecutive
         flushes.  If room runs out for longer than ``timeout`` seconds,
@@ -693,9 +772,9 @@ class BufferCore:
         except AttributeError:
             raise _not_initialised(self) from None
         if _insert_events:
-            core.hooks.insert_batch_instrumented(items, timeout)
+            core.hooks.insert_batch_instrumented(items, timeout, key)
             return
-        core.insert_batch_raw(items, timeout)
+        core.insert_batch_raw(items, timeout, key)
 
 
 def _not_initialised(buf: BufferCore) -> RuntimeError:

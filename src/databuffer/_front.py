@@ -74,10 +74,11 @@ class Front(Generic[T]):
 
         Keys: ``partition``, ``name``, ``size``, ``flush_size`` (the current
         threshold), ``flush_interval``, ``flush_jitter``, ``flush_timeout``,
-        ``flushing`` (a batch is with the flusher), and the item counters
-        ``inserted``, ``in_flight``, ``flushed``, ``retried`` and ``failed``
+        ``max_queued_batches``, ``on_full``, ``flushing`` (a batch is with
+        the flusher), ``queued``, and the item counters ``inserted``,
+        ``in_flight``, ``flushed``, ``retried``, ``failed`` and ``dropped``
         (see :meth:`stats`).  Each dict is one consistent snapshot:
-        ``inserted == size + in_flight + flushed + failed``.
+        ``inserted == size + in_flight + flushed + failed + dropped``.
         """
         return engine_of(self).info()
 
@@ -86,18 +87,22 @@ class Front(Generic[T]):
 
         The counters, all in items:
 
-        - ``inserted``: stored by inserts since the buffer started;
+        - ``inserted``: taken by insert calls since the buffer started:
+          stored, or dropped by ``on_full``;
         - ``size``: buffered, not yet handed to a flusher;
         - ``in_flight``: handed to a flusher and not finished (sealed, in
           ``handle_flush``, or waiting for a retry);
         - ``flushed``: in batches whose ``handle_flush`` returned;
         - ``failed``: in batches that failed for good (reported to
           ``handle_flush_error``);
+        - ``dropped``: dropped by ``on_full="drop_newest"`` (never stored)
+          or ``"drop_oldest"`` (removed from the buffered items to make room);
         - ``retried``: handed to ``handle_flush`` again after a failed
           attempt (an item retried twice counts twice; not part of the sum
           below).
 
-        At every moment ``inserted == size + in_flight + flushed + failed``:
+        At every moment ``inserted == size + in_flight + flushed + failed +
+        dropped``:
         each partition is read in one snapshot under its lock.  Still
         answers once the buffer is closed.
 

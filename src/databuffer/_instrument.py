@@ -73,16 +73,18 @@ def insert_done(name: str, start: int, result: Any, *, batch: bool) -> None:
         raise
 
 
-def instrumented(name: str, raw: Callable[[Any, Any], Any], arg: Any, timeout: Any, *, batch: bool) -> None:
+def instrumented(
+    name: str, raw: Callable[[Any, Any, Any], Any], arg: Any, timeout: Any, key: Any, *, batch: bool
+) -> None:
     """Run a raw insert with its events (not from an insert telemetry handler: see below)."""
     if getattr(emitting, "insert", False):
         # An insert from an insert telemetry handler: its own events
         # would call the handler again, without end.
-        raw(arg, timeout)
+        raw(arg, timeout, key)
         return
     start = insert_started(name)
     try:
-        result = raw(arg, timeout)
+        result = raw(arg, timeout, key)
     except Exception as exc:
         insert_failed(name, start, exc)
         raise

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from . import _instrument, telemetry
 from ._compat import core_module_of
 from ._contract import CoreAPI, PartStats, Taken
-from ._errors import BufferClosed
+from ._errors import BufferClosed, BufferFull
 from ._options import Callbacks, Options, check_timeout
 from ._registry import registry
 from ._types import COUNTERS, BufferStats, Counters, FlushOpts, PartitionInfo
@@ -147,6 +147,46 @@ class SyncWaiter:
         return [result for results in self.results for result in results]
 
 
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
+class DropTally:
+    """Items dropped by ``on_full`` since the last warning, and when that was.
+
+    Shared by every inserting thread of a buffer: guarded by ``lock``, which
+    is taken with no other lock held and guards two numbers (nothing in it
+    allocates or calls out).  A forked child gets a new one.
+    """
+
+    __slots__ = ("lock", "unreported", "warned_at")
+
+    #: Seconds between two drop warnings of one buffer, at least.
+    EVERY = 10.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.unreported = 0
+        self.warned_at = -self.EVERY
+
+    def add(self, n: int) -> int:
+        """Count ``n`` drops; the number to warn about now, or 0 if a warning was given too recently."""
+        now = time.monotonic()
+        with self.lock:
+            self.unreported += n
+            if now - self.warned_at < self.EVERY:
+                return 0
+            self.warned_at = now
+            report, self.unreported = self.unreported, 0
+        return report
+
+    def flush(self) -> int:
+        """The drops not warned about yet (and forget them)."""
+        with self.lock:
+            report, self.unreported = self.unreported, 0
+        return report
+
+
 class PartState:
     """Per-partition state that both engines keep."""
 
@@ -218,6 +258,8 @@ class Engine(Generic[T]):
         )
         module.attach(front, core)
         self.core = core
+        # Items dropped by on_full and not yet in a warning (see dropped()).
+        self.drops = DropTally()
 
     # -- CoreHooks shared by both engines ---------------------------------
 
@@ -232,6 +274,66 @@ class Engine(Generic[T]):
     def check_timeout(self, timeout: object) -> None:
         check_timeout(timeout)
 
+    # -- on_full: what an insert does when its partition has no room -------
+
+    def overflow(self, p: int, seq: Sequence[Any], stored: int, *, batch: bool) -> bool:
+        """Apply ``on_full`` to an insert that found partition ``p`` full.
+
+        Called by both engines' ``insert_wait``/``insert_batch_wait`` before
+        they wait, with ``seq[stored:]`` not stored yet.  Returns False for
+        ``"wait"`` (the engine waits for room as it does); raises
+        ``BufferFull`` for ``"raise"``; drops items and returns True for the
+        two drop policies (every item of the call is then stored or dropped).
+        """
+        policy = self.config.on_full
+        if policy == "wait":
+            return False
+        if policy == "raise":
+            raise BufferFull(
+                f"{self.full(p)}; on_full='raise' does not wait for room"
+                + (f" ({stored} leading items of the batch stored)" if batch else ""),
+                stored=stored,
+            )
+        n = len(seq) - stored
+        if policy == "drop_newest":
+            self.core.refuse(p, n)
+            self.dropped(p, n, policy)
+            return True
+        # drop_oldest: make room by evicting the oldest buffered items (never
+        # a sealed batch), then store; again if other producers took the room.
+        push_many, evict = self.core.push_many, self.core.evict
+        total = 0
+        while stored < len(seq):
+            total += len(evict(p, len(seq) - stored))  # released here, no lock held
+            stored = push_many(p, seq, stored)
+        if total:
+            self.dropped(p, total, policy)
+        return True
+
+    def dropped(self, p: int, n: int, policy: str) -> None:
+        """Tell about ``n`` items of partition ``p`` dropped by ``policy``: telemetry, then a warning.
+
+        The warning comes at most once per ``DropTally.EVERY`` seconds per
+        buffer, with the number dropped since the previous one; the rest is
+        told at close (``unregister``).
+        """
+        if telemetry._listening:
+            telemetry.execute(
+                telemetry.INSERT_DROP,
+                {"count": n, "monotonic_time": time.monotonic_ns()},
+                {"buffer": self.name, "partition": p, "policy": policy},
+            )
+        report = self.drops.add(n)
+        if report:
+            logger.warning(
+                "buffer %r dropped %s: a partition was full (on_full=%r); "
+                "drops are logged at most every %g s and counted in stats()['dropped']",
+                self.name,
+                _items(report),
+                policy,
+                DropTally.EVERY,
+            )
+
     def iterate(self, items: object) -> Iterator[Any]:
         try:
             return iter(items)  # type: ignore[call-overload,no-any-return]
@@ -240,11 +342,11 @@ class Engine(Generic[T]):
                 f"insert_batch() needs an iterable of items, not {type(items).__name__} {items!r}"
             ) from None
 
-    def insert_instrumented(self, item: Any, timeout: float | None) -> None:
-        _instrument.instrumented(self.name, self.core.insert_raw, item, timeout, batch=False)
+    def insert_instrumented(self, item: Any, timeout: float | None, key: Any = None) -> None:
+        _instrument.instrumented(self.name, self.core.insert_raw, item, timeout, key, batch=False)
 
-    def insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None) -> None:
-        _instrument.instrumented(self.name, self.core.insert_batch_raw, items, timeout, batch=True)
+    def insert_batch_instrumented(self, items: Iterable[Any], timeout: float | None, key: Any = None) -> None:
+        _instrument.instrumented(self.name, self.core.insert_batch_raw, items, timeout, key, batch=True)
 
     # -- state and counters -----------------------------------------------
 
@@ -273,13 +375,17 @@ class Engine(Generic[T]):
     def counters(self, part: PartState) -> tuple[Counters, PartStats]:
         """A partition's item counters, and the core's snapshot they come from."""
         s = self.core.stats(part.index)
+        # Dropped items count as inserted (the call took them) and dropped:
+        # evicted ones had been stored (the core's inserted counts them),
+        # refused ones never were.
         counters: Counters = {
-            "inserted": s.inserted,
+            "inserted": s.inserted + s.refused,
             "size": s.size,
             "in_flight": s.taken - s.flushed - s.failed,
             "flushed": s.flushed,
             "retried": part.retried,
             "failed": s.failed,
+            "dropped": s.evicted + s.refused,
         }
         return counters, s
 
@@ -297,6 +403,7 @@ class Engine(Generic[T]):
                     "flush_jitter": config.flush_jitter,
                     "flush_timeout": config.flush_timeout,
                     "max_queued_batches": config.max_queued_batches,
+                    "on_full": config.on_full,
                     "flushing": s.busy,
                     "queued": s.queued,
                     **counters,
@@ -334,7 +441,7 @@ class Engine(Generic[T]):
         if upto is None:
             if s.size == 0 and not when_empty:
                 return False
-            upto = s.inserted
+            upto = s.taken + s.size  # the end of the sequence numbers (see PartStats)
         if s.taken >= part.flush_upto or _TRIGGER_RANK[trigger] >= _TRIGGER_RANK[part.flush_trigger]:
             part.flush_trigger = trigger
         part.flush_upto = max(part.flush_upto, upto)
@@ -350,7 +457,7 @@ class Engine(Generic[T]):
             with part.lock:
                 s = self.core.stats(part.index)
                 waiter.starts[part.index] = s.taken
-                waiter.targets[part.index] = s.inserted
+                waiter.targets[part.index] = s.taken + s.size
                 part.syncs.append(waiter)
             self.request(part, trigger, waiter.targets[part.index])
 
@@ -590,6 +697,15 @@ class Engine(Generic[T]):
 
     def unregister(self) -> None:
         registry.discard_open(self)
+        # Closed: tell the drops no warning has told yet.
+        left = self.drops.flush()
+        if left:
+            logger.warning(
+                "buffer %r dropped %s more before it closed (on_full=%r)",
+                self.name,
+                _items(left),
+                self.config.on_full,
+            )
 
     def in_own_thread(self) -> bool:
         """Whether the caller cannot wait for this buffer (it runs the buffer's flushes)."""

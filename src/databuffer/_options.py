@@ -53,6 +53,7 @@ MIN_FLUSH_TIMEOUT = 0.001
 # giant int is long, slow, or refused (sys.set_int_max_str_digits).
 _REPR_BITS = 128
 DISPATCH = ("round_robin", "thread")
+ON_FULL = ("wait", "raise", "drop_newest", "drop_oldest")
 # inspect.CO_COROUTINE, without importing inspect (and with it ast, dis, ...).
 _CO_COROUTINE = 0x80
 
@@ -123,6 +124,7 @@ class Options:
         "max_size",
         "max_size_jitter",
         "name",
+        "on_full",
         "partitions",
         "retry_backoff",
         "retry_backoff_max",
@@ -142,6 +144,7 @@ class Options:
         flush_timeout: float,
         flush_meta: Any,
         insert_timeout: float,
+        on_full: str,
         max_retries: int,
         retry_backoff: float,
         retry_backoff_max: float,
@@ -187,6 +190,11 @@ class Options:
             why="the timer rescans at least once per flush_timeout",
         )
         self.insert_timeout = check_seconds("insert_timeout", insert_timeout, zero_ok=False)
+        if not isinstance(on_full, str):
+            raise TypeError(f"on_full must be a str, not {type(on_full).__name__} {on_full!r}")
+        if on_full not in ON_FULL:
+            raise ValueError(f"on_full must be one of {', '.join(map(repr, ON_FULL))}, got {on_full!r}")
+        self.on_full = on_full
         self.max_retries = check_count("max_retries", max_retries, 0)
         self.retry_backoff = check_seconds("retry_backoff", retry_backoff, zero_ok=True)
         self.retry_backoff_max = check_seconds("retry_backoff_max", retry_backoff_max, zero_ok=True)

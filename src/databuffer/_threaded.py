@@ -32,6 +32,7 @@ from ._lifecycle import (
     SLEEP,
     THREAD_EXITS,
     Attempt,
+    DropTally,
     Engine,
     Life,
     Outcome,
@@ -335,6 +336,7 @@ class ThreadEngine(Engine[T]):
         the caller to release once every buffer is consistent again.
         """
         dropped = self.core.fork_child()
+        self.drops = DropTally()  # the parent's may have been locked by another thread
         # The child draws its own jitter and backoff: parent and child must
         # not flush and retry in step.
         self.random.seed()
@@ -350,12 +352,15 @@ class ThreadEngine(Engine[T]):
     # -- CoreHooks: the slow paths of inserts -----------------------------
 
     def insert_wait(self, p: int, item: Any, timeout: float | None) -> None:
-        """Wait for room in partition ``p`` and store ``item`` (backpressure)."""
-        self._wait_for_room(p, (item,), 0, timeout, batch=False)
+        """Partition ``p`` is full: apply ``on_full``, or wait for room and store ``item`` (backpressure)."""
+        seq = (item,)
+        if not self.overflow(p, seq, 0, batch=False):
+            self._wait_for_room(p, seq, 0, timeout, batch=False)
 
     def insert_batch_wait(self, p: int, seq: Sequence[Any], start: int, timeout: float | None) -> None:
-        """Store ``seq[start:]`` in partition ``p``, waiting for room between chunks."""
-        self._wait_for_room(p, seq, start, timeout, batch=True)
+        """Store ``seq[start:]`` in partition ``p``: apply ``on_full``, or wait for room between chunks."""
+        if not self.overflow(p, seq, start, batch=True):
+            self._wait_for_room(p, seq, start, timeout, batch=True)
 
     def attend(self) -> None:
         """Called by the core from one insert after ``set_attention``."""

@@ -55,12 +55,13 @@ class Counters(TypedDict):
     flushed: int
     retried: int
     failed: int
+    dropped: int
 
 
 class BufferStats(Counters):
     """What :meth:`Buffer.stats` returns: ``name``, ``partitions``, ``closed``
     and the item counters over all partitions (``inserted``, ``size``,
-    ``in_flight``, ``flushed``, ``retried``, ``failed``)."""
+    ``in_flight``, ``flushed``, ``retried``, ``failed``, ``dropped``)."""
 
     name: str
     partitions: int
@@ -78,10 +79,19 @@ class PartitionInfo(Counters):
     flush_jitter: float
     flush_timeout: float
     max_queued_batches: int
+    on_full: str
     flushing: bool
     queued: int
 
 
 # The item counters of stats() and info(), in that order.
-CounterKey = Literal["inserted", "size", "in_flight", "flushed", "retried", "failed"]
-COUNTERS: tuple[CounterKey, ...] = ("inserted", "size", "in_flight", "flushed", "retried", "failed")
+CounterKey = Literal["inserted", "size", "in_flight", "flushed", "retried", "failed", "dropped"]
+COUNTERS: tuple[CounterKey, ...] = (
+    "inserted",
+    "size",
+    "in_flight",
+    "flushed",
+    "retried",
+    "failed",
+    "dropped",
+)

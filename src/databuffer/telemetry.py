@@ -12,6 +12,11 @@ Events emitted by databuffer, with their measurements and metadata:
   ``buffer``, ``partition``, ``size`` (items in the call).
 - ``("data_buffer", "insert", "exception")``: ``duration``,
   ``monotonic_time``; ``buffer``, ``kind``, ``reason``, ``stacktrace``.
+- ``("data_buffer", "insert", "drop")``: ``count`` (items dropped),
+  ``monotonic_time``; ``buffer``, ``partition``, ``policy`` (the buffer's
+  ``on_full``).  Emitted by an insert that dropped items under
+  ``on_full="drop_newest"`` or ``"drop_oldest"``, whether or not handlers
+  listen to the other insert events.
 - ``("data_buffer", "flush", "start")``: ``system_time``, ``monotonic_time``;
   ``buffer``, ``partition``, ``size``, ``trigger``.
 - ``("data_buffer", "flush", "retry")``: ``duration`` (of the failed
@@ -51,6 +56,7 @@ __all__ = (
     "FLUSH_RETRY",
     "FLUSH_START",
     "FLUSH_STOP",
+    "INSERT_DROP",
     "INSERT_EXCEPTION",
     "INSERT_START",
     "INSERT_STOP",
@@ -68,6 +74,7 @@ Handler = Callable[[Event, Mapping[str, Any], Mapping[str, Any], Any], object]
 INSERT_START: Event = ("data_buffer", "insert", "start")
 INSERT_STOP: Event = ("data_buffer", "insert", "stop")
 INSERT_EXCEPTION: Event = ("data_buffer", "insert", "exception")
+INSERT_DROP: Event = ("data_buffer", "insert", "drop")
 FLUSH_START: Event = ("data_buffer", "flush", "start")
 FLUSH_STOP: Event = ("data_buffer", "flush", "stop")
 FLUSH_RETRY: Event = ("data_buffer", "flush", "retry")
@@ -76,6 +83,7 @@ EVENTS: tuple[Event, ...] = (
     INSERT_START,
     INSERT_STOP,
     INSERT_EXCEPTION,
+    INSERT_DROP,
     FLUSH_START,
     FLUSH_STOP,
     FLUSH_EXCEPTION,
