@@ -20,6 +20,7 @@ ITEMS = 20_000
 TINY = ["--items", str(ITEMS), "--memory-items", str(ITEMS), "--rounds", "1", "--repeat", "1"]
 
 HANDOFF = "thread hand-off per 1,000-item batch"
+KEYED = "insert(item, key='AAPL'): call (best block)"
 ASYNC_CALL = "AsyncBuffer.insert: call (best block)"
 ASYNC_AMORTIZED = "AsyncBuffer.insert: amortized"
 # AsyncBuffer.insert beside deque.append, Buffer.insert, and Buffer.insert timed the same way.
@@ -49,6 +50,7 @@ FIGURES = [
     "insert: call (best block)",
     "insert: amortized",
     HANDOFF,
+    KEYED,
     *ASYNC_INSERT,
     "insert_batch(1,000): call (best block)",
     "insert_batch(1,000): amortized",
@@ -84,8 +86,8 @@ def test_bench_prints_the_table(core_name: str) -> None:
     figures = [row["figure"] for row in rows]
     if core_name == "c":
         # The compiled core is also compared with the pure-Python one.
-        expected = FIGURES[:3] + FIGURES[:2] + FIGURES[3:]
-        assert [row["versus"] for row in rows[3:5]] == ["same, pure-Python core"] * 2
+        expected = FIGURES[:4] + FIGURES[:2] + FIGURES[4:]
+        assert [row["versus"] for row in rows[4:6]] == ["same, pure-Python core"] * 2
         assert "ring not seen by tracemalloc" in rows[-1]["versus"]
         assert "skipped" not in out
     else:
@@ -97,6 +99,7 @@ def test_bench_prints_the_table(core_name: str) -> None:
             assert positive_finite(float(row[column].replace(",", ""))), row
     assert rows[0]["versus"] == "deque.append"
     assert rows[2]["versus"].startswith("deque.append; with the GIL")
+    assert rows[3]["versus"] == "insert(item), same rounds"
     assert "flushes" in rows[-2]["versus"]
     assert "check: OK, every item flushed exactly once" in out
     # Progress went to stderr, one line per figure.

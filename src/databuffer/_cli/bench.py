@@ -149,6 +149,8 @@ _OPTIONS: dict[str, Any] = {
 # One small object, inserted again and again: the figures are the cost of
 # the calls, not of making and freeing items.
 _ITEM = ("tick", 1)
+#: The key of the keyed insert figure (a str: its hash is cached after the first call).
+KEY = "AAPL"
 
 #: The ``AsyncBuffer`` end-to-end figures use its defaults (one partition of
 #: 5,000), on every loop of :func:`~databuffer._support.available_loops`, and
@@ -299,6 +301,35 @@ class _Subject:
         return Timing(self.name, per_block, self.best, self.total, self.blocks * per_block)
 
 
+class _KeyedSubject(_Subject):
+    """``fn(arg, key=KEY)`` timed in blocks, as :class:`_Subject` times ``fn(arg)``.
+
+    A loop of its own: passing a key through the shared loop would add its
+    cost to every subject.
+    """
+
+    def chunk(self, blocks: int, *, record: bool = True) -> None:
+        perf = time.perf_counter
+        fn = self.fn
+        arg = self.arg
+        calls = range(self.calls)
+        best = math.inf
+        total = 0.0
+        for _ in range(blocks):
+            t0 = perf()
+            for _ in calls:
+                fn(arg, key=KEY)
+            dt = perf() - t0
+            total += dt
+            if dt < best:
+                best = dt
+        if self.drain is not None:
+            t0 = perf()
+            self.drain()
+            total += perf() - t0
+        self._account(blocks, best, total, record)
+
+
 class _AsyncSubject(_Subject):
     """A subject whose blocks run in a coroutine on an event loop (an ``AsyncBuffer``'s).
 
@@ -395,6 +426,8 @@ class InsertResult:
             core), timed exactly as ``async_buffer`` is (in a coroutine on
             the same loop, yielding after each block): what the harness
             alone adds to ``buffer``; ``None`` if not timed.
+        keyed: ``insert(item, key=KEY)`` on a third ``Buffer`` of the same
+            options (every call to one partition); ``None`` if not timed.
     """
 
     buffer: Timing
@@ -404,6 +437,7 @@ class InsertResult:
     problems: list[str] = field(default_factory=list)
     async_buffer: Timing | None = None
     async_control: Timing | None = None
+    keyed: Timing | None = None
 
 
 class HandOff:
@@ -488,11 +522,20 @@ def bench_insert(
     async_subjects: list[_AsyncSubject] = []
     runner = asyncio.Runner() if asynchronous else None
     abuf: AsyncBuffer[Any] | None = None
+    extra_counter = _Counter(PARTITIONS)
+    extras: list[_Subject] = []
     try:
         for name, cls, n in classes:
             subject, buf = _buffer_subject(name, cls, counter, "insert", _ITEM, BLOCK, 1, n)
             subjects.append(subject)
             buffers.append(buf)
+        keyed_buf = Buffer(handle_flush=extra_counter.handle_flush, name="bench-insert-key", **_OPTIONS)
+        buffers.append(keyed_buf)
+        extras.append(
+            _KeyedSubject(
+                "insert(key=)", keyed_buf.insert, _ITEM, BLOCK, 1, blocks=blocks, drain=keyed_buf.sync_flush
+            )
+        )
         if runner is not None:
             abuf = AsyncBuffer(handle_flush=async_counter.handle_flush, name="bench-async-insert", **_OPTIONS)
             runner.run(abuf.start())
@@ -512,7 +555,7 @@ def bench_insert(
                     _AsyncSubject(name, fn, _ITEM, BLOCK, 1, blocks=blocks, runner=runner, adrain=drain)
                 )
         gc.collect()
-        _interleave([*subjects, *async_subjects, handoff], rounds)
+        _interleave([*subjects, *extras, *async_subjects, handoff], rounds)
     finally:
         hand_off.close()
         for buf in buffers:
@@ -525,6 +568,7 @@ def bench_insert(
                 runner.close()
     expected = sum(s.items for s in subjects[1:])
     problems = _count_problem("insert", counter.total, expected)
+    problems += _count_problem("insert(key=)", extra_counter.total, sum(s.items for s in extras))
     async_buffer = async_control = None
     if async_subjects:
         a, c = async_subjects
@@ -539,6 +583,7 @@ def bench_insert(
         problems=problems,
         async_buffer=async_buffer,
         async_control=async_control,
+        keyed=extras[0].timing(),
     )
 
 
@@ -2045,6 +2090,9 @@ class BenchReport:
                 note = "deque.append; with the GIL, insert amortized >= insert call + this"
                 fig = f"thread hand-off per {MAX_SIZE:,}-item batch"
                 rows.append(Row(fig, "ns/item", r.handoff.call_ns, d.call_ns, note))
+            if r.keyed is not None:
+                fig = f"insert(item, key={KEY!r}): call (best block)"
+                rows.append(Row(fig, "ns/item", r.keyed.call_ns, b.call_ns, "insert(item), same rounds"))
             if r.pure is not None:
                 p = r.pure
                 vs = "same, pure-Python core"
