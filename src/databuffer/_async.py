@@ -48,6 +48,10 @@ class AsyncBufferMethods(Front[T]):
         max_retries: int = 0,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 10.0,
+        retry_on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool]
+        | None = None,
     ) -> None:
         # The parameters, by name, before anything else is bound here.
         AsyncEngine(self, *configure(self, AsyncBufferMethods.handle_flush, locals(), needs_async=True))
@@ -255,6 +259,14 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
         retry_backoff: base of the random wait before a retry, in seconds
             (default 0.1), as for :class:`Buffer`.
         retry_backoff_max: the cap on that wait (default 10.0).
+        retry_on: which failures are retried, while ``max_retries`` allows:
+            a tuple of exception types (or a single one), or a callable
+            ``(error) -> bool``.  ``None`` (default): every error, a
+            :class:`FlushTimeout` included.  A failure it rejects goes to
+            ``handle_flush_error`` at once, without a backoff, counted as
+            ``failed`` and not as ``retried``; a callable that raises
+            rejects it, and is logged.  ``SystemExit`` and
+            ``KeyboardInterrupt`` are never retried.
 
     Raises:
         TypeError: no ``handle_flush``, a plain function as

@@ -49,6 +49,10 @@ class BufferMethods(Front[T]):
         max_retries: int = 0,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 10.0,
+        retry_on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool]
+        | None = None,
     ) -> None:
         # The parameters, by name, before anything else is bound here.
         ThreadEngine(self, *configure(self, BufferMethods.handle_flush, locals(), needs_async=False))
@@ -184,6 +188,14 @@ class Buffer(BufferMethods[T], BufferCore):
             between 0 and ``min(retry_backoff_max, retry_backoff * 2 ** (n - 1))``
             ("full jitter").
         retry_backoff_max: the cap on that wait (default 10.0).
+        retry_on: which failures are retried, while ``max_retries`` allows:
+            a tuple of exception types (or a single one), or a callable
+            ``(error) -> bool``.  ``None`` (default): every error, a
+            :class:`FlushTimeout` included.  A failure it rejects goes to
+            ``handle_flush_error`` at once, without a backoff, counted as
+            ``failed`` and not as ``retried``; a callable that raises
+            rejects it, and is logged.  ``SystemExit`` and
+            ``KeyboardInterrupt`` are never retried.
 
     Raises:
         TypeError: no ``handle_flush``, or an option of the wrong type.

@@ -14,12 +14,13 @@ import numbers
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = (
     "Callbacks",
     "Options",
     "check_count",
+    "check_retry_on",
     "check_seconds",
     "check_timeout",
     "configure",
@@ -99,6 +100,53 @@ def check_seconds(option: str, value: object, *, zero_ok: bool, minimum: float =
     return seconds
 
 
+#: ``retry_on`` as checked: None (retry every error), a tuple of exception
+#: types, or a predicate ``(error) -> bool``.
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], object] | None
+
+_RETRY_ON_KINDS = "an exception type, a tuple of exception types, or a callable (error) -> bool"
+
+
+def check_retry_on(value: object) -> RetryOn:
+    """``retry_on``: None, a tuple of exception types (one type alone counts as a tuple of it), or a callable.
+
+    A class is callable, so a class that is not an exception type would
+    otherwise pass as a predicate (``retry_on=int``): refused, as is a
+    coroutine function, which would return a coroutine (always true, never
+    awaited) instead of its answer.
+    """
+    if value is None:
+        return None
+    if isinstance(value, type):
+        if issubclass(value, BaseException):
+            return (value,)
+        raise TypeError(
+            f"retry_on must be {_RETRY_ON_KINDS}, not the class {value.__qualname__}, "
+            "which is not an exception type (a BaseException subclass)"
+        )
+    if isinstance(value, tuple):
+        for index, member in enumerate(value):
+            if not (isinstance(member, type) and issubclass(member, BaseException)):
+                shown = (
+                    f"the class {member.__qualname__}"
+                    if isinstance(member, type)
+                    else f"{type(member).__name__} {_show(member)}"
+                )
+                raise TypeError(
+                    f"retry_on must be {_RETRY_ON_KINDS}; retry_on[{index}] is {shown}, "
+                    "not an exception type (a BaseException subclass)"
+                )
+        return value
+    if not callable(value):
+        raise TypeError(f"retry_on must be {_RETRY_ON_KINDS}, not {type(value).__name__} {_show(value)}")
+    if is_async_callable(value):
+        raise TypeError(
+            f"retry_on must be a plain callable (error) -> bool, not the coroutine function "
+            f"{_describe(value)}: the buffer calls it without awaiting it"
+        )
+    return cast("Callable[[BaseException], object]", value)
+
+
 def check_timeout(value: object) -> float | None:
     if value is None:
         return None
@@ -126,6 +174,7 @@ class Options:
         "partitions",
         "retry_backoff",
         "retry_backoff_max",
+        "retry_on",
     )
 
     def __init__(
@@ -145,6 +194,7 @@ class Options:
         max_retries: int,
         retry_backoff: float,
         retry_backoff_max: float,
+        retry_on: object,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__} {name!r}")
@@ -190,6 +240,7 @@ class Options:
         self.max_retries = check_count("max_retries", max_retries, 0)
         self.retry_backoff = check_seconds("retry_backoff", retry_backoff, zero_ok=True)
         self.retry_backoff_max = check_seconds("retry_backoff_max", retry_backoff_max, zero_ok=True)
+        self.retry_on = check_retry_on(retry_on)
         self.flush_meta = flush_meta
 
 
