@@ -41,7 +41,7 @@ class AsyncBufferMethods(Front[T]):
         max_size_jitter: int = 0,
         max_queued_batches: int = 4,
         flush_interval: float = 10.0,
-        flush_jitter: float = 2.0,
+        flush_jitter: float | None = None,
         flush_timeout: float = 60.0,
         flush_meta: Any = None,
         insert_timeout: float = 5.0,
@@ -247,7 +247,9 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
         flush_interval: seconds between timed flushes of a partition,
             counted from its last flush of any kind (default 10.0).
         flush_jitter: a random 0..n seconds added to ``flush_interval``,
-            drawn anew after every flush (default 2.0).
+            drawn anew after every flush.  ``None`` (default): 20 % of
+            ``flush_interval`` (2.0 at the default 10.0); ``info()`` shows
+            the seconds in force.
         flush_timeout: seconds one ``handle_flush`` call may run before it
             is cancelled and reported as :class:`FlushTimeout` (default 60.0).
         flush_meta: any object, handed to every flush as ``opts.meta``.

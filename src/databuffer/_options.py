@@ -50,6 +50,11 @@ MAX_QUEUED_BATCHES = 65536
 # the engines clamp their waits.
 MIN_FLUSH_INTERVAL = 0.001
 MIN_FLUSH_TIMEOUT = 0.001
+# flush_jitter=None: flush_interval divided by this, 20 % (2.0 s at the
+# default 10 s, the fixed default before), so that a short interval is not
+# drowned by its jitter and a long one is still spread out.  A division, not
+# "* 0.2": it gives 0.01 for 0.05, not 0.010000000000000002.
+DEFAULT_JITTER_DIVISOR = 5
 # Ints longer than this are shown by their size in messages: repr of a
 # giant int is long, slow, or refused (sys.set_int_max_str_digits).
 _REPR_BITS = 128
@@ -187,7 +192,7 @@ class Options:
         max_size_jitter: int,
         max_queued_batches: int,
         flush_interval: float,
-        flush_jitter: float,
+        flush_jitter: float | None,
         flush_timeout: float,
         flush_meta: Any,
         insert_timeout: float,
@@ -228,7 +233,11 @@ class Options:
             minimum=MIN_FLUSH_INTERVAL,
             why="the timer wakes once per interval per partition",
         )
-        self.flush_jitter = check_seconds("flush_jitter", flush_jitter, zero_ok=True)
+        # The jitter in force, in seconds: what the engines draw from and info() shows.
+        if flush_jitter is None:
+            self.flush_jitter = self.flush_interval / DEFAULT_JITTER_DIVISOR
+        else:
+            self.flush_jitter = check_seconds("flush_jitter", flush_jitter, zero_ok=True)
         self.flush_timeout = check_seconds(
             "flush_timeout",
             flush_timeout,
