@@ -740,6 +740,216 @@ async def test_the_retry_backoff_is_bounded_and_waited(AsyncBuffer: Any) -> None
         assert after - before >= delay * 1e-9 - EARLY
 
 
+class Other(Exception):
+    """An error that the tests' retry_on does not retry."""
+
+
+async def test_a_failure_retry_on_rejects_goes_to_handle_flush_error_at_once(AsyncBuffer: Any) -> None:
+    events = Events("filtered-async")
+    telemetry.attach_many("rec", FLUSH_EVENTS, events)
+    errors = Errors()
+    attempts: list[int] = []
+    failures = [ConnectionError("reset"), Other("schema")]
+
+    async def handle_flush(batch: list[Any], opts: Any) -> None:
+        attempts.append(opts.attempt)
+        await asyncio.sleep(0)
+        raise failures[opts.attempt - 1]
+
+    buf = AsyncBuffer(
+        handle_flush=handle_flush,
+        handle_flush_error=errors,
+        name="filtered-async",
+        max_size=100,
+        flush_interval=BIG,
+        max_retries=5,
+        retry_backoff=0.01,
+        retry_on=(ConnectionError,),
+    )
+    async with buf:
+        buf.insert_batch([1, 2, 3])
+        with pytest.raises(ExceptionGroup) as group:
+            await buf.sync_flush(timeout=30)
+        assert list(group.value.exceptions) == [failures[1]]
+        assert attempts == [1, 2]
+        assert [(b, o.attempt, e) for b, o, e in errors.reported] == [([1, 2, 3], 2, failures[1])]
+        stats = buf.stats()
+        assert (stats["flushed"], stats["retried"], stats["failed"], stats["in_flight"]) == (0, 3, 3, 0)
+        assert (buf.info()[0]["retried"], buf.info()[0]["failed"]) == (3, 3)
+    assert len(events.of(telemetry.FLUSH_START)) == 1
+    assert [(md["attempt"], md["reason"]) for _, md in events.of(telemetry.FLUSH_RETRY)] == [(1, failures[0])]
+    assert [(md["attempt"], md["reason"]) for _, md in events.of(telemetry.FLUSH_EXCEPTION)] == [
+        (2, failures[1])
+    ]
+    assert events.of(telemetry.FLUSH_STOP) == []
+
+
+async def test_a_rejected_failure_is_not_backed_off(AsyncBuffer: Any) -> None:
+    errors = Errors()
+    attempts: list[int] = []
+
+    async def handle_flush(batch: list[Any], opts: Any) -> None:
+        attempts.append(opts.attempt)
+        raise Other("no")
+
+    buf = AsyncBuffer(
+        handle_flush=handle_flush,
+        handle_flush_error=errors,
+        max_size=100,
+        flush_interval=BIG,
+        max_retries=3,
+        retry_backoff=BIG,  # a backoff would outlast the test
+        retry_backoff_max=BIG,
+        retry_on=lambda error: isinstance(error, ConnectionError),
+    )
+    engine_of(buf).random = AlwaysOne()
+    async with buf:
+        buf.insert_batch(["a", "b"])
+        with pytest.raises(ExceptionGroup):
+            await buf.sync_flush(timeout=30)
+        assert attempts == [1]
+        assert [(b, o.attempt, type(e)) for b, o, e in errors.reported] == [(["a", "b"], 1, Other)]
+        assert (buf.stats()["retried"], buf.stats()["failed"]) == (0, 2)
+
+
+async def test_a_retry_on_predicate_that_raises_rejects_the_retry_and_is_logged_once(
+    AsyncBuffer: Any, caplog: Any
+) -> None:
+    caplog.set_level(logging.ERROR, logger="databuffer")
+    asked: list[BaseException] = []
+
+    def predicate(error: BaseException) -> bool:
+        asked.append(error)
+        raise ValueError("predicate broke")
+
+    failure = ConnectionError("reset")
+    errors = Errors()
+    events = Events("broken-predicate-async")
+    telemetry.attach_many("rec", FLUSH_EVENTS, events)
+
+    async def handle_flush(batch: list[Any], opts: Any) -> int:
+        if batch[0] == "bad":
+            raise failure
+        return len(batch)
+
+    async with AsyncBuffer(
+        handle_flush=handle_flush,
+        handle_flush_error=errors,
+        name="broken-predicate-async",
+        max_size=100,
+        flush_interval=BIG,
+        max_retries=3,
+        retry_backoff=0,
+        retry_on=predicate,
+    ) as buf:
+        buf.insert_batch(["bad", 1])
+        with pytest.raises(ExceptionGroup) as group:
+            await buf.sync_flush(timeout=30)
+        assert list(group.value.exceptions) == [failure]
+        assert asked == [failure]
+        assert [(b, o.attempt, e) for b, o, e in errors.reported] == [(["bad", 1], 1, failure)]
+        stats = buf.stats()
+        assert (stats["retried"], stats["failed"], stats["in_flight"]) == (0, 2, 0)
+        # The flusher task goes on.
+        buf.insert("good")
+        assert await buf.sync_flush(timeout=30) == [1]
+    assert events.of(telemetry.FLUSH_RETRY) == []
+    assert [md["reason"] for _, md in events.of(telemetry.FLUSH_EXCEPTION)] == [failure]
+    (record,) = [r for r in databuffer_records(caplog, logging.ERROR) if "retry_on" in r.getMessage()]
+    assert "'broken-predicate-async'" in record.getMessage()
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "retried"),
+    [(None, True), ((ConnectionError,), False), ((FlushTimeout,), True)],
+    ids=["default", "not listed", "listed"],
+)
+async def test_a_timed_out_attempt_is_retried_as_retry_on_says(
+    AsyncBuffer: Any, retry_on: Any, retried: bool
+) -> None:
+    errors = Errors()
+    attempts: list[int] = []
+
+    async def handle_flush(batch: list[Any], opts: Any) -> str:
+        attempts.append(opts.attempt)
+        if opts.attempt == 1:
+            await asyncio.Event().wait()  # cancelled at flush_timeout
+        return "in time"
+
+    async with AsyncBuffer(
+        handle_flush=handle_flush,
+        handle_flush_error=errors,
+        max_size=100,
+        flush_interval=BIG,
+        flush_timeout=0.1,
+        max_retries=1,
+        retry_backoff=0,
+        retry_on=retry_on,
+    ) as buf:
+        buf.insert_batch([1, 2])
+        if retried:
+            assert await buf.sync_flush(timeout=30) == ["in time"]
+            assert attempts == [1, 2]
+            assert errors.reported == []
+            assert (buf.stats()["retried"], buf.stats()["failed"]) == (2, 0)
+        else:
+            with pytest.raises(ExceptionGroup) as group:
+                await buf.sync_flush(timeout=30)
+            assert [type(e) for e in group.value.exceptions] == [FlushTimeout]
+            assert attempts == [1]
+            assert [(o.attempt, type(e)) for _, o, e in errors.reported] == [(1, FlushTimeout)]
+            assert (buf.stats()["retried"], buf.stats()["failed"]) == (0, 2)
+
+
+SYSTEM_EXIT_SCRIPT = """
+import asyncio
+from databuffer import AsyncBuffer
+
+asked = []
+
+async def handle_flush(batch, opts):
+    print("attempt", opts.attempt, flush=True)
+    raise SystemExit(3)
+
+def on_error(batch, opts, error):
+    print("reported", batch, opts.attempt, type(error).__name__, "asked", len(asked), flush=True)
+
+async def main():
+    buf = AsyncBuffer(handle_flush=handle_flush, handle_flush_error=on_error, max_retries=3,
+                      retry_backoff=0, flush_interval=3600,
+                      retry_on=lambda error: asked.append(error) or True)
+    await buf.start()
+    buf.insert("x")
+    await buf.flush()
+    await asyncio.sleep(30)
+
+asyncio.run(main())
+"""
+
+
+def test_system_exit_from_an_async_handle_flush_is_not_retried_whatever_retry_on_says(
+    core_name: str,
+) -> None:
+    proc = run_python(SYSTEM_EXIT_SCRIPT, core=core_name)
+    # Reported, counted, then raised out of the loop, as without retry_on.
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.splitlines() == ["attempt 1", "reported ['x'] 1 SystemExit asked 0"], proc.stdout
+
+
+def test_an_attempt_the_loop_shutdown_interrupted_is_tried_again_whatever_retry_on_says(
+    AsyncBuffer: Any, loop_factory: Any
+) -> None:
+    asked: list[BaseException] = []
+    buf, got, errors = _left_open_with_a_flush_in_flight(
+        AsyncBuffer, loop_factory, retry_on=lambda error: asked.append(error) or False
+    )
+    assert errors.reported == []
+    assert sorted(got) == [0, 1, 2]
+    assert asked == []
+    assert buf.stats()["flushed"] == 3
+
+
 # -- telemetry ---------------------------------------------------------------------
 
 
@@ -1284,8 +1494,13 @@ def test_a_buffer_left_open_with_nothing_buffered_still_warns(
     assert buf.closed
 
 
-def _left_open_with_a_flush_in_flight(AsyncBuffer: Any, loop_factory: Any) -> tuple[Any, list[Any], Errors]:
-    """Run a loop that returns with a batch in handle_flush and another buffered."""
+def _left_open_with_a_flush_in_flight(
+    AsyncBuffer: Any, loop_factory: Any, **options: Any
+) -> tuple[Any, list[Any], Errors]:
+    """Run a loop that returns with a batch in handle_flush and another buffered.
+
+    ``options``: more options of the buffer.
+    """
     got: list[Any] = []
     errors = Errors()
 
@@ -1304,6 +1519,7 @@ def _left_open_with_a_flush_in_flight(AsyncBuffer: Any, loop_factory: Any) -> tu
             name="in-flight",
             max_size=2,
             flush_interval=BIG,
+            **options,
         )
         await buf.start()
         buf.insert_batch([0, 1])  # a size flush

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import AsyncRecorder, Background, await_for, first_partition
+from conftest import AlwaysOne, AsyncRecorder, Background, await_for, first_partition
 
 from databuffer import BufferClosed, BufferFull, FlushOpts
+from databuffer._front import engine_of
 
 pytestmark = pytest.mark.anyio
 
@@ -410,6 +411,28 @@ async def test_interval_trigger_not_before_flush_interval(AsyncBuffer):
             assert t - previous >= interval - CLOCK_SLACK
             assert t - previous <= interval + jitter + 5.0
             previous = t
+
+
+async def test_the_default_jitter_is_a_fifth_of_the_interval(AsyncBuffer):
+    interval = 0.5
+    recorder = AsyncRecorder()
+    loop = asyncio.get_running_loop()
+    buf = AsyncBuffer(handle_flush=recorder, max_size=100, flush_interval=interval)
+    engine_of(buf).random = AlwaysOne()  # every jitter drawn from now on is the whole jitter
+    async with buf:
+        buf.insert("a")
+        t_manual = loop.time()
+        assert await buf.sync_flush(timeout=30) == [1]
+        if recorder.triggers() != ["manual"]:
+            pytest.skip("the machine was too slow to flush by hand before the first timed flush")
+        buf.insert("b")
+        await await_for(lambda: len(recorder.calls) == 2, timeout=30)
+        batch, opts, t = recorder.calls[1]
+        assert (batch, opts.trigger) == (["b"], "interval")
+        # The interval plus all of its jitter, 20 % of it; the fixed 2.0 s of
+        # before would have waited 2.5 s.
+        assert t - t_manual >= interval * 1.2 - CLOCK_SLACK
+        assert t - t_manual < interval + 2.0
 
 
 async def test_interval_counted_from_last_flush_of_any_kind(AsyncBuffer):
@@ -1260,10 +1283,15 @@ BAD_OPTIONS = [
     ("flush_interval", 0, ValueError),
     ("flush_interval", "1", TypeError),
     ("flush_jitter", math.nan, ValueError),
+    ("flush_jitter", -1, ValueError),
+    ("flush_jitter", "2", TypeError),
     ("flush_timeout", -1, ValueError),
     ("insert_timeout", 0, ValueError),
     ("insert_timeout", None, TypeError),
     ("max_retries", -1, ValueError),
+    ("retry_on", "ConnectionError", TypeError),
+    ("retry_on", (ConnectionError, int), TypeError),
+    ("retry_on", 3, TypeError),
     ("dispatch", "threads", ValueError),
     ("dispatch", None, TypeError),
     ("name", 3, TypeError),

@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Background, Recorder, stuck_buffer, wait_for
+from conftest import AlwaysOne, Background, Recorder, stuck_buffer, wait_for
 
 from databuffer import BufferFull
+from databuffer._front import engine_of
 
 # -- triggers ---------------------------------------------------------------
 
@@ -92,6 +93,26 @@ def test_interval_trigger_not_before_flush_interval(make_buffer):
         assert t - previous >= interval
         assert t - previous <= interval + jitter + 5.0
         previous = t
+
+
+def test_the_default_jitter_is_a_fifth_of_the_interval(make_buffer):
+    interval = 0.5
+    recorder = Recorder()
+    buf = make_buffer(handle_flush=recorder, max_size=100, flush_interval=interval)
+    engine_of(buf).random = AlwaysOne()  # every jitter drawn from now on is the whole jitter
+    buf.insert("a")
+    t_manual = time.monotonic()
+    buf.sync_flush(timeout=30)
+    if recorder.triggers() != ["manual"]:
+        pytest.skip("the machine was too slow to flush by hand before the first timed flush")
+    buf.insert("b")
+    wait_for(lambda: len(recorder.calls) == 2, timeout=30)
+    batch, opts, t = recorder.calls[1]
+    assert (batch, opts.trigger) == (["b"], "interval")
+    # Counted from the manual flush: the interval plus all of its jitter, 20 %
+    # of it; the fixed 2.0 s of before would have waited 2.5 s.
+    assert t - t_manual >= interval * 1.2
+    assert t - t_manual < interval + 2.0
 
 
 def test_interval_counted_from_last_flush_of_any_kind(make_buffer):

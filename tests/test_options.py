@@ -26,6 +26,7 @@ BAD_TYPES = (
         (option, value)
         for option in SECONDS_OPTIONS
         for value in ("1.0", "1", None, [1.0], b"1", complex(1, 0), object())
+        if not (option == "flush_jitter" and value is None)  # None: 20 % of flush_interval
     ]
     + [("name", 3), ("name", b"name"), ("name", ["name"])]
     + [("dispatch", v) for v in (None, 1, b"thread", ["thread"])]
@@ -115,6 +116,35 @@ def test_defaults(make_buffer):
     buf.insert("x")
     buf.sync_flush(timeout=30)
     assert calls and calls[0].meta is None
+
+
+JITTERS = [
+    # (flush_interval, flush_jitter given (or not), the jitter in force)
+    (10.0, {}, 2.0),
+    (0.05, {}, 0.01),
+    (3600, {}, 720.0),
+    (7, {"flush_jitter": None}, 1.4),
+    # An explicit number keeps its meaning, whatever the interval.
+    (0.05, {"flush_jitter": 2.0}, 2.0),
+    (3600, {"flush_jitter": 0}, 0.0),
+    (10.0, {"flush_jitter": 3}, 3.0),
+]
+
+
+@pytest.mark.parametrize(("interval", "given", "in_force"), JITTERS, ids=[f"{i}-{g}" for i, g, _ in JITTERS])
+def test_flush_jitter_defaults_to_a_fifth_of_flush_interval_and_info_shows_it(
+    make_buffer, AsyncBuffer, interval, given, in_force
+):
+    async def anoop(batch, opts):
+        return None
+
+    for buf in (
+        make_buffer(handle_flush=noop, partitions=2, flush_interval=interval, **given),
+        AsyncBuffer(handle_flush=anoop, partitions=2, flush_interval=interval, **given),  # never started
+    ):
+        for part in buf.info():
+            assert part["flush_jitter"] == in_force
+            assert type(part["flush_jitter"]) is float
 
 
 def test_no_handle_flush_raises_type_error(Buffer):

@@ -72,6 +72,9 @@ PROGRAM = textwrap.dedent(
     inferred.insert("1")  # error: Argument 1 to "insert" of "Buffer" has incompatible type "str"
 
     explicit = Buffer[int](handle_flush=write_ints, max_retries=2)
+    Buffer(handle_flush=write_ints, retry_on=(ConnectionError, TimeoutError), flush_jitter=None)
+    Buffer(handle_flush=write_ints, max_retries=2, retry_on=lambda error: isinstance(error, OSError))
+    Buffer(handle_flush=write_ints, retry_on="ConnectionError")  # error: Argument "retry_on" to "Buffer" has
     reveal_type(explicit.dump())  # reveal: builtins.list[builtins.int]
     Buffer[str](handle_flush=write_ints)  # error: Argument "handle_flush" to "Buffer" has incompatible type
 

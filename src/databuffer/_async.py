@@ -41,7 +41,7 @@ class AsyncBufferMethods(Front[T]):
         max_size_jitter: int = 0,
         max_queued_batches: int = 4,
         flush_interval: float = 10.0,
-        flush_jitter: float = 2.0,
+        flush_jitter: float | None = None,
         flush_timeout: float = 60.0,
         flush_meta: Any = None,
         insert_timeout: float = 5.0,
@@ -49,6 +49,10 @@ class AsyncBufferMethods(Front[T]):
         max_retries: int = 0,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 10.0,
+        retry_on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool]
+        | None = None,
     ) -> None:
         # The parameters, by name, before anything else is bound here.
         AsyncEngine(self, *configure(self, AsyncBufferMethods.handle_flush, locals(), needs_async=True))
@@ -251,7 +255,9 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
         flush_interval: seconds between timed flushes of a partition,
             counted from its last flush of any kind (default 10.0).
         flush_jitter: a random 0..n seconds added to ``flush_interval``,
-            drawn anew after every flush (default 2.0).
+            drawn anew after every flush.  ``None`` (default): 20 % of
+            ``flush_interval`` (2.0 at the default 10.0); ``info()`` shows
+            the seconds in force.
         flush_timeout: seconds one ``handle_flush`` call may run before it
             is cancelled and reported as :class:`FlushTimeout` (default 60.0).
         flush_meta: any object, handed to every flush as ``opts.meta``.
@@ -273,6 +279,14 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
         retry_backoff: base of the random wait before a retry, in seconds
             (default 0.1), as for :class:`Buffer`.
         retry_backoff_max: the cap on that wait (default 10.0).
+        retry_on: which failures are retried, while ``max_retries`` allows:
+            a tuple of exception types (or a single one), or a callable
+            ``(error) -> bool``.  ``None`` (default): every error, a
+            :class:`FlushTimeout` included.  A failure it rejects goes to
+            ``handle_flush_error`` at once, without a backoff, counted as
+            ``failed`` and not as ``retried``; a callable that raises
+            rejects it, and is logged.  ``SystemExit`` and
+            ``KeyboardInterrupt`` are never retried.
 
     Raises:
         TypeError: no ``handle_flush``, a plain function as

@@ -73,7 +73,8 @@ class Front(Generic[T]):
         """One dict per partition: its settings, state and counters.
 
         Keys: ``partition``, ``name``, ``size``, ``flush_size`` (the current
-        threshold), ``flush_interval``, ``flush_jitter``, ``flush_timeout``,
+        threshold), ``flush_interval``, ``flush_jitter`` (the seconds in
+        force, 20 % of ``flush_interval`` by default), ``flush_timeout``,
         ``max_queued_batches``, ``on_full``, ``flushing`` (a batch is with
         the flusher), ``queued``, and the item counters ``inserted``,
         ``in_flight``, ``flushed``, ``retried``, ``failed`` and ``dropped``

@@ -512,13 +512,26 @@ class Engine(Generic[T]):
         common case.  Everything else goes through here.
         """
         max_retries = self.config.max_retries
+        # What retry_on raised that must end the thread: raised once the batch is settled.
+        exiting: BaseException | None = None
         while True:
             result, error, again, final = outcome
             if error is None:
                 self.succeeded(part, attempt, result)
                 return None
-            if final or isinstance(error, THREAD_EXITS) or (attempt.opts.attempt > max_retries and not again):
+            if final or isinstance(error, THREAD_EXITS):
                 break
+            if not again:
+                # An attempt the loop's shutdown interrupted (again) did not
+                # fail: it is tried again whatever max_retries and retry_on say.
+                if attempt.opts.attempt > max_retries:
+                    break
+                try:
+                    if not self.retryable(attempt.opts, error):
+                        break
+                except THREAD_EXITS as exc:
+                    exiting = exc
+                    break
             delay = self.report_retry(part, attempt.opts, attempt.start_ns, error, 0.0 if again else None)
             if delay > 0:
                 interrupted = yield (SLEEP, delay)
@@ -529,12 +542,44 @@ class Engine(Generic[T]):
             attempt.start()
             outcome = yield (CALL, attempt)
         try:
-            return (yield from self.settle(part, attempt, result, error))
+            settled = yield from self.settle(part, attempt, result, error)
+            if exiting is not None:
+                raise exiting  # as a handle_flush_error that raised it: the batch is counted first
+            return settled
         finally:
             # The error's traceback may hold this frame: without this, the
             # batch would live on in a cycle until the cyclic GC runs.
-            error = None
+            error = exiting = settled = None
             del outcome
+
+    def retryable(self, opts: FlushOpts, error: BaseException) -> bool:
+        """Whether ``retry_on`` lets the failed attempt ``opts`` be retried.
+
+        A predicate that raises rejects the retry, and is logged (once per
+        failure, on the ``databuffer`` logger); ``SystemExit`` and
+        ``KeyboardInterrupt`` from it go on, for the life to raise once the
+        batch is settled.  Called only while retries are left, by the
+        thread (or task) that runs the batch's life, holding no lock.
+        """
+        retry_on = self.config.retry_on
+        if retry_on is None:
+            return True
+        if isinstance(retry_on, tuple):
+            return isinstance(error, retry_on)
+        try:
+            return bool(retry_on(error))
+        except THREAD_EXITS:
+            raise
+        except BaseException:
+            logger.exception(
+                "buffer %r partition %d: retry_on raised on the %s of attempt %d; the batch is not "
+                "retried and goes to handle_flush_error",
+                self.name,
+                opts.partition,
+                type(error).__name__,
+                opts.attempt,
+            )
+            return False
 
     def failed_life(self, part: PartState, taken: Taken, error: BaseException) -> Life:
         """A batch the core handed out, reported failed with ``error`` without calling ``handle_flush``."""

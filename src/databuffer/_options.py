@@ -14,12 +14,13 @@ import numbers
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = (
     "Callbacks",
     "Options",
     "check_count",
+    "check_retry_on",
     "check_seconds",
     "check_timeout",
     "configure",
@@ -49,6 +50,11 @@ MAX_QUEUED_BATCHES = 65536
 # the engines clamp their waits.
 MIN_FLUSH_INTERVAL = 0.001
 MIN_FLUSH_TIMEOUT = 0.001
+# flush_jitter=None: flush_interval divided by this, 20 % (2.0 s at the
+# default 10 s, the fixed default before), so that a short interval is not
+# drowned by its jitter and a long one is still spread out.  A division, not
+# "* 0.2": it gives 0.01 for 0.05, not 0.010000000000000002.
+DEFAULT_JITTER_DIVISOR = 5
 # Ints longer than this are shown by their size in messages: repr of a
 # giant int is long, slow, or refused (sys.set_int_max_str_digits).
 _REPR_BITS = 128
@@ -100,6 +106,53 @@ def check_seconds(option: str, value: object, *, zero_ok: bool, minimum: float =
     return seconds
 
 
+#: ``retry_on`` as checked: None (retry every error), a tuple of exception
+#: types, or a predicate ``(error) -> bool``.
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], object] | None
+
+_RETRY_ON_KINDS = "an exception type, a tuple of exception types, or a callable (error) -> bool"
+
+
+def check_retry_on(value: object) -> RetryOn:
+    """``retry_on``: None, a tuple of exception types (one type alone counts as a tuple of it), or a callable.
+
+    A class is callable, so a class that is not an exception type would
+    otherwise pass as a predicate (``retry_on=int``): refused, as is a
+    coroutine function, which would return a coroutine (always true, never
+    awaited) instead of its answer.
+    """
+    if value is None:
+        return None
+    if isinstance(value, type):
+        if issubclass(value, BaseException):
+            return (value,)
+        raise TypeError(
+            f"retry_on must be {_RETRY_ON_KINDS}, not the class {value.__qualname__}, "
+            "which is not an exception type (a BaseException subclass)"
+        )
+    if isinstance(value, tuple):
+        for index, member in enumerate(value):
+            if not (isinstance(member, type) and issubclass(member, BaseException)):
+                shown = (
+                    f"the class {member.__qualname__}"
+                    if isinstance(member, type)
+                    else f"{type(member).__name__} {_show(member)}"
+                )
+                raise TypeError(
+                    f"retry_on must be {_RETRY_ON_KINDS}; retry_on[{index}] is {shown}, "
+                    "not an exception type (a BaseException subclass)"
+                )
+        return value
+    if not callable(value):
+        raise TypeError(f"retry_on must be {_RETRY_ON_KINDS}, not {type(value).__name__} {_show(value)}")
+    if is_async_callable(value):
+        raise TypeError(
+            f"retry_on must be a plain callable (error) -> bool, not the coroutine function "
+            f"{_describe(value)}: the buffer calls it without awaiting it"
+        )
+    return cast("Callable[[BaseException], object]", value)
+
+
 def check_timeout(value: object) -> float | None:
     if value is None:
         return None
@@ -128,6 +181,7 @@ class Options:
         "partitions",
         "retry_backoff",
         "retry_backoff_max",
+        "retry_on",
     )
 
     def __init__(
@@ -140,7 +194,7 @@ class Options:
         max_size_jitter: int,
         max_queued_batches: int,
         flush_interval: float,
-        flush_jitter: float,
+        flush_jitter: float | None,
         flush_timeout: float,
         flush_meta: Any,
         insert_timeout: float,
@@ -148,6 +202,7 @@ class Options:
         max_retries: int,
         retry_backoff: float,
         retry_backoff_max: float,
+        retry_on: object,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__} {name!r}")
@@ -181,7 +236,11 @@ class Options:
             minimum=MIN_FLUSH_INTERVAL,
             why="the timer wakes once per interval per partition",
         )
-        self.flush_jitter = check_seconds("flush_jitter", flush_jitter, zero_ok=True)
+        # The jitter in force, in seconds: what the engines draw from and info() shows.
+        if flush_jitter is None:
+            self.flush_jitter = self.flush_interval / DEFAULT_JITTER_DIVISOR
+        else:
+            self.flush_jitter = check_seconds("flush_jitter", flush_jitter, zero_ok=True)
         self.flush_timeout = check_seconds(
             "flush_timeout",
             flush_timeout,
@@ -198,6 +257,7 @@ class Options:
         self.max_retries = check_count("max_retries", max_retries, 0)
         self.retry_backoff = check_seconds("retry_backoff", retry_backoff, zero_ok=True)
         self.retry_backoff_max = check_seconds("retry_backoff_max", retry_backoff_max, zero_ok=True)
+        self.retry_on = check_retry_on(retry_on)
         self.flush_meta = flush_meta
 
 
