@@ -310,7 +310,7 @@ class _KeyedSubject(_Subject):
 
     def chunk(self, blocks: int, *, record: bool = True) -> None:
         perf = time.perf_counter
-        fn = self.fn
+        fn: Callable[..., Any] = self.fn
         arg = self.arg
         calls = range(self.calls)
         best = math.inf
