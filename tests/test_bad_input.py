@@ -57,6 +57,31 @@ def test_a_non_iterable_raises_type_error_naming_it(make_buffer: Any, items: Any
     assert buf.stats()["inserted"] == 0
 
 
+@pytest.mark.parametrize("items", ["abc", b"abc", bytearray(b"abc"), ""])
+def test_a_str_or_bytes_is_refused_not_split_into_characters(make_buffer: Any, items: Any) -> None:
+    buf = make_buffer(handle_flush=lambda batch, opts: None, flush_interval=3600)
+    kind = type(items).__name__
+    with pytest.raises(TypeError, match=rf"insert_batch\(\) was given a {kind} .*insert\(value\)"):
+        buf.insert_batch(items)
+    assert buf.size() == 0 and buf.stats()["inserted"] == 0
+    buf.insert_batch([items])  # wrapped: one item
+    assert buf.dump() == [items]
+    buf.close()
+
+
+@pytest.mark.anyio
+async def test_async_a_str_is_refused_by_insert_batch_and_ainsert_batch(AsyncBuffer: Any) -> None:
+    async def handle_flush(batch: list[Any], opts: Any) -> None:
+        pass
+
+    async with AsyncBuffer(handle_flush=handle_flush, flush_interval=3600) as buf:
+        with pytest.raises(TypeError, match="was given a str"):
+            buf.insert_batch("abc")
+        with pytest.raises(TypeError, match="was given a bytes"):
+            await buf.ainsert_batch(b"abc")
+        assert buf.size() == 0
+
+
 def test_buffer_full_from_insert_batch_counts_the_leading_items_stored(make_buffer: Any, gates: Any) -> None:
     release = gates()
     buf = make_buffer(

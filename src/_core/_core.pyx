@@ -284,6 +284,7 @@ cdef class Core:
             # take a snapshot (thread-safe) on a free-threaded build.
             seq = tuple(<list>items)
         else:
+            # iterate() refuses a str, bytes or bytearray (one item, not its characters).
             seq = list(self.hooks.iterate(items))
         n = PySequence_Fast_GET_SIZE(seq)
         if db_load(&self._closed):

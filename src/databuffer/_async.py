@@ -192,7 +192,8 @@ class AsyncBufferMethods(Front[T]):
             BufferFull: no room within ``timeout``; its ``stored`` counts the
                 leading items stored.
             BufferClosed: the buffer is closed (``stored`` as above).
-            TypeError: ``items`` is not iterable.
+            TypeError: ``items`` is not iterable, or is a ``str``, ``bytes`` or
+                ``bytearray`` (one item: wrap it in a list).
             RuntimeError: as for :meth:`ainsert`.
         """
         await _engine(self).ainsert_batch(items, timeout, key)
@@ -321,5 +322,6 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
                     the leading items stored (``await ainsert_batch()``
                     waits for room instead).
                 BufferClosed: the buffer is closed (``stored`` as above).
-                TypeError: ``items`` is not iterable.
+                TypeError: ``items`` is not iterable, or is a ``str``,
+                    ``bytes`` or ``bytearray`` (one item: wrap it in a list).
             """

@@ -261,6 +261,7 @@ class Buffer(BufferMethods[T], BufferCore):
                 BufferFull: no room within ``timeout``; its ``stored``
                     counts the leading items stored.
                 BufferClosed: the buffer is closed (``stored`` as above).
-                TypeError: ``items`` is not iterable, or ``key`` is not
-                    hashable; nothing was stored.
+                TypeError: ``items`` is not iterable, is a ``str``,
+                    ``bytes`` or ``bytearray`` (one item: wrap it in a
+                    list), or ``key`` is not hashable; nothing was stored.
             """

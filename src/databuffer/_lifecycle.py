@@ -147,6 +147,12 @@ class SyncWaiter:
         return [result for results in self.results for result in results]
 
 
+def _show_short(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _items(n: int) -> str:
     return f"{n} item" if n == 1 else f"{n} items"
 
@@ -335,6 +341,14 @@ class Engine(Generic[T]):
             )
 
     def iterate(self, items: object) -> Iterator[Any]:
+        if isinstance(items, (str, bytes, bytearray)):
+            # Iterable, but almost always one item meant, not its characters.
+            kind = type(items).__name__
+            raise TypeError(
+                f"insert_batch() was given a {kind} ({_show_short(items)}), not a collection of items: "
+                f"it would store each {'character' if kind == 'str' else 'byte'} as an item; to store "
+                f"it as one item, call insert(value) or insert_batch([value])"
+            )
         try:
             return iter(items)  # type: ignore[call-overload,no-any-return]
         except TypeError:
