@@ -29,18 +29,19 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 import databuffer
-from databuffer import FlushTimeout, telemetry
+from databuffer import FlushTimeout, _core_py, telemetry
 from databuffer._front import engine_of
 from databuffer.contrib import otel
 
 INSERTED = "databuffer.items.inserted"
 FLUSHED = "databuffer.items.flushed"
 FAILED = "databuffer.items.failed"
+DROPPED = "databuffer.items.dropped"
 RETRIES = "databuffer.flush.retries"
 BATCH_SIZE = "databuffer.batch.size"
 DURATION = "databuffer.flush.duration"
 BUFFERED = "databuffer.items.buffered"
-SYNC_METRICS = (INSERTED, FLUSHED, FAILED, RETRIES, BATCH_SIZE, DURATION)
+SYNC_METRICS = (INSERTED, FLUSHED, FAILED, DROPPED, RETRIES, BATCH_SIZE, DURATION)
 
 Attrs = frozenset[tuple[str, object]]
 
@@ -198,7 +199,13 @@ def test_flush_and_insert_metrics(make_buffer, instrument, core_name):
     events = FlushEvents(name)
     inst = instrument(metrics.provider)
     assert otel_handlers(inst) == sorted(
-        [telemetry.INSERT_STOP, telemetry.FLUSH_STOP, telemetry.FLUSH_EXCEPTION, telemetry.FLUSH_RETRY]
+        [
+            telemetry.INSERT_STOP,
+            telemetry.INSERT_DROP,
+            telemetry.FLUSH_STOP,
+            telemetry.FLUSH_EXCEPTION,
+            telemetry.FLUSH_RETRY,
+        ]
     )
     flushed: list[list[int]] = []
     buf = make_buffer(
@@ -408,6 +415,39 @@ def test_empty_insert_batch_is_not_counted(make_buffer, instrument, core_name):
     assert telemetry.INSERT_STOP in otel_handlers(inst)  # not detached for raising
 
 
+def test_drops_are_counted_with_the_policy(make_buffer, gates, instrument, core_name):
+    name = f"otel-drops-{core_name}"
+    metrics = Metrics(name)
+    instrument(metrics.provider)
+    release, entered = gates(), threading.Event()
+
+    def handle_flush(batch, opts):
+        entered.set()
+        release.wait(30)
+
+    buf = make_buffer(
+        handle_flush=handle_flush,
+        name=name,
+        max_size=2,
+        max_queued_batches=0,
+        flush_interval=3600,
+        on_full="drop_oldest",
+    )
+    buf.insert_batch([1, 2])  # with the flusher
+    assert entered.wait(10)
+    buf.insert_batch([3, 4])  # the ring is full
+    buf.insert_batch([5, 6, 7])  # drops 3, 4 and 5
+    got = metrics.collect()
+    dropped = frozenset(
+        {"databuffer.buffer": name, "databuffer.partition": 0, "databuffer.on_full": "drop_oldest"}.items()
+    )
+    assert got.values(DROPPED) == {dropped: 3}
+    assert got.metrics[DROPPED].unit == "{item}" and got.metrics[DROPPED].data.is_monotonic
+    release.set()
+    buf.close()
+    assert buf.stats()["dropped"] == 3
+
+
 # -- the gauge -----------------------------------------------------------------
 
 
@@ -581,8 +621,11 @@ def test_count_inserts_false(make_buffer, instrument, core_name):
     metrics = Metrics(name)
     inst = instrument(metrics.provider, count_inserts=False)
     assert inst.count_inserts is False
-    assert telemetry.list_handlers(("data_buffer", "insert")) == []
+    # Only the drop event, which inserts emit only when they drop: the
+    # insert path stays off telemetry.
+    assert [h["event"] for h in telemetry.list_handlers(("data_buffer", "insert"))] == [telemetry.INSERT_DROP]
     assert not telemetry.has_handlers(telemetry.INSERT_STOP)
+    assert not _core_py.insert_telemetry()
     buf = make_buffer(handle_flush=lambda batch, opts: None, name=name, max_size=2, flush_interval=3600)
     buf.insert_batch([1, 2, 3])
     buf.sync_flush()

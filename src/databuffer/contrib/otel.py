@@ -19,6 +19,7 @@ The metrics, on the meter ``"databuffer"`` (version
 | `databuffer.items.inserted` | counter | `{item}` | insert `stop` (with `count_inserts`) |
 | `databuffer.items.flushed` | counter | `{item}` | flush `stop` |
 | `databuffer.items.failed` | counter | `{item}` | flush `exception` |
+| `databuffer.items.dropped` | counter | `{item}` | insert `drop` (by a drop `on_full` policy) |
 | `databuffer.flush.retries` | counter | `{retry}` | flush `retry` (one per retried attempt) |
 | `databuffer.batch.size` | histogram | `{item}` | flush `stop` and `exception` |
 | `databuffer.flush.duration` | histogram | `s` | flush `stop` and `exception` |
@@ -33,7 +34,8 @@ same name are added up).
 Attributes: `databuffer.buffer` (the buffer's name) on all of them;
 `databuffer.partition` (0-based) on all of them, except on an empty
 `insert_batch`, which is not counted; `databuffer.trigger` (`"size"`,
-`"interval"`, `"manual"` or `"close"`) on the flush metrics and retries; and
+`"interval"`, `"manual"` or `"close"`) on the flush metrics and retries;
+`databuffer.on_full` (the policy) on `databuffer.items.dropped`; and
 `error.type` (the exception's class name, such as `"ValueError"` or
 `"FlushTimeout"`) on `databuffer.items.failed`, `databuffer.flush.retries` and
 the histogram points of failed batches.
@@ -71,6 +73,7 @@ _METER_NAME = "databuffer"
 # Attribute keys.
 _BUFFER = "databuffer.buffer"
 _PARTITION = "databuffer.partition"
+_ON_FULL = "databuffer.on_full"
 _TRIGGER = "databuffer.trigger"
 _ERROR_TYPE = "error.type"
 
@@ -187,6 +190,11 @@ class Instrumentation:
             unit="{item}",
             description="Items in batches that failed for good (handed to handle_flush_error).",
         )
+        self._dropped = meter.create_counter(
+            "databuffer.items.dropped",
+            unit="{item}",
+            description="Items dropped by on_full when their partition had no room.",
+        )
         self._retries = meter.create_counter(
             "databuffer.flush.retries",
             unit="{retry}",
@@ -211,6 +219,7 @@ class Instrumentation:
             telemetry.FLUSH_STOP: self._on_flush_stop,
             telemetry.FLUSH_EXCEPTION: self._on_flush_exception,
             telemetry.FLUSH_RETRY: self._on_flush_retry,
+            telemetry.INSERT_DROP: self._on_insert_drop,
         }
         if self._count_inserts:
             self._dispatch[telemetry.INSERT_STOP] = self._on_insert_stop
@@ -286,6 +295,14 @@ class Instrumentation:
         # An empty insert_batch (size 0, partition None) stored nothing anywhere.
         if size and partition is not None:
             self._inserted.add(size, {_BUFFER: metadata["buffer"], _PARTITION: partition})
+
+    def _on_insert_drop(self, measurements: _Metadata, metadata: _Metadata) -> None:
+        attributes = {
+            _BUFFER: metadata["buffer"],
+            _PARTITION: metadata["partition"],
+            _ON_FULL: metadata["policy"],
+        }
+        self._dropped.add(measurements["count"], attributes)
 
     def _on_flush_stop(self, measurements: _Metadata, metadata: _Metadata) -> None:
         self._record_batch(self._flushed, measurements, metadata, _flush_attributes(metadata))
