@@ -203,7 +203,7 @@ def test_a_core_that_was_never_initialised_is_refused_not_used(core_name: str) -
         module.attach(front, bare)
     with pytest.raises(TypeError):
         module.attach(None, bare)
-    with pytest.raises(RuntimeError, match="__init__ was not called"):
+    with pytest.raises(RuntimeError, match="BufferCore is not set up: its __init__ must call super"):
         front.insert(1)
     if core_name == "c":  # the pure core's missing attributes raise AttributeError
         for call in (

@@ -833,7 +833,10 @@ cdef class BufferCore:
 
 
 cdef object not_initialised(BufferCore buf):
-    return RuntimeError(f"{type(buf).__name__}.__init__ was not called")
+    return RuntimeError(
+        f"{type(buf).__name__} is not set up: its __init__ must call super().__init__(...) "
+        "before the buffer is used"
+    )
 
 
 cdef object not_made():
@@ -848,7 +851,10 @@ def attach(BufferCore buf not None, Core core not None):
     if core._parts is NULL:
         raise not_made()
     if buf._databuffer is not None:
-        raise RuntimeError(f"{type(buf).__name__}.__init__ was called twice")
+        raise RuntimeError(
+            f"{type(buf).__name__}.__init__ ran twice on the same buffer: a buffer is set up once; "
+            "make a new one instead"
+        )
     buf._databuffer = core
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from ._asyncio import AsyncEngine
 from ._compat import BufferCore
 from ._front import Front, engine_of
-from ._options import configure
+from ._options import configure, keyword_options
 from ._types import FlushOpts
 
 __all__ = ("AsyncBuffer", "AsyncBufferMethods")
@@ -29,6 +29,7 @@ def _engine(buf: Any) -> AsyncEngine[Any]:
 class AsyncBufferMethods(Front[T]):
     """The methods of :class:`AsyncBuffer`, over either core (the tests build both)."""
 
+    @keyword_options
     def __init__(
         self,
         *,

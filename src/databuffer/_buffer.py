@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from ._compat import BufferCore
 from ._front import Front, engine_of
-from ._options import configure
+from ._options import configure, keyword_options
 from ._threaded import ThreadEngine
 from ._types import BufferStats, FlushOpts, PartitionInfo
 
@@ -30,6 +30,7 @@ def _engine(buf: Any) -> ThreadEngine[Any]:
 class BufferMethods(Front[T]):
     """The methods of :class:`Buffer`, over either core (the tests build both)."""
 
+    @keyword_options
     def __init__(
         self,
         *,

@@ -778,7 +778,10 @@ class BufferCore:
 
 
 def _not_initialised(buf: BufferCore) -> RuntimeError:
-    return RuntimeError(f"{type(buf).__name__}.__init__ was not called")
+    return RuntimeError(
+        f"{type(buf).__name__} is not set up: its __init__ must call super().__init__(...) "
+        "before the buffer is used"
+    )
 
 
 # The slot's own descriptor: a subclass's attribute of the same name cannot hide it.
@@ -799,7 +802,10 @@ def attach(buf: BufferCore, core: Core) -> None:
     except AttributeError:
         _slot.__set__(buf, core)
         return
-    raise RuntimeError(f"{type(buf).__name__}.__init__ was called twice")
+    raise RuntimeError(
+        f"{type(buf).__name__}.__init__ ran twice on the same buffer: a buffer is set up once; "
+        "make a new one instead"
+    )
 
 
 def own_methods(cls: type) -> None:

@@ -27,7 +27,10 @@ def engine_of(front: Any) -> Engine[Any]:
     """The engine of a buffer (through its core: the only reserved attribute)."""
     core = getattr(front, "_databuffer", None)
     if core is None:
-        raise RuntimeError(f"{type(front).__name__}.__init__ was not called")
+        raise RuntimeError(
+            f"{type(front).__name__} is not set up: its __init__ must call super().__init__(...) "
+            "before the buffer is used"
+        )
     return cast("Engine[Any]", core.hooks)
 
 

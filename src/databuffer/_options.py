@@ -14,7 +14,9 @@ import numbers
 import sys
 import types
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ParamSpec, cast
+
+from ._text import closest, join_and, join_or, plural, short_repr
 
 __all__ = (
     "Callbacks",
@@ -25,7 +27,10 @@ __all__ = (
     "check_timeout",
     "configure",
     "is_async_callable",
+    "keyword_options",
 )
+
+P = ParamSpec("P")
 
 # Each partition allocates its ring (a pointer per item) up front.
 MAX_CAPACITY = sys.maxsize // 16
@@ -151,6 +156,70 @@ def check_retry_on(value: object) -> RetryOn:
             f"{_describe(value)}: the buffer calls it without awaiting it"
         )
     return cast("Callable[[BaseException], object]", value)
+
+
+def keyword_options(init: Callable[P, None]) -> Callable[P, None]:
+    """A buffer constructor that refuses positional arguments and unknown options in the user's words.
+
+    Python's own errors name the function that was called, not the user's
+    class (``BufferMethods.__init__() got an unexpected keyword argument
+    'maxsize'``).  The options are read from ``init``'s keyword-only
+    parameters: an option added there is known here.  A subclass whose own
+    ``__init__`` takes more and passes the options on with
+    ``super().__init__(**options)`` goes through here too.
+    """
+    code = init.__code__
+    options = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    known = frozenset(options)
+
+    @functools.wraps(init)
+    def __init__(*args: P.args, **kwargs: P.kwargs) -> None:
+        # Once per buffer made: a length test and a subset test.
+        if len(args) > 1 or not known.issuperset(kwargs):
+            raise _misused(init, args, kwargs, options)
+        init(*args, **kwargs)
+
+    return __init__
+
+
+def _misused(
+    init: Callable[..., None], args: tuple[Any, ...], kwargs: dict[str, Any], options: tuple[str, ...]
+) -> TypeError:
+    """The error of a constructor called with positional arguments or unknown options."""
+    front, positional = args[0], args[1:]
+    cls = type(front).__name__
+    if positional:
+        got = (
+            f"{cls}() takes its options as keywords only, but got "
+            f"{plural(len(positional), 'positional argument')} ({', '.join(map(short_repr, positional))})"
+        )
+        # A callable first is handle_flush, unless the class defines the method.
+        stub = f"{init.__qualname__.rpartition('.')[0]}.handle_flush"
+        first = positional[0]
+        if callable(first) and getattr(type(front).handle_flush, "__qualname__", None) == stub:
+            name = getattr(first, "__name__", "")
+            name = name if name.isidentifier() else "fn"
+            if len(positional) == 1:
+                return TypeError(f"{got}: pass it by name, {cls}(handle_flush={name})")
+            return TypeError(f"{got}: name each one, as in {cls}(handle_flush={name}, max_size=1000)")
+        return TypeError(f"{got}: name each one, as in {cls}(max_size=1000, flush_interval=5.0)")
+    described = []
+    unmatched = False
+    for name in kwargs:
+        if name in options:
+            continue
+        matches = closest(name, options)
+        described.append(
+            f"{name!r} (did you mean {join_or([repr(m) for m in matches])}?)" if matches else repr(name)
+        )
+        unmatched = unmatched or not matches
+    if len(described) == 1:
+        message = f"{cls}() got an unknown option {described[0]}"
+    else:
+        message = f"{cls}() got unknown options {join_and(described)}"
+    if unmatched:
+        message += f"; its options are {', '.join(options)}"
+    return TypeError(message)
 
 
 def check_timeout(value: object) -> float | None:
@@ -305,6 +374,7 @@ class Callbacks:
     ) -> None:
         cls = type(front)
         has_method = cls.handle_flush is not stub
+        name = f"{cls.__name__}()"
         spelled = (
             "async def handle_flush(self, batch, opts)"
             if needs_async
@@ -312,28 +382,39 @@ class Callbacks:
         )
         if handle_flush is None and not has_method:
             raise TypeError(
-                f"{cls.__name__} needs a handle_flush: define the method {spelled} or pass handle_flush=fn"
+                f"{name} needs a handle_flush: pass handle_flush=fn, a function fn(batch, opts), "
+                f"or define the method {spelled} in a subclass"
             )
         if handle_flush is not None and has_method:
-            raise TypeError(f"{cls.__name__} defines handle_flush already; do not pass handle_flush= as well")
+            raise TypeError(
+                f"{name} got handle_flush={_describe(handle_flush)}, but {cls.__name__} defines the "
+                "method handle_flush already: use one or the other"
+            )
         if handle_flush is not None and not callable(handle_flush):
-            raise TypeError(f"handle_flush must be callable, not {handle_flush!r}")
+            raise TypeError(
+                "handle_flush must be a function fn(batch, opts), "
+                f"not {type(handle_flush).__name__} {short_repr(handle_flush)}"
+            )
         if handle_flush_error is not None and not callable(handle_flush_error):
-            raise TypeError(f"handle_flush_error must be callable, not {handle_flush_error!r}")
+            raise TypeError(
+                "handle_flush_error must be a function fn(batch, opts, error), "
+                f"not {type(handle_flush_error).__name__} {short_repr(handle_flush_error)}"
+            )
         self.flush: Callable[..., Any] = handle_flush or front.handle_flush
         self.flush_error: Callable[..., Any] = handle_flush_error or front.handle_flush_error
         fn = self.flush
         if needs_async:
             if isinstance(fn, (types.FunctionType, types.MethodType)) and not is_async_callable(fn):
                 raise TypeError(
-                    f"{cls.__name__} needs a coroutine function as handle_flush (async def), "
-                    f"not the plain function {_describe(fn)}; use Buffer for one"
+                    f"{name} needs a coroutine function as handle_flush (async def), "
+                    f"not the plain function {_describe(fn)}: define it with async def, "
+                    "or use Buffer, which calls a plain one from a thread"
                 )
             return
         for option, callback in (("handle_flush", fn), ("handle_flush_error", self.flush_error)):
             if is_async_callable(callback):
                 raise TypeError(
-                    f"{cls.__name__} calls {option} from a thread and cannot await the coroutine "
+                    f"{name} calls {option} from a thread and cannot await the coroutine "
                     f"function {_describe(callback)}: use AsyncBuffer for an async {option}, "
                     "or make it a plain function"
                 )

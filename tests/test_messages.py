@@ -1,0 +1,251 @@
+"""What the errors and logs say: the user's class and option names, what to do next, plurals.
+
+Against both cores, and ``AsyncBuffer`` where it applies.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from databuffer import FlushOpts
+from databuffer._text import closest, join_and, plural
+
+
+def noop(batch: list[Any], opts: FlushOpts) -> None:
+    return None
+
+
+async def anoop(batch: list[Any], opts: FlushOpts) -> None:
+    return None
+
+
+# -- the helpers ---------------------------------------------------------------
+
+
+def test_plural_agrees_with_the_count() -> None:
+    assert [plural(n, "item") for n in (0, 1, 2)] == ["0 items", "1 item", "2 items"]
+    assert [plural(n, "batch") for n in (1, 3)] == ["1 batch", "3 batches"]
+    assert [plural(n, "flush") for n in (1, 2)] == ["1 flush", "2 flushes"]
+    assert plural(1, "leading item") == "1 leading item"
+    assert plural(4, "leading item") == "4 leading items"
+
+
+def test_join_and_closest() -> None:
+    assert [join_and(w) for w in ([], ["a"], ["a", "b"])] == ["", "a", "a and b"]
+    assert join_and(["a", "b", "c"]) == "a, b and c"
+    options = ("max_size", "max_size_jitter", "flush_timeout", "insert_timeout")
+    assert closest("maxsize", options) == ["max_size"]
+    assert closest("timeout", options) == ["flush_timeout", "insert_timeout"]
+    assert closest("bogus_option", options) == []
+
+
+# -- constructors: unknown options and positional arguments --------------------
+
+
+@pytest.fixture(params=["Buffer", "AsyncBuffer"])
+def buffer_class(request: pytest.FixtureRequest, Buffer: type, AsyncBuffer: type) -> type:
+    """``Buffer`` or ``AsyncBuffer``, over the core under test."""
+    return Buffer if request.param == "Buffer" else AsyncBuffer
+
+
+def _flush_fn(cls: type) -> Any:
+    return anoop if "Async" in cls.__name__ else noop
+
+
+def test_an_unknown_option_names_the_class_the_option_and_the_closest_one(buffer_class: type) -> None:
+    name = buffer_class.__name__
+    with pytest.raises(
+        TypeError, match=rf"^{name}\(\) got an unknown option 'maxsize' \(did you mean 'max_size'\?\)$"
+    ):
+        buffer_class(handle_flush=_flush_fn(buffer_class), maxsize=10)
+
+
+def test_an_unknown_option_in_a_subclass_names_the_subclass(buffer_class: type) -> None:
+    class EventBuffer(buffer_class):  # type: ignore[valid-type,misc]
+        pass
+
+    with pytest.raises(
+        TypeError, match=r"^EventBuffer\(\) got an unknown option 'maxsize' \(did you mean 'max_size'\?\)$"
+    ):
+        EventBuffer(handle_flush=_flush_fn(buffer_class), maxsize=10)
+
+
+def test_several_unknown_options_are_all_named(buffer_class: type) -> None:
+    with pytest.raises(TypeError) as caught:
+        buffer_class(handle_flush=_flush_fn(buffer_class), maxsize=10, flush_intervall=3, bogus_option=1)
+    message = str(caught.value)
+    assert message.startswith(f"{buffer_class.__name__}() got unknown options 'maxsize' ")
+    assert "'maxsize' (did you mean 'max_size'?)" in message
+    assert "'flush_intervall' (did you mean 'flush_interval'?)" in message
+    assert "and 'bogus_option'; its options are handle_flush, handle_flush_error, name," in message
+
+
+def test_an_option_with_two_close_names_suggests_both(buffer_class: type) -> None:
+    with pytest.raises(TypeError, match=r"'timeout' \(did you mean 'flush_timeout' or 'insert_timeout'\?\)$"):
+        buffer_class(handle_flush=_flush_fn(buffer_class), timeout=3)
+
+
+def test_the_known_options_are_read_from_the_constructor(buffer_class: type) -> None:
+    """Every keyword-only parameter of the constructor is known, in its order; nothing else."""
+    code = buffer_class.__init__.__wrapped__.__code__
+    parameters = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    with pytest.raises(TypeError) as caught:
+        buffer_class(handle_flush=_flush_fn(buffer_class), no_such_option=1)
+    assert str(caught.value).endswith(f"its options are {', '.join(parameters)}")
+    assert {"max_size", "flush_timeout", "max_queued_batches", "retry_backoff_max"} <= set(parameters)
+
+
+def test_a_positional_function_is_pointed_to_handle_flush(buffer_class: type) -> None:
+    fn = _flush_fn(buffer_class)
+    name = buffer_class.__name__
+    with pytest.raises(TypeError) as caught:
+        buffer_class(fn)
+    assert str(caught.value) == (
+        f"{name}() takes its options as keywords only, but got 1 positional argument ({fn!r}): "
+        f"pass it by name, {name}(handle_flush={fn.__name__})"
+    )
+
+
+def test_several_positional_arguments_are_counted_and_shown(buffer_class: type) -> None:
+    name = buffer_class.__name__
+    with pytest.raises(
+        TypeError,
+        match=rf"^{name}\(\) takes its options as keywords only, but got 2 positional arguments "
+        rf"\(<function .*>, 'events'\): name each one, as in {name}\(handle_flush=\w+, max_size=1000\)$",
+    ):
+        buffer_class(_flush_fn(buffer_class), "events")
+
+
+def test_a_positional_argument_of_a_subclass_with_the_method_is_not_taken_for_handle_flush(
+    buffer_class: type,
+) -> None:
+    class EventBuffer(buffer_class):  # type: ignore[valid-type,misc]
+        async def handle_flush(self, batch: list[Any], opts: FlushOpts) -> None:
+            return None
+
+    with pytest.raises(
+        TypeError,
+        match=r"^EventBuffer\(\) takes its options as keywords only, but got 1 positional argument "
+        r"\(<function noop at .*>\): name each one, as in EventBuffer\(max_size=1000, flush_interval=5.0\)$",
+    ):
+        EventBuffer(noop)
+
+
+def test_a_long_positional_argument_is_shown_cut_short(buffer_class: type) -> None:
+    with pytest.raises(TypeError, match=r"1 positional argument \('x{76}\.\.\.\)"):
+        buffer_class("x" * 1000)
+
+
+def test_a_subclass_with_its_own_init_passes_its_options_on(buffer_class: type, core_name: str) -> None:
+    """A subclass whose __init__ takes more parameters, and calls super().__init__(**options)."""
+
+    class EventBuffer(buffer_class):  # type: ignore[valid-type,misc]
+        def __init__(self, sink: list[Any], table: str = "events", **options: Any) -> None:
+            self.sink = sink
+            self.table = table
+            super().__init__(**options)
+
+    sink: list[Any] = []
+    buf = EventBuffer(sink, "t", handle_flush=_flush_fn(buffer_class), max_size=7, flush_interval=3600)
+    try:
+        assert (buf.sink, buf.table, buf.name) == (sink, "t", "EventBuffer")
+        assert buf.info()[0]["flush_size"] == 7
+        with pytest.raises(TypeError, match=r"^EventBuffer\(\) got an unknown option 'maxsize'"):
+            EventBuffer(sink, handle_flush=_flush_fn(buffer_class), maxsize=7)
+    finally:
+        _close(buf)
+
+    class PositionalSuper(buffer_class):  # type: ignore[valid-type,misc]
+        def __init__(self) -> None:
+            super().__init__(_flush_fn(buffer_class))
+
+    with pytest.raises(TypeError, match=r"^PositionalSuper\(\) takes its options as keywords only"):
+        PositionalSuper()
+
+
+def _close(buf: Any) -> None:
+    if hasattr(buf, "aclose"):
+        import asyncio
+
+        asyncio.run(buf.aclose(timeout=30))
+    else:
+        buf.close(timeout=30)
+
+
+def test_the_signature_stays_the_constructors(buffer_class: type) -> None:
+    import inspect
+
+    parameters = inspect.signature(buffer_class).parameters
+    assert list(parameters)[:3] == ["handle_flush", "handle_flush_error", "name"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
+
+
+# -- constructors: the callbacks ---------------------------------------------------
+
+
+def test_no_handle_flush_says_how_to_give_one(buffer_class: type) -> None:
+    spelled = "async def" if "Async" in buffer_class.__name__ else "def"
+    with pytest.raises(
+        TypeError,
+        match=rf"^{buffer_class.__name__}\(\) needs a handle_flush: pass handle_flush=fn, a function "
+        rf"fn\(batch, opts\), or define the method {spelled} handle_flush\(self, batch, opts\) "
+        "in a subclass$",
+    ):
+        buffer_class(max_size=3)
+
+
+def test_handle_flush_twice_names_the_class(buffer_class: type) -> None:
+    class EventBuffer(buffer_class):  # type: ignore[valid-type,misc]
+        async def handle_flush(self, batch: list[Any], opts: FlushOpts) -> None:
+            return None
+
+    with pytest.raises(
+        TypeError,
+        match=r"^EventBuffer\(\) got handle_flush='noop', but EventBuffer defines the method handle_flush "
+        r"already: use one or the other$",
+    ):
+        EventBuffer(handle_flush=noop)
+
+
+def test_a_callback_that_is_not_callable_is_named_with_its_type(buffer_class: type) -> None:
+    with pytest.raises(
+        TypeError, match=r"^handle_flush must be a function fn\(batch, opts\), not str 'not callable'$"
+    ):
+        buffer_class(handle_flush="not callable")
+    with pytest.raises(
+        TypeError, match=r"^handle_flush_error must be a function fn\(batch, opts, error\), not int 42$"
+    ):
+        buffer_class(handle_flush=_flush_fn(buffer_class), handle_flush_error=42)
+
+
+# -- a subclass that does not call super().__init__ ---------------------------------
+
+
+def test_a_buffer_whose_init_did_not_run_says_to_call_super_init(Buffer: type) -> None:
+    class EventBuffer(Buffer):
+        def __init__(self, sink: list[Any]) -> None:
+            self.sink = sink  # and no super().__init__()
+
+        def handle_flush(self, batch: list[Any], opts: FlushOpts) -> None:
+            return None
+
+    buf = EventBuffer([])
+    expected = re.escape(
+        "EventBuffer is not set up: its __init__ must call super().__init__(...) before the buffer is used"
+    )
+    for call in (lambda: buf.insert(1), lambda: buf.insert_batch([1]), buf.size, buf.flush):
+        with pytest.raises(RuntimeError, match=f"^{expected}$"):
+            call()
+
+
+def test_an_init_that_runs_twice_says_so(make_buffer: Any) -> None:
+    buf = make_buffer(handle_flush=noop, flush_interval=3600)
+    with pytest.raises(
+        RuntimeError,
+        match=rf"^{type(buf).__name__}\.__init__ ran twice on the same buffer: a buffer is set up once; "
+        "make a new one instead$",
+    ):
+        buf.__init__(handle_flush=noop, flush_interval=3600)
