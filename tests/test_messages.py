@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from databuffer import FlushOpts
+from databuffer import FlushOpts, telemetry
 from databuffer._text import closest, join_and, plural
 
 
@@ -249,3 +249,80 @@ def test_an_init_that_runs_twice_says_so(make_buffer: Any) -> None:
         "make a new one instead$",
     ):
         buf.__init__(handle_flush=noop, flush_interval=3600)
+
+
+# -- telemetry ---------------------------------------------------------------------
+
+
+def _handler(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+    return None
+
+
+def test_attach_refuses_a_databuffer_event_that_is_never_emitted() -> None:
+    with pytest.raises(ValueError) as caught:
+        telemetry.attach("typo", ("data_buffer", "flush", "stopp"), _handler)
+    message = str(caught.value)
+    assert message.startswith(
+        "databuffer never emits the event ('data_buffer', 'flush', 'stopp') "
+        "(did you mean ('data_buffer', 'flush', 'stop')?), so a handler attached to it would never run; "
+        "the events it emits, telemetry.EVENTS, are ('data_buffer', 'insert', 'start'), "
+    )
+    for event in telemetry.EVENTS:
+        assert repr(event) in message
+    assert telemetry.list_handlers() == []
+
+
+def test_attach_many_refuses_them_before_attaching_any() -> None:
+    with pytest.raises(ValueError, match=r"never emits the event \('data_buffer', 'insert'\)"):
+        telemetry.attach_many("half", [telemetry.FLUSH_STOP, ("data_buffer", "insert")], _handler)
+    with pytest.raises(ValueError, match=r"never emits the event \('data_buffer',\)"):
+        telemetry.attach_many("prefix", [("data_buffer",)], _handler)
+    assert telemetry.list_handlers() == []
+
+
+def test_every_event_databuffer_emits_and_any_other_library_s_may_be_attached() -> None:
+    assert telemetry.EVENTS == (
+        telemetry.INSERT_START,
+        telemetry.INSERT_STOP,
+        telemetry.INSERT_EXCEPTION,
+        telemetry.INSERT_DROP,
+        telemetry.FLUSH_START,
+        telemetry.FLUSH_STOP,
+        telemetry.FLUSH_EXCEPTION,
+        telemetry.FLUSH_RETRY,
+    )
+    assert telemetry.INSERT_DROP == ("data_buffer", "insert", "drop")
+    telemetry.attach_many("all", list(telemetry.EVENTS), _handler)
+    telemetry.attach("mine", ("my_app", "flush", "stopp"), _handler)
+    telemetry.attach("nested", ["my_app", "data_buffer"], _handler)
+    assert len(telemetry.list_handlers()) == len(telemetry.EVENTS) + 2
+
+
+def test_attach_says_what_an_event_and_a_handler_are() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"^an event is a tuple of strings, such as \('data_buffer', 'flush', 'stop'\), "
+        r"not str 'data_buffer.flush.stop'$",
+    ):
+        telemetry.attach("str", "data_buffer.flush.stop", _handler)
+    with pytest.raises(
+        TypeError, match=r"^attach_many\(\) takes a list of events, not one event .*use attach\(\)"
+    ):
+        telemetry.attach_many("one", telemetry.FLUSH_STOP, _handler)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError,
+        match=r"^a telemetry handler must be a function fn\(event, measurements, metadata, config\), ",
+    ):
+        telemetry.attach("fn", telemetry.FLUSH_STOP, 3)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^handler_id must be hashable \(a str or a tuple, say\), not list \['x'\]$"
+    ):
+        telemetry.attach(["x"], telemetry.FLUSH_STOP, _handler)
+    telemetry.attach("twice", telemetry.FLUSH_STOP, _handler)
+    with pytest.raises(
+        ValueError, match=r"^a telemetry handler with id 'twice' is attached already: detach\(\) it"
+    ):
+        telemetry.attach("twice", telemetry.FLUSH_START, _handler)
+    assert telemetry.list_handlers() == [
+        {"id": "twice", "event": telemetry.FLUSH_STOP, "function": _handler, "config": None}
+    ]

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._compat import LOADED_CORES
+from ._text import closest, join_or, short_repr
 
 __all__ = (
     "EVENTS",
@@ -72,13 +73,29 @@ Event = tuple[str, ...]
 Handler = Callable[[Event, Mapping[str, Any], Mapping[str, Any], Any], object]
 
 INSERT_START: Event = ("data_buffer", "insert", "start")
+"""An insert call began."""
+
 INSERT_STOP: Event = ("data_buffer", "insert", "stop")
+"""An insert call returned: its items are stored."""
+
 INSERT_EXCEPTION: Event = ("data_buffer", "insert", "exception")
+"""An insert call raised (``BufferFull``, ``BufferClosed``, ...)."""
+
 INSERT_DROP: Event = ("data_buffer", "insert", "drop")
+"""An insert dropped items of a full partition (``on_full="drop_newest"`` or ``"drop_oldest"``)."""
+
 FLUSH_START: Event = ("data_buffer", "flush", "start")
+"""A batch's flush began."""
+
 FLUSH_STOP: Event = ("data_buffer", "flush", "stop")
+"""A batch was flushed: its ``handle_flush`` returned."""
+
 FLUSH_RETRY: Event = ("data_buffer", "flush", "retry")
+"""A failed attempt of a batch is to be retried."""
+
 FLUSH_EXCEPTION: Event = ("data_buffer", "flush", "exception")
+"""A batch failed for good: its last attempt raised or timed out (it goes to ``handle_flush_error``)."""
+
 EVENTS: tuple[Event, ...] = (
     INSERT_START,
     INSERT_STOP,
@@ -89,6 +106,11 @@ EVENTS: tuple[Event, ...] = (
     FLUSH_EXCEPTION,
     FLUSH_RETRY,
 )
+"""Every event databuffer emits: :func:`attach` refuses any other under ``"data_buffer"``."""
+
+# The first element of every event databuffer emits.
+_PREFIX = "data_buffer"
+_KNOWN = frozenset(EVENTS)
 _INSERT_EVENTS = frozenset((INSERT_START, INSERT_STOP, INSERT_EXCEPTION))
 
 logger = logging.getLogger("databuffer")
@@ -129,10 +151,26 @@ if hasattr(os, "register_at_fork"):
 
 def _as_event(event: object) -> Event:
     if isinstance(event, str) or not isinstance(event, (tuple, list)):
-        raise TypeError(f"an event is a tuple of strings, not {event!r}")
+        raise TypeError(
+            f"an event is a tuple of strings, such as {FLUSH_STOP!r}, not {type(event).__name__} {event!r}"
+        )
     if not event or not all(isinstance(part, str) for part in event):
-        raise TypeError(f"an event is a non-empty tuple of strings, not {event!r}")
-    return tuple(event)
+        raise TypeError(f"an event is a non-empty tuple of strings, such as {FLUSH_STOP!r}, not {event!r}")
+    event = tuple(event)
+    if event[0] == _PREFIX and event not in _KNOWN:
+        raise ValueError(_unknown_event(event))
+    return event
+
+
+def _unknown_event(event: Event) -> str:
+    """The message for an event under databuffer's prefix that it never emits."""
+    spelled = {".".join(known): known for known in EVENTS}
+    matches = closest(".".join(event), spelled)
+    hint = f" (did you mean {join_or([repr(spelled[match]) for match in matches])}?)" if matches else ""
+    return (
+        f"databuffer never emits the event {event!r}{hint}, so a handler attached to it would never "
+        f"run; the events it emits, telemetry.EVENTS, are {', '.join(map(repr, EVENTS))}"
+    )
 
 
 def _rebuild() -> None:
@@ -156,14 +194,19 @@ def attach(handler_id: object, event: Iterable[str], function: Handler, config: 
     Args:
         handler_id: a unique, hashable id, used to detach.
         event: the event, a tuple of strings such as
-            ``("data_buffer", "flush", "stop")``.
+            ``("data_buffer", "flush", "stop")`` (:data:`FLUSH_STOP`).
+            Events of other libraries and of your own, emitted with
+            :func:`execute`, may be attached too.
         function: the handler.
         config: any object, handed to every call.
 
     Raises:
-        ValueError: ``handler_id`` is attached already.
-        TypeError: ``event`` is not a tuple of strings or ``function`` is not
-            callable.
+        ValueError: ``handler_id`` is attached already, or ``event`` starts
+            with ``"data_buffer"`` but is none of the events databuffer
+            emits (:data:`EVENTS`), such as ``("data_buffer", "flush",
+            "stopp")``: the message names the closest one and lists them.
+        TypeError: ``event`` is not a tuple of strings, ``function`` is not
+            callable, or ``handler_id`` is not hashable.
     """
     attach_many(handler_id, [tuple(event) if isinstance(event, list) else event], function, config)
 
@@ -171,18 +214,37 @@ def attach(handler_id: object, event: Iterable[str], function: Handler, config: 
 def attach_many(
     handler_id: object, events: Iterable[Iterable[str]], function: Handler, config: Any = None
 ) -> None:
-    """Attach one handler to several events under one id (see :func:`attach`)."""
+    """Attach one handler to several events under one id (see :func:`attach`).
+
+    Every event is checked before any is attached: one that :func:`attach`
+    refuses leaves the handler attached to none.
+    """
     if isinstance(events, (str, tuple)) and events and isinstance(next(iter(events)), str):
-        raise TypeError(f"attach_many() takes a list of events, not one event {events!r}")
+        raise TypeError(
+            f"attach_many() takes a list of events, not one event {events!r}: "
+            "use attach() for one event, or put it in a list"
+        )
     checked = [_as_event(event) for event in events]
     if not checked:
         raise ValueError("attach_many() needs at least one event")
     if not callable(function):
-        raise TypeError(f"a telemetry handler must be callable, not {function!r}")
-    hash(handler_id)
+        raise TypeError(
+            "a telemetry handler must be a function fn(event, measurements, metadata, config), "
+            f"not {type(function).__name__} {short_repr(function)}"
+        )
+    try:
+        hash(handler_id)
+    except TypeError:
+        raise TypeError(
+            f"handler_id must be hashable (a str or a tuple, say), not {type(handler_id).__name__} "
+            f"{short_repr(handler_id)}"
+        ) from None
     with _lock:
         if any(att.handler_id == handler_id for att in _order):
-            raise ValueError(f"a telemetry handler with id {handler_id!r} is attached already")
+            raise ValueError(
+                f"a telemetry handler with id {handler_id!r} is attached already: "
+                "detach() it first, or choose another id"
+            )
         _order.extend(_Attached(handler_id, event, function, config) for event in dict.fromkeys(checked))
         _rebuild()
 
@@ -233,7 +295,10 @@ def execute(event: Event, measurements: Mapping[str, Any], metadata: Mapping[str
             raise
         except BaseException:
             logger.exception(
-                "telemetry handler %r raised on event %r and was detached", att.handler_id, event
+                "telemetry handler %r raised on event %r and was detached (from all its events); "
+                "attach it again once it is fixed",
+                att.handler_id,
+                event,
             )
             _detach_attachment(att)
 
