@@ -245,7 +245,10 @@ async def test_sync_flush_raises_the_errors_in_partition_order_after_every_parti
         group = excinfo.value
         assert len(group.exceptions) == 2
         assert group.exceptions[0] is errors[0] and group.exceptions[1] is errors[2]
-        assert "2 flush(es) failed" in str(group)
+        assert (
+            str(group)
+            == f"sync_flush() of buffer {AsyncBuffer.__name__!r}: 2 batches failed (2 sub-exceptions)"
+        )
         # Every partition had finished, error handlers included.
         assert p1_done.is_set() and p2_reported.is_set()
         assert sorted(map(id, reported)) == sorted([id(errors[0]), id(errors[2])])
@@ -1672,7 +1675,7 @@ def test_a_buffer_whose_loop_ended_without_cancelling_its_tasks_is_handled_at_ex
         # Nothing can run the flushes any more: the items left are named.
         assert out == ["main done"], proc.stdout
         assert "orphan-buf" in proc.stderr
-        assert "5 items are left unflushed" in proc.stderr
+        assert "'orphan-buf' was left open when its event loop closed: 5 items left unflushed" in proc.stderr
     else:
         # The loop is not closed: the exit hook runs it until aclose() returns.
         assert out == ["main done", "flushed [0, 1, 2, 3, 4] close"], proc.stdout

@@ -160,7 +160,7 @@ def test_the_exit_flush_is_capped_and_never_hangs_the_interpreter(core_name: str
         {"buffer": "fine", "batch": [4, 5]}
     ]
     assert "buffer 'stuck': not flushed within 1.0s" in proc.stderr
-    assert "3 in flight are left unflushed" in proc.stderr
+    assert "3 items left unflushed (0 buffered, 3 in flight)" in proc.stderr
 
 
 CTRL_C_SCRIPT = textwrap.dedent(

@@ -5,12 +5,14 @@ Against both cores, and ``AsyncBuffer`` where it applies.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 import pytest
+from conftest import Background, Boom, wait_for
 
-from databuffer import FlushOpts, telemetry
+from databuffer import BufferClosed, BufferFull, FlushOpts, telemetry
 from databuffer._text import closest, join_and, plural
 
 
@@ -326,3 +328,87 @@ def test_attach_says_what_an_event_and_a_handler_are() -> None:
     assert telemetry.list_handlers() == [
         {"id": "twice", "event": telemetry.FLUSH_STOP, "function": _handler, "config": None}
     ]
+
+
+# -- counts: one item, one batch ---------------------------------------------------
+
+
+def test_a_failed_batch_of_one_item_is_logged_and_raised_in_the_singular(
+    make_buffer: Any, caplog: Any
+) -> None:
+    def fail(batch: list[Any], opts: FlushOpts) -> None:
+        raise Boom("sink down")
+
+    caplog.set_level(logging.ERROR, logger="databuffer")
+    buf = make_buffer(handle_flush=fail, name="one", max_size=100, flush_interval=3600)
+    buf.insert("only")
+    with pytest.raises(ExceptionGroup) as caught:
+        buf.sync_flush(timeout=30)
+    assert str(caught.value) == "sync_flush() of buffer 'one': 1 batch failed (1 sub-exception)"
+    (record,) = [r for r in caplog.records if r.name == "databuffer"]
+    assert record.getMessage() == (
+        "buffer 'one' partition 0: handle_flush failed for a batch of 1 item (trigger manual, attempt 1); "
+        "its items are dropped: pass max_retries=n to retry a failed batch, "
+        "or handle_flush_error=fn to keep it"
+    )
+
+
+@pytest.mark.anyio
+async def test_an_async_failed_batch_of_one_item_is_logged_in_the_singular(
+    AsyncBuffer: type, caplog: Any
+) -> None:
+    async def fail(batch: list[Any], opts: FlushOpts) -> None:
+        raise Boom("sink down")
+
+    caplog.set_level(logging.ERROR, logger="databuffer")
+    async with AsyncBuffer(handle_flush=fail, name="one", max_size=100, flush_interval=3600) as buf:
+        buf.insert("only")
+        with pytest.raises(ExceptionGroup, match=r"^sync_flush\(\) of buffer 'one': 1 batch failed"):
+            await buf.sync_flush(timeout=30)
+    (record,) = [r for r in caplog.records if r.name == "databuffer"]
+    assert "handle_flush failed for a batch of 1 item (trigger manual, attempt 1); its items are dropped" in (
+        record.getMessage()
+    )
+
+
+def test_buffer_full_counts_one_item_one_batch_one_leading_item(make_buffer: Any, gates: Any) -> None:
+    release = gates()
+    buf = make_buffer(
+        handle_flush=lambda b, o: release.wait(30),
+        name="full",
+        max_size=2,
+        max_queued_batches=1,
+        flush_interval=3600,
+    )
+    buf.insert_batch([0, 1])  # sealed, and stuck in handle_flush
+    wait_for(lambda: buf.info()[0]["flushing"], timeout=30)
+    buf.insert_batch([2, 3])  # sealed, queued
+    buf.insert("x")
+    with pytest.raises(BufferFull) as caught:
+        buf.insert_batch([4, 5], timeout=0.05)
+    assert caught.value.stored == 1
+    assert str(caught.value) == (
+        "buffer 'full' partition 0 is full (2 items) while its previous batch is flushing and 1 more batch "
+        "queued for its flusher; gave up waiting for room after 0.05s with 1 leading item stored"
+    )
+
+
+def test_a_close_during_insert_batch_counts_the_leading_items(make_buffer: Any, gates: Any) -> None:
+    release = gates()
+    buf = make_buffer(
+        handle_flush=lambda b, o: release.wait(30), max_size=2, max_queued_batches=0, flush_interval=3600
+    )
+    buf.insert_batch([0, 1])
+    wait_for(lambda: buf.info()[0]["flushing"], timeout=30)
+    buf.insert("x")
+    waiting = Background(buf.insert_batch, ["a", "b", "c"], timeout=30)
+    wait_for(lambda: buf.info()[0]["size"] == 2, timeout=30)  # "a" stored, then it waits
+    closing = Background(buf.close, timeout=30)
+    waiting.wait()
+    release.set()
+    closing.wait()
+    assert isinstance(waiting.error, BufferClosed) and waiting.error.stored == 1
+    assert str(waiting.error) == (
+        f"buffer {buf.name!r} was closed while insert_batch was storing its items: 1 leading item stored, "
+        "the rest not"
+    )

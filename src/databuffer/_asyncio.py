@@ -49,6 +49,7 @@ from ._lifecycle import (
     logger,
 )
 from ._options import Callbacks, Options, check_timeout
+from ._text import plural
 
 __all__ = ("AsyncEngine", "NoRoom")
 
@@ -314,7 +315,7 @@ class AsyncEngine(Engine[T]):
         call = "ainsert_batch" if batch else "ainsert"
         return NoRoom(
             f"{self.full(p)}; await {call}() on the buffer's event loop to wait for room"
-            + (f"; {stored} leading items stored" if batch else ""),
+            + (f"; {plural(stored, 'leading item')} stored" if batch else ""),
             partition=p,
             seq=seq,
             stored=stored,
@@ -352,7 +353,7 @@ class AsyncEngine(Engine[T]):
             loop = self._require_loop("ainsert_batch" if batch else "ainsert")
         except RuntimeError as exc:
             if batch:
-                exc.add_note(f"ainsert_batch stored {stored} leading items of the call")
+                exc.add_note(f"ainsert_batch stored {plural(stored, 'leading item')} of the call")
             raise
         part = self.parts[p]
         if self._own_task():
@@ -360,7 +361,7 @@ class AsyncEngine(Engine[T]):
             # that waited for it could be waiting for itself.
             raise BufferFull(
                 f"{self.full(p)}, and an insert from the buffer's own flush callbacks "
-                "does not wait for room" + (f"; {stored} leading items stored" if batch else ""),
+                "does not wait for room" + (f"; {plural(stored, 'leading item')} stored" if batch else ""),
                 stored=stored,
             )
         push_many = self.core.push_many
@@ -373,14 +374,15 @@ class AsyncEngine(Engine[T]):
                     self._room_wanted = False  # this call yielded
         except TimeoutError:
             raise BufferFull(
-                f"{self.full(p)}; gave up after {seconds}s"
-                + (f" with {stored} leading items stored" if batch else ""),
+                f"{self.full(p)}; gave up waiting for room after {seconds}s"
+                + (f" with {plural(stored, 'leading item')} stored" if batch else ""),
                 stored=stored,
             ) from None
         except asyncio.CancelledError as exc:
             if batch:
                 exc.add_note(
-                    f"ainsert_batch stored {stored} leading items of the call before it was cancelled"
+                    f"ainsert_batch stored {plural(stored, 'leading item')} of the call "
+                    "before it was cancelled"
                 )
             else:
                 exc.add_note("ainsert was cancelled while waiting for room: its item was not stored")
@@ -766,10 +768,10 @@ class AsyncEngine(Engine[T]):
             left = stats["size"] + stats["in_flight"]
             logger.warning(
                 "%s was still open when its event loop shut down (its tasks were cancelled), "
-                "holding %d items (%d buffered, %d in flight): flushing them now; close it with "
+                "holding %s (%d buffered, %d in flight): flushing them now; close it with "
                 "`async with` or `await aclose()` before the loop ends",
                 self.describe(),
-                left,
+                plural(left, "item"),
                 stats["size"],
                 stats["in_flight"],
             )
@@ -830,15 +832,22 @@ class AsyncEngine(Engine[T]):
         self.stopping = self.stopped = True
         self.unregister()
         left = stats["size"] + stats["in_flight"]
-        if left or loop is not None:
+        if loop is not None:
             logger.warning(
-                "%s was left open when its event loop %s: %d items are left unflushed "
-                "(%d buffered, %d in flight); close it with `async with` or `await aclose()`",
+                "%s was left open when its event loop closed: %s left unflushed (%d buffered, "
+                "%d in flight); close it with `async with buffer:` or `await buffer.aclose()` before "
+                "its loop closes",
                 self.describe(),
-                "closed" if loop is not None else "ended (it was never started)",
-                left,
+                plural(left, "item"),
                 stats["size"],
                 stats["in_flight"],
+            )
+        elif left:
+            logger.warning(
+                "%s was never started: %s left unflushed at exit; start it with `async with buffer:` "
+                "or `await buffer.start()` on the event loop that inserts into it",
+                self.describe(),
+                plural(left, "item"),
             )
 
     # -- fork (see _shutdown's os.register_at_fork hooks) ----------------------

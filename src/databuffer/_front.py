@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._compat import own_methods
 from ._lifecycle import logger
+from ._text import plural
 from ._types import BufferStats, FlushOpts, PartitionInfo
 
 if TYPE_CHECKING:
@@ -48,14 +49,18 @@ class Front(Generic[T]):
 
         The default logs the failure on the ``databuffer`` logger at ERROR,
         with the buffer's name, the partition, the batch size and the
-        traceback.  Override it to retry, spool or count.
+        traceback: the batch's items are dropped.  Override it to retry,
+        spool or count.
         """
         logger.error(
-            "buffer %r partition %d: handle_flush failed for a batch of %d items (trigger %s)",
+            "buffer %r partition %d: handle_flush failed for a batch of %s (trigger %s, attempt %d); "
+            "its items are dropped: pass max_retries=n to retry a failed batch, or handle_flush_error=fn "
+            "to keep it",
             opts.buffer,
             opts.partition,
-            opts.size,
+            plural(opts.size, "item"),
             opts.trigger,
+            opts.attempt,
             exc_info=(type(error), error, error.__traceback__),
         )
         return None

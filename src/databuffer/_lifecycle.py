@@ -43,6 +43,7 @@ from ._contract import CoreAPI, PartStats, Taken
 from ._errors import BufferClosed, BufferFull
 from ._options import Callbacks, Options, check_timeout
 from ._registry import registry
+from ._text import plural
 from ._types import COUNTERS, BufferStats, Counters, FlushOpts, PartitionInfo
 
 if TYPE_CHECKING:
@@ -143,7 +144,9 @@ class SyncWaiter:
         if errors:
             # An ExceptionGroup, or a BaseExceptionGroup if a batch failed
             # with a BaseException (which an ExceptionGroup cannot hold).
-            raise BaseExceptionGroup(f"sync_flush of buffer {name!r}: {len(errors)} flush(es) failed", errors)
+            raise BaseExceptionGroup(
+                f"sync_flush() of buffer {name!r}: {plural(len(errors), 'batch')} failed", errors
+            )
         return [result for results in self.results for result in results]
 
 
@@ -272,7 +275,8 @@ class Engine(Generic[T]):
     def closed_error(self, stored: int = 0) -> BufferClosed:
         if stored:
             return BufferClosed(
-                f"buffer {self.name!r} was closed after {stored} leading items of the batch were stored",
+                f"buffer {self.name!r} was closed while insert_batch was storing its items: "
+                f"{plural(stored, 'leading item')} stored, the rest not",
                 stored=stored,
             )
         return BufferClosed(f"buffer {self.name!r} is closed")
@@ -370,11 +374,9 @@ class Engine(Generic[T]):
     def full(self, p: int) -> str:
         """The start of a ``BufferFull`` message: partition ``p`` is full while it flushes."""
         queued = self.config.max_queued_batches
-        waiting = (
-            f" and {queued} more batch{'es' if queued > 1 else ''} queued for its flusher" if queued else ""
-        )
+        waiting = f" and {plural(queued, 'more batch')} queued for its flusher" if queued else ""
         return (
-            f"buffer {self.name!r} partition {p} is full ({self.core.stats(p).threshold} items) "
+            f"buffer {self.name!r} partition {p} is full ({plural(self.core.stats(p).threshold, 'item')}) "
             f"while its previous batch is flushing{waiting}"
         )
 

@@ -22,6 +22,7 @@ from typing import Any
 from ._lifecycle import logger
 from ._options import check_seconds
 from ._registry import registry
+from ._text import plural
 
 __all__ = ("close_open_buffers", "flush_on_sigterm", "get_exit_timeout", "set_exit_timeout")
 
@@ -83,10 +84,11 @@ def close_open_buffers(timeout: float | None = None) -> None:
         except TimeoutError:
             stats = buf.stats()
             logger.error(
-                "buffer %r: not flushed within %ss of closing all buffers; %d items buffered and "
-                "%d in flight are left unflushed",
+                "buffer %r: not flushed within %ss of closing all buffers: %s left unflushed "
+                "(%d buffered, %d in flight); at exit, databuffer.set_exit_timeout() sets this cap",
                 buf.name,
                 seconds,
+                plural(stats["size"] + stats["in_flight"], "item"),
                 stats["size"],
                 stats["in_flight"],
             )

@@ -43,6 +43,7 @@ from ._lifecycle import (
 )
 from ._notify import Notifier
 from ._options import Callbacks, Options, check_timeout
+from ._text import plural
 
 __all__ = ("ThreadEngine",)
 
@@ -380,7 +381,7 @@ class ThreadEngine(Engine[T]):
             raise BufferFull(
                 f"{self.full(p)}, and an insert from the buffer's own flush callbacks "
                 "(handle_flush, handle_flush_error, telemetry handlers) does not wait for room"
-                + (f"; {stored} leading items stored" if batch else ""),
+                + (f"; {plural(stored, 'leading item')} stored" if batch else ""),
                 stored=stored,
             )
         push_many = self.core.push_many
@@ -398,8 +399,8 @@ class ThreadEngine(Engine[T]):
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
                     raise BufferFull(
-                        f"{self.full(p)}; gave up after {seconds}s"
-                        + (f" with {stored} leading items stored" if batch else ""),
+                        f"{self.full(p)}; gave up waiting for room after {seconds}s"
+                        + (f" with {plural(stored, 'leading item')} stored" if batch else ""),
                         stored=stored,
                     )
                 room.wait(seen, _interruptible(remaining))
@@ -407,7 +408,8 @@ class ThreadEngine(Engine[T]):
             # Ctrl-C while waiting: the items stored so far stay stored.
             if batch:
                 exc.add_note(
-                    f"insert_batch stored {stored} leading items of the call before it was interrupted"
+                    f"insert_batch stored {plural(stored, 'leading item')} of the call "
+                    "before it was interrupted"
                 )
             raise
         finally:

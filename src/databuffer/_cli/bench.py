@@ -65,6 +65,7 @@ from typing import Any, TextIO
 
 from .. import USING_EXTENSION, AsyncBuffer, Buffer, BufferFull, __version__, _core_py, telemetry
 from .._support import PyBuffer, available_loops, loop_factory
+from .._text import plural
 
 __all__ = (
     "ASYNC_MAX_SIZE",
@@ -1540,7 +1541,7 @@ class _Stamps:
         finally:
             self._gate.set()
         if not self._done.wait(timeout):
-            raise RuntimeError(f"{more} queued batches not handed over within {timeout} s")
+            raise RuntimeError(f"{plural(more, 'queued batch')} not handed over within {timeout} s")
         return self._gaps(first, more)
 
 
