@@ -5,6 +5,7 @@ Against both cores, and ``AsyncBuffer`` where it applies.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from conftest import Background, Boom, wait_for
 
 from databuffer import BufferClosed, BufferFull, FlushOpts, telemetry
+from databuffer._front import engine_of
 from databuffer._text import closest, join_and, plural
 
 
@@ -412,3 +414,67 @@ def test_a_close_during_insert_batch_counts_the_leading_items(make_buffer: Any, 
         f"buffer {buf.name!r} was closed while insert_batch was storing its items: 1 leading item stored, "
         "the rest not"
     )
+
+
+# -- timeouts of sync_flush and close: what is left, and what to do ----------------
+
+
+def test_a_timed_out_close_says_close_again_waits_for_the_rest(make_buffer: Any, gates: Any) -> None:
+    release = gates()
+    buf = make_buffer(
+        handle_flush=lambda b, o: release.wait(30), name="slow", max_size=100, flush_interval=3600
+    )
+    buf.insert_batch([1, 2])
+    with pytest.raises(
+        TimeoutError,
+        match=r"^sync_flush\(timeout=0.05\) of buffer 'slow' ran out of time with 2 items not yet flushed; "
+        r"the flushes go on: call sync_flush\(\) again to wait for them$",
+    ):
+        buf.sync_flush(timeout=0.05)
+    with pytest.raises(
+        TimeoutError,
+        match=r"^close\(timeout=0.05\) of buffer 'slow' ran out of time with 2 items not yet flushed; "
+        r"the buffer is closed to inserts and its flushes go on: call close\(\) again to wait for the rest$",
+    ):
+        buf.close(timeout=0.05)
+    # Another thread's close() is flushing it: this one runs out waiting for it.
+    other = Background(buf.close, timeout=30)
+    wait_for(lambda: engine_of(buf)._closer is not None, timeout=30)
+    with pytest.raises(
+        TimeoutError,
+        match=r"^close\(timeout=0.01\) of buffer 'slow' ran out of time: another thread's close\(\) is still "
+        r"flushing it; call close\(\) again to wait for it$",
+    ):
+        buf.close(timeout=0.01)
+    release.set()
+    other.wait()
+    assert other.error is None
+    buf.close()  # as the message says
+    assert buf.stats()["flushed"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_timed_out_aclose_says_aclose_again_waits_for_the_rest(AsyncBuffer: type) -> None:
+    release = asyncio.Event()
+
+    async def slow(batch: list[Any], opts: FlushOpts) -> None:
+        await release.wait()
+
+    buf = AsyncBuffer(handle_flush=slow, name="slow", max_size=100, flush_interval=3600)
+    async with buf:
+        buf.insert(1)
+        with pytest.raises(
+            TimeoutError,
+            match=r"^sync_flush\(timeout=0.05\) of \w+ 'slow' ran out of time with 1 item not yet flushed; "
+            r"the flushes go on: await sync_flush\(\) again to wait for them$",
+        ):
+            await buf.sync_flush(timeout=0.05)
+        with pytest.raises(
+            TimeoutError,
+            match=r"^aclose\(timeout=0.05\) of \w+ 'slow' ran out of time with 1 item not yet flushed; "
+            r"the buffer is closed to inserts and its flushes go on: "
+            r"await aclose\(\) again to wait for the rest$",
+        ):
+            await buf.aclose(timeout=0.05)
+        release.set()
+    assert buf.stats()["flushed"] == 1

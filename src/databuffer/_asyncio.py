@@ -180,10 +180,7 @@ class AsyncEngine(Engine[T]):
         try:
             await self._flush_and_wait("close", deadline)
         except TimeoutError:
-            raise TimeoutError(
-                f"{self.describe()}: flushes still running when the timeout ran out; it is closed "
-                "to inserts and its flushes go on: await aclose() again to wait for them"
-            ) from None
+            raise self.out_of_time("aclose", timeout, "await") from None
         self.stopping = True
         tasks = []
         for part in self.parts:
@@ -199,7 +196,8 @@ class AsyncEngine(Engine[T]):
                     await asyncio.wait(tasks)
             except TimeoutError:
                 raise TimeoutError(
-                    f"{self.describe()}: its flusher tasks did not stop before the timeout ran out"
+                    f"aclose(timeout={timeout!r}) of {self.describe()} ran out of time waiting for its "
+                    "flusher tasks to stop (every item is flushed): await aclose() again to wait for them"
                 ) from None
         self.stopped = True
         self.unregister()
@@ -221,7 +219,11 @@ class AsyncEngine(Engine[T]):
         self._require_loop("sync_flush")
         self._refuse_own_task("sync_flush")
         self._supervise()
-        return (await self._flush_and_wait("manual", deadline)).outcome(self.name)
+        try:
+            waiter = await self._flush_and_wait("manual", deadline)
+        except TimeoutError:
+            raise self.out_of_time("sync_flush", timeout, "await") from None
+        return waiter.outcome(self.name)
 
     async def ainsert(self, item: Any, timeout: float | None, key: Any = None) -> None:
         await self._ainsert(self._ainsert_raw, item, timeout, key, batch=False)
@@ -822,7 +824,10 @@ class AsyncEngine(Engine[T]):
                     try:
                         self._exit_close.result(timeout)
                     except concurrent.futures.TimeoutError:
-                        raise TimeoutError(f"{self.describe()}: not closed within {timeout}s") from None
+                        raise TimeoutError(
+                            f"aclose() of {self.describe()}, run on its event loop at exit, did not "
+                            f"finish within {timeout}s"
+                        ) from None
                     return
             else:
                 loop.run_until_complete(self.aclose(timeout))

@@ -371,6 +371,25 @@ class Engine(Generic[T]):
     def describe(self) -> str:
         return f"buffer {self.name!r}"
 
+    def out_of_time(self, call: str, timeout: float | None, again: str) -> TimeoutError:
+        """The error of a ``sync_flush``/``close``/``aclose`` whose ``timeout`` ran out while flushes went on.
+
+        ``again``: how to call it again, ``"call"`` or ``"await"``.
+        """
+        stats = self.stats()
+        left = plural(stats["size"] + stats["in_flight"], "item")
+        if call == "sync_flush":
+            rest = f"the flushes go on: {again} sync_flush() again to wait for them"
+        else:
+            rest = (
+                f"the buffer is closed to inserts and its flushes go on: {again} {call}() again "
+                "to wait for the rest"
+            )
+        return TimeoutError(
+            f"{call}(timeout={timeout!r}) of {self.describe()} ran out of time with {left} not yet "
+            f"flushed; {rest}"
+        )
+
     def full(self, p: int) -> str:
         """The start of a ``BufferFull`` message: partition ``p`` is full while it flushes."""
         queued = self.config.max_queued_batches

@@ -207,7 +207,7 @@ class ThreadEngine(Engine[T]):
         if self.core.lock_held():
             self.flush()
             self._refuse_inside_core("sync_flush")
-        return self._flush_and_wait("manual", deadline).outcome(self.name)
+        return self._flush_and_wait("manual", deadline, timeout).outcome(self.name)
 
     def close(self, timeout: float | None) -> None:
         deadline = _deadline(timeout)
@@ -223,11 +223,11 @@ class ThreadEngine(Engine[T]):
             self._refuse_inside_core("close")
         token = (threading.get_ident(),)
         try:
-            if not self._claim_close(token, deadline) or self.stopped:
+            if not self._claim_close(token, deadline, timeout) or self.stopped:
                 return
             for part in self.parts:
                 part.room.notify()
-            self._flush_and_wait("close", deadline)
+            self._flush_and_wait("close", deadline, timeout)
             self.stopping = True
             current = threading.current_thread()
             for part in self.parts:
@@ -251,7 +251,8 @@ class ThreadEngine(Engine[T]):
                     continue
                 if thread.is_alive():
                     raise TimeoutError(
-                        f"buffer {self.name!r}: its threads did not stop before the timeout ran out"
+                        f"close(timeout={timeout!r}) of buffer {self.name!r} ran out of time waiting for "
+                        "its threads to stop (every item is flushed): call close() again to wait for them"
                     )
             self.stopped = True
             self.unregister()
@@ -262,7 +263,7 @@ class ThreadEngine(Engine[T]):
                     self._closer = None
             self._close_bell.notify()
 
-    def _claim_close(self, token: tuple[int], deadline: float | None) -> bool:
+    def _claim_close(self, token: tuple[int], deadline: float | None, timeout: float | None) -> bool:
         """Make the calling close() the one that closes: False if a close() of this thread is running.
 
         That is a finalizer (``__del__``) that ran inside close() and
@@ -281,7 +282,10 @@ class ThreadEngine(Engine[T]):
                     return False
             remaining = _wait_time(deadline)
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"buffer {self.name!r}: another close() is still flushing")
+                raise TimeoutError(
+                    f"close(timeout={timeout!r}) of buffer {self.name!r} ran out of time: another "
+                    "thread's close() is still flushing it; call close() again to wait for it"
+                )
             # At most Notifier.STEP at a time: the other close() announces its end
             # after its finally block's store, which an interrupt may cut short.
             bell.wait(seen, math.inf if remaining is None else remaining)
@@ -450,8 +454,8 @@ class ThreadEngine(Engine[T]):
                 "use flush(), or call it from another thread"
             )
 
-    def _flush_and_wait(self, trigger: str, deadline: float | None) -> SyncWaiter:
-        """Flush every partition with ``trigger`` and wait for it (sync_flush, close)."""
+    def _flush_and_wait(self, trigger: str, deadline: float | None, timeout: float | None) -> SyncWaiter:
+        """Flush every partition with ``trigger`` and wait for it (sync_flush, close, within ``timeout``)."""
         waiter = SyncWaiter(self.config.partitions)
         progress = self._progress
         with self._sync_lock:
@@ -464,9 +468,7 @@ class ThreadEngine(Engine[T]):
                     break
                 remaining = _wait_time(deadline)
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(
-                        f"buffer {self.name!r}: flushes still running when the timeout ran out"
-                    )
+                    raise self.out_of_time("close" if trigger == "close" else "sync_flush", timeout, "call")
                 progress.wait(seen, _interruptible(remaining))
         finally:
             # First in the block: nothing can interrupt it before the store
