@@ -11,9 +11,9 @@ import re
 from typing import Any
 
 import pytest
-from conftest import Background, Boom, wait_for
+from conftest import Background, Boom, await_for, wait_for
 
-from databuffer import BufferClosed, BufferFull, FlushOpts, telemetry
+from databuffer import BufferClosed, BufferFull, FlushOpts, FlushTimeout, telemetry
 from databuffer._front import engine_of
 from databuffer._text import closest, join_and, plural
 
@@ -478,3 +478,122 @@ async def test_a_timed_out_aclose_says_aclose_again_waits_for_the_rest(AsyncBuff
             await buf.aclose(timeout=0.05)
         release.set()
     assert buf.stats()["flushed"] == 1
+
+
+# -- FlushTimeout: where handle_flush was --------------------------------------------
+
+
+def _line_of(fn: Any, text: str) -> int:
+    """The line number of the line of ``fn``'s source that holds ``text``."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(fn)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_a_flush_timeout_carries_where_handle_flush_was_stuck(
+    make_buffer: Any, gates: Any, caplog: Any
+) -> None:
+    release = gates()
+    notes_at_event: list[list[str]] = []
+
+    def write_rows(batch: list[Any], opts: FlushOpts) -> None:
+        release.wait(30)  # stuck here
+
+    def on_exception(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        notes_at_event.append(list(getattr(metadata["reason"], "__notes__", [])))
+
+    telemetry.attach("notes", telemetry.FLUSH_EXCEPTION, on_exception)
+    caplog.set_level(logging.ERROR, logger="databuffer")
+    buf = make_buffer(
+        handle_flush=write_rows, name="stuck", max_size=100, flush_interval=3600, flush_timeout=0.1
+    )
+    buf.insert(1)
+    buf.flush()
+    wait_for(lambda: any("handle_flush failed" in r.getMessage() for r in caplog.records), timeout=30)
+    record = next(r for r in caplog.records if "handle_flush failed" in r.getMessage())
+    assert record.exc_info is not None
+    error = record.exc_info[1]
+    assert isinstance(error, FlushTimeout)
+    assert str(error) == (
+        "handle_flush of buffer 'stuck' partition 0 ran past flush_timeout=0.1s with a batch of 1 item: "
+        "the buffer stopped waiting for the call (it goes on in its thread, its outcome ignored) and a new "
+        "flusher took over; raise flush_timeout if the sink is only slow"
+    )
+    (note,) = error.__notes__
+    assert note.startswith(
+        "handle_flush was here when flush_timeout ran out (thread 'databuffer-stuck-flusher-0'), "
+        "most recent call last:\n"
+        f'  File "{__file__}", line {_line_of(write_rows, "stuck here")}, in write_rows\n'
+        "    release.wait(30)  # stuck here\n"
+    ), note
+    # From handle_flush inward: none of the buffer's own frames.
+    assert "databuffer" not in note.split("\n", 1)[1]
+    # Already there for the telemetry handlers and the log.
+    assert notes_at_event == [[note]]
+    assert note in caplog.text
+
+
+@pytest.mark.anyio
+async def test_an_async_flush_timeout_carries_where_handle_flush_was_awaiting(AsyncBuffer: type) -> None:
+    reported: list[BaseException] = []
+
+    async def fetch(batch: list[Any]) -> None:
+        await asyncio.sleep(30)  # awaiting here
+
+    async def write_rows(batch: list[Any], opts: FlushOpts) -> None:
+        await fetch(batch)  # which awaits fetch
+
+    async with AsyncBuffer(
+        handle_flush=write_rows,
+        handle_flush_error=lambda batch, opts, error: reported.append(error),
+        name="stuck",
+        max_size=100,
+        flush_interval=3600,
+        flush_timeout=0.1,
+    ) as buf:
+        buf.insert(1)
+        await buf.flush()
+        await await_for(lambda: reported, timeout=30)
+    (error,) = reported
+    assert isinstance(error, FlushTimeout)
+    assert str(error) == (
+        "handle_flush of buffer 'stuck' partition 0 ran past flush_timeout=0.1s with a batch of 1 item and "
+        "was cancelled; raise flush_timeout if the sink is only slow"
+    )
+    (note,) = error.__notes__
+    assert note.startswith(
+        "handle_flush was here when flush_timeout ran out (task 'databuffer-stuck-flusher-0'), "
+        "most recent call last:\n"
+        f'  File "{__file__}", line {_line_of(write_rows, "which awaits")}, in write_rows\n'
+        "    await fetch(batch)  # which awaits fetch\n"
+        f'  File "{__file__}", line {_line_of(fetch, "awaiting here")}, in fetch\n'
+        "    await asyncio.sleep(30)  # awaiting here\n"
+    ), note
+    assert "databuffer" not in note.split("\n", 1)[1]
+
+
+@pytest.mark.anyio
+async def test_an_async_flush_timeout_that_was_swallowed_still_carries_the_stack(AsyncBuffer: type) -> None:
+    reported: list[BaseException] = []
+
+    async def stubborn(batch: list[Any], opts: FlushOpts) -> None:
+        try:
+            await asyncio.sleep(30)  # cancelled here
+        except asyncio.CancelledError:
+            pass  # and returns late
+
+    async with AsyncBuffer(
+        handle_flush=stubborn,
+        handle_flush_error=lambda batch, opts, error: reported.append(error),
+        max_size=100,
+        flush_interval=3600,
+        flush_timeout=0.1,
+    ) as buf:
+        buf.insert(1)
+        await buf.flush()
+        await await_for(lambda: reported, timeout=30)
+    (error,) = reported
+    assert isinstance(error, FlushTimeout)
+    (note,) = error.__notes__
+    assert f"line {_line_of(stubborn, 'cancelled here')}, in stubborn\n" in note

@@ -30,6 +30,7 @@ import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 from . import _core_py, _instrument
@@ -49,7 +50,7 @@ from ._lifecycle import (
     logger,
 )
 from ._options import Callbacks, Options, check_timeout
-from ._text import plural
+from ._text import plural, stack_note
 
 __all__ = ("AsyncEngine", "NoRoom")
 
@@ -106,6 +107,9 @@ class _LoopPartition(PartState):
         self.watchdog: asyncio.TimerHandle | None = None
         self.watchdog_at = math.inf
         self.timed_out: Attempt | None = None
+        # Where the flusher task was when the watchdog cancelled it: the
+        # note of its FlushTimeout.
+        self.timed_out_where: str | None = None
 
     def stop_timer(self) -> None:
         """Cancel the partition's timed flushes."""
@@ -665,12 +669,12 @@ class AsyncEngine(Engine[T]):
                 part.flight = part.flight_task = None
             if part.timed_out is attempt and task is not None and task.uncancel() <= pending:
                 # It swallowed the watchdog's cancellation and returned late.
-                error = self._timed_out(attempt, None)
+                error = self._timed_out(part, attempt, None)
         except asyncio.CancelledError as exc:
             error = exc
             if part.timed_out is attempt and task is not None and task.uncancel() <= pending:
                 # The watchdog's, and no other: flush_timeout ran out.
-                error = self._timed_out(attempt, exc)
+                error = self._timed_out(part, attempt, exc)
             elif _cancelling():
                 # The flusher task's own cancellation (or handle_flush's).
                 if self._cancelled_by_loop(part):
@@ -686,6 +690,7 @@ class AsyncEngine(Engine[T]):
             error = give_up = call = None
             if part.timed_out is attempt:
                 part.timed_out = None
+                part.timed_out_where = None
             del attempt
 
     def _arm_watchdog(self, part: _LoopPartition, when: float) -> None:
@@ -712,14 +717,18 @@ class AsyncEngine(Engine[T]):
         task = part.flight_task
         if task is not None and not task.done() and part.timed_out is not attempt:
             part.timed_out = attempt
+            part.timed_out_where = _where_awaiting(task)
             task.cancel()
 
-    def _timed_out(self, attempt: Attempt, cause: BaseException | None) -> FlushTimeout:
+    def _timed_out(self, part: _LoopPartition, attempt: Attempt, cause: BaseException | None) -> FlushTimeout:
         opts = attempt.opts
         error = FlushTimeout(
             f"handle_flush of buffer {self.name!r} partition {opts.partition} ran past "
-            f"flush_timeout={self.config.flush_timeout}s with a batch of {opts.size} items; it was cancelled"
+            f"flush_timeout={self.config.flush_timeout}s with a batch of {plural(opts.size, 'item')} and "
+            "was cancelled; raise flush_timeout if the sink is only slow"
         )
+        if part.timed_out_where is not None:
+            error.add_note(part.timed_out_where)
         error.__cause__ = cause
         return error
 
@@ -875,6 +884,38 @@ class AsyncEngine(Engine[T]):
         self.parts = [_LoopPartition(p) for p in range(self.config.partitions)]
         self._progress = []
         return dropped
+
+
+def _where_awaiting(task: asyncio.Task[Any]) -> str | None:
+    """Where a flusher task waits, from its ``handle_flush`` call inward: the note of its ``FlushTimeout``.
+
+    Only when the watchdog cancels a call (``_watch``).  ``Task.get_stack``
+    gives one frame of a suspended coroutine: the chain of coroutines each
+    awaits (``cr_await``) gives the rest.  A ``handle_flush`` that is not a
+    coroutine (it returned another awaitable) shows the flusher's frames.
+    """
+    stack: list[FrameType] = []  # outermost first
+    awaiting: Any = task.get_coro()
+    while awaiting is not None:
+        frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+        if frame is None:
+            break  # a future, or an awaitable written in C
+        stack.append(frame)
+        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    try:
+        inside = next((i for i, f in enumerate(stack) if f.f_code is _CALL_CODE), len(stack))
+        frames = stack[inside + 1 :] or stack
+        if not frames:
+            return None
+        return stack_note(
+            f"handle_flush was here when flush_timeout ran out (task {task.get_name()!r})", frames
+        )
+    finally:
+        # Frames of a suspended task: not kept past this call.
+        del stack, awaiting
+
+
+_CALL_CODE = AsyncEngine._call.__code__
 
 
 def _cancelling() -> int:

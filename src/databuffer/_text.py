@@ -5,9 +5,11 @@ Only error paths and logs call these, never the per-insert or per-batch path.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable, Sequence
+from types import FrameType
 
-__all__ = ("closest", "join_and", "join_or", "plural", "short_repr")
+__all__ = ("closest", "join_and", "join_or", "plural", "short_repr", "stack_note")
 
 # Nouns whose plural takes "es": batch, flush, ...
 _ES = ("s", "sh", "ch", "x", "z")
@@ -54,3 +56,9 @@ def closest(word: str, choices: Iterable[str]) -> list[str]:
         if second < best - 0.1:
             del matches[1]
     return matches
+
+
+def stack_note(header: str, frames: Sequence[FrameType]) -> str:
+    """``header`` and the frames, outermost first, in the form of a traceback (a note of an error)."""
+    summary = traceback.StackSummary.extract((frame, frame.f_lineno) for frame in frames)
+    return f"{header}, most recent call last:\n{''.join(summary.format()).rstrip()}"

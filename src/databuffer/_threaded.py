@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, TypeVar, overload
 
 from ._contract import Taken
@@ -43,7 +44,7 @@ from ._lifecycle import (
 )
 from ._notify import Notifier
 from ._options import Callbacks, Options, check_timeout
-from ._text import plural
+from ._text import plural, stack_note
 
 __all__ = ("ThreadEngine",)
 
@@ -781,13 +782,18 @@ class ThreadEngine(Engine[T]):
         if not watch.claim.acquire(False):
             return  # it returned in time after all
         part.flight = None
-        error = raised(
-            FlushTimeout(
-                f"handle_flush of buffer {self.name!r} partition {part.index} ran past "
-                f"flush_timeout={self.config.flush_timeout}s with a batch of "
-                f"{watch.attempt.opts.size} items; the call was abandoned"
-            )
+        error = FlushTimeout(
+            f"handle_flush of buffer {self.name!r} partition {part.index} ran past "
+            f"flush_timeout={self.config.flush_timeout}s with a batch of "
+            f"{plural(watch.attempt.opts.size, 'item')}: the buffer stopped waiting for the call (it goes "
+            "on in its thread, its outcome ignored) and a new flusher took over; raise flush_timeout "
+            "if the sink is only slow"
         )
+        # Before anyone sees the error: handle_flush_error, telemetry, logs.
+        where = _where_stuck(part.thread)
+        if where is not None:
+            error.add_note(where)
+        error = raised(error)
         try:
             self._start_flusher(part, (watch.life, watch.attempt, (None, error, False, False)))
         except RuntimeError as exc:
@@ -823,6 +829,37 @@ class ThreadEngine(Engine[T]):
         while (taken := self.core.take(part.index, sys.maxsize)) is not None:
             _room_freed(part)
             self._drive(part, self.failed_life(part, taken, error))
+
+
+def _where_stuck(thread: threading.Thread | None) -> str | None:
+    """Where a flusher thread is, from its ``handle_flush`` call inward: the note of its ``FlushTimeout``.
+
+    Only when the timer gives up on a call (``_abandon``).  None if the
+    thread is gone.  A ``handle_flush`` with no Python frame of its own (a
+    C function) shows the flusher's whole stack.
+    """
+    if thread is None or thread.ident is None:
+        return None
+    frame = sys._current_frames().get(thread.ident)
+    stack: list[FrameType] = []  # innermost first
+    frames: list[FrameType] = []
+    try:
+        while frame is not None:
+            stack.append(frame)
+            frame = frame.f_back
+        inside = next((i for i, f in enumerate(stack) if f.f_code is _CALL_CODE), 0)
+        frames = stack[inside - 1 :: -1] if inside else stack[::-1]
+        if not frames:
+            return None
+        return stack_note(
+            f"handle_flush was here when flush_timeout ran out (thread {thread.name!r})", frames
+        )
+    finally:
+        # Frames of a running thread: not kept past this call.
+        del frame, stack, frames
+
+
+_CALL_CODE = ThreadEngine._call.__code__
 
 
 #: A batch's life to go on with in a new flusher, after a timeout: the life
