@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -597,3 +598,100 @@ async def test_an_async_flush_timeout_that_was_swallowed_still_carries_the_stack
     assert isinstance(error, FlushTimeout)
     (note,) = error.__notes__
     assert f"line {_line_of(stubborn, 'cancelled here')}, in stubborn\n" in note
+
+
+# -- what the logs say when a callback or a thread fails ---------------------------
+
+
+def test_a_raising_handle_flush_error_is_logged_with_its_batch(make_buffer: Any, caplog: Any) -> None:
+    def fail(batch: list[Any], opts: FlushOpts) -> None:
+        raise Boom("sink down")
+
+    def broken(batch: list[Any], opts: FlushOpts, error: BaseException) -> None:
+        raise Boom("error handler down")
+
+    caplog.set_level(logging.ERROR, logger="databuffer")
+    buf = make_buffer(
+        handle_flush=fail, handle_flush_error=broken, name="eh", max_size=100, flush_interval=3600
+    )
+    buf.insert("only")
+    with pytest.raises(ExceptionGroup):
+        buf.sync_flush(timeout=30)
+    (record,) = [r for r in caplog.records if r.name == "databuffer"]
+    assert record.getMessage() == (
+        "buffer 'eh' partition 0: handle_flush_error raised while handling a failed batch of 1 item; "
+        "the batch is counted as failed and the buffer goes on"
+    )
+
+
+@pytest.mark.anyio
+async def test_an_async_raising_handle_flush_error_is_logged_with_its_batch(
+    AsyncBuffer: type, caplog: Any
+) -> None:
+    async def fail(batch: list[Any], opts: FlushOpts) -> None:
+        raise Boom("sink down")
+
+    async def broken(batch: list[Any], opts: FlushOpts, error: BaseException) -> None:
+        raise Boom("error handler down")
+
+    caplog.set_level(logging.ERROR, logger="databuffer")
+    async with AsyncBuffer(
+        handle_flush=fail, handle_flush_error=broken, name="eh", max_size=100, flush_interval=3600
+    ) as buf:
+        buf.insert_batch([1, 2])
+        with pytest.raises(ExceptionGroup):
+            await buf.sync_flush(timeout=30)
+    (record,) = [r for r in caplog.records if r.name == "databuffer"]
+    assert record.getMessage() == (
+        "buffer 'eh' partition 0: handle_flush_error raised while handling a failed batch of 2 items; "
+        "the batch is counted as failed and the buffer goes on"
+    )
+
+
+def test_a_thread_that_cannot_be_replaced_is_logged_with_what_happens_next(
+    make_buffer: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    def end_the_flusher(batch: list[Any], opts: FlushOpts) -> None:
+        raise SystemExit  # ends the flusher thread once the batch is counted
+
+    caplog.set_level(logging.WARNING, logger="databuffer")
+    buf = make_buffer(handle_flush=end_the_flusher, name="norepl", max_size=1, flush_interval=3600)
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name.startswith("databuffer-norepl-flusher"):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    buf.insert(1)
+    expected = (
+        "buffer 'norepl': cannot start a thread to replace one that ended (can't start new thread); "
+        "the next flush() or close() tries again"
+    )
+    wait_for(lambda: any(r.getMessage() == expected for r in caplog.records), timeout=30)
+    monkeypatch.undo()
+    buf.flush()  # as the log says
+    wait_for(lambda: any("started a new flusher for partition 0" in r.getMessage() for r in caplog.records))
+
+
+@pytest.mark.anyio
+async def test_an_async_buffer_started_on_two_loops_says_to_make_one_per_loop(AsyncBuffer: type) -> None:
+    buf = AsyncBuffer(handle_flush=anoop, name="one-loop", flush_interval=3600)
+    async with buf:
+        errors: list[BaseException] = []
+
+        def other_loop() -> None:
+            try:
+                asyncio.run(buf.start())
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=other_loop)
+        thread.start()
+        thread.join(30)
+    (error,) = errors
+    assert str(error) == (
+        f"{type(buf).__name__} 'one-loop' is bound to another event loop, the one it was started on: "
+        "an AsyncBuffer runs on one loop; make one buffer per event loop"
+    )

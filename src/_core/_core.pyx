@@ -252,7 +252,7 @@ cdef class Core:
             if self._parts[p].ring is NULL:
                 raise MemoryError(
                     f"no memory for a ring of {cap} items (max_size + max_size_jitter) "
-                    f"for partition {p}"
+                    f"for partition {p}: each partition allocates one up front; lower max_size"
                 )
             self._parts[p].cap = cap
             self._parts[p].queue = <PyObject **>malloc((max_queued + 1) * sizeof(PyObject *))

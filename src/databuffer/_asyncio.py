@@ -157,7 +157,10 @@ class AsyncEngine(Engine[T]):
         if self.loop is not None:
             if self.loop is loop:
                 return
-            raise RuntimeError(f"{self.describe()} is bound to another event loop")
+            raise RuntimeError(
+                f"{self.describe()} is bound to another event loop, the one it was started on: "
+                "an AsyncBuffer runs on one loop; make one buffer per event loop"
+            )
         now = loop.time()
         for part in self.parts:
             part.wake = asyncio.Event()

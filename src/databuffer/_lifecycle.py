@@ -668,10 +668,21 @@ class Engine(Generic[T]):
     def log_callback_escape(self, p: int) -> None:
         # Only a BaseException from a callback gets here (the batch is
         # already counted); the flusher must outlive it.
-        logger.exception("buffer %r partition %d: a flush callback raised; the flusher goes on", self.name, p)
+        logger.exception(
+            "buffer %r partition %d: a flush callback (handle_flush, handle_flush_error or a telemetry "
+            "handler) raised; the batch is counted and the flusher goes on",
+            self.name,
+            p,
+        )
 
     def log_error_handler_failure(self, opts: FlushOpts) -> None:
-        logger.exception("buffer %r partition %d: handle_flush_error raised", self.name, opts.partition)
+        logger.exception(
+            "buffer %r partition %d: handle_flush_error raised while handling a failed batch of %s; "
+            "the batch is counted as failed and the buffer goes on",
+            self.name,
+            opts.partition,
+            plural(opts.size, "item"),
+        )
 
     def emit_flush_event(self, event: tuple[str, ...], measurements: dict[str, Any], metadata: Any) -> None:
         """Emit an event in the middle of a batch's flush: a handler's failure must not stop it."""

@@ -544,7 +544,12 @@ class ThreadEngine(Engine[T]):
                     "buffer %r: started a new flusher for partition %d (the last one ended)", self.name, index
                 )
         if failure is not None:
-            logger.error("buffer %r: cannot replace an ended thread: %s", self.name, failure)
+            logger.error(
+                "buffer %r: cannot start a thread to replace one that ended (%s); the next flush() "
+                "or close() tries again",
+                self.name,
+                failure,
+            )
             failure = None
 
     def _thread_ended(self, which: str, exc: BaseException) -> None:
@@ -771,7 +776,11 @@ class ThreadEngine(Engine[T]):
                 except BaseException:
                     # The timer enforces flush_timeout: it must outlive
                     # anything a callback run from here raises.
-                    logger.exception("buffer %r: the timer thread caught an error", self.name)
+                    logger.exception(
+                        "buffer %r: the timer thread caught an error (from a timed flush request or a "
+                        "timed-out batch's report); it goes on",
+                        self.name,
+                    )
                 continue
             self._timer_wake_at = wake
             bell.wait(seen, min(wake - now, threading.TIMEOUT_MAX))
