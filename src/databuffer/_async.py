@@ -292,7 +292,9 @@ class AsyncBuffer(AsyncBufferMethods[T], BufferCore):
 
     Raises:
         TypeError: no ``handle_flush``, a plain function as
-            ``handle_flush``, or an option of the wrong type.
+            ``handle_flush``, an option of the wrong type, an unknown
+            option (the message names the closest one), or a positional
+            argument (the options are keyword-only).
         ValueError: an option out of range.
     """
 

@@ -216,7 +216,9 @@ class Buffer(BufferMethods[T], BufferCore):
             ``KeyboardInterrupt`` are never retried.
 
     Raises:
-        TypeError: no ``handle_flush``, or an option of the wrong type.
+        TypeError: no ``handle_flush``, an option of the wrong type, an
+            unknown option (the message names the closest one), or a
+            positional argument (the options are keyword-only).
         ValueError: an option out of range.
     """
 

@@ -32,4 +32,9 @@ class BufferClosed(RuntimeError):
 
 
 class FlushTimeout(TimeoutError):
-    """A ``handle_flush`` call ran past the buffer's ``flush_timeout``."""
+    """A ``handle_flush`` call ran past the buffer's ``flush_timeout``.
+
+    It carries a note (``__notes__``, printed with its traceback) with the
+    stack of the ``handle_flush`` call when its time ran out, from
+    ``handle_flush`` inward: where the call was stuck.
+    """
