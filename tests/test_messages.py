@@ -351,7 +351,7 @@ def test_a_failed_batch_of_one_item_is_logged_and_raised_in_the_singular(
     (record,) = [r for r in caplog.records if r.name == "databuffer"]
     assert record.getMessage() == (
         "buffer 'one' partition 0: handle_flush failed for a batch of 1 item (trigger manual, attempt 1); "
-        "its items are dropped: pass max_retries=n to retry a failed batch, "
+        "the batch counts as failed and is not kept: pass max_retries=n to retry it, "
         "or handle_flush_error=fn to keep it"
     )
 
@@ -369,9 +369,8 @@ async def test_an_async_failed_batch_of_one_item_is_logged_in_the_singular(
         with pytest.raises(ExceptionGroup, match=r"^sync_flush\(\) of buffer 'one': 1 batch failed"):
             await buf.sync_flush(timeout=30)
     (record,) = [r for r in caplog.records if r.name == "databuffer"]
-    assert "handle_flush failed for a batch of 1 item (trigger manual, attempt 1); its items are dropped" in (
-        record.getMessage()
-    )
+    message = record.getMessage()
+    assert "a batch of 1 item (trigger manual, attempt 1); the batch counts as failed" in message
 
 
 def test_buffer_full_counts_one_item_one_batch_one_leading_item(make_buffer: Any, gates: Any) -> None:
@@ -393,6 +392,28 @@ def test_buffer_full_counts_one_item_one_batch_one_leading_item(make_buffer: Any
     assert str(caught.value) == (
         "buffer 'full' partition 0 is full (2 items) while its previous batch is flushing and 1 more batch "
         "queued for its flusher; gave up waiting for room after 0.05s with 1 leading item stored"
+    )
+
+
+def test_on_full_raise_counts_one_leading_item(make_buffer: Any, gates: Any) -> None:
+    release = gates()
+    buf = make_buffer(
+        handle_flush=lambda b, o: release.wait(30),
+        name="full",
+        max_size=2,
+        max_queued_batches=0,
+        on_full="raise",
+        flush_interval=3600,
+    )
+    buf.insert_batch([0, 1])  # sealed, and stuck in handle_flush
+    wait_for(lambda: buf.info()[0]["flushing"], timeout=30)
+    buf.insert("x")
+    with pytest.raises(BufferFull) as caught:
+        buf.insert_batch([4, 5])
+    assert caught.value.stored == 1
+    assert str(caught.value) == (
+        "buffer 'full' partition 0 is full (2 items) while its previous batch is flushing; "
+        "on_full='raise' does not wait for room (1 leading item of the batch stored)"
     )
 
 

@@ -99,7 +99,7 @@ def test_info_shows_the_policy_and_stats_count_dropped(make_buffer: Any, policy:
 def test_the_default_is_wait(make_buffer: Any) -> None:
     buf, gate = full_buffer(make_buffer, "wait")
     started = time.monotonic()
-    with pytest.raises(BufferFull, match="gave up after 0.05s"):
+    with pytest.raises(BufferFull, match="gave up waiting for room after 0.05s"):
         buf.insert("x", timeout=0.05)
     assert time.monotonic() - started >= 0.05
     assert buf.info()[0]["on_full"] == "wait"

@@ -49,13 +49,13 @@ class Front(Generic[T]):
 
         The default logs the failure on the ``databuffer`` logger at ERROR,
         with the buffer's name, the partition, the batch size and the
-        traceback: the batch's items are dropped.  Override it to retry,
-        spool or count.
+        traceback; the batch is not kept (it counts as ``failed``).
+        Override it to retry, spool or count.
         """
         logger.error(
             "buffer %r partition %d: handle_flush failed for a batch of %s (trigger %s, attempt %d); "
-            "its items are dropped: pass max_retries=n to retry a failed batch, or handle_flush_error=fn "
-            "to keep it",
+            "the batch counts as failed and is not kept: pass max_retries=n to retry it, or "
+            "handle_flush_error=fn to keep it",
             opts.buffer,
             opts.partition,
             plural(opts.size, "item"),

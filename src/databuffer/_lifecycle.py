@@ -43,7 +43,7 @@ from ._contract import CoreAPI, PartStats, Taken
 from ._errors import BufferClosed, BufferFull
 from ._options import Callbacks, Options, check_timeout
 from ._registry import registry
-from ._text import plural
+from ._text import plural, short_repr
 from ._types import COUNTERS, BufferStats, Counters, FlushOpts, PartitionInfo
 
 if TYPE_CHECKING:
@@ -148,16 +148,6 @@ class SyncWaiter:
                 f"sync_flush() of buffer {name!r}: {plural(len(errors), 'batch')} failed", errors
             )
         return [result for results in self.results for result in results]
-
-
-def _show_short(value: object, limit: int = 40) -> str:
-    """``repr(value)``, cut to about ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _items(n: int) -> str:
-    return f"{n} item" if n == 1 else f"{n} items"
 
 
 class DropTally:
@@ -301,7 +291,7 @@ class Engine(Generic[T]):
         if policy == "raise":
             raise BufferFull(
                 f"{self.full(p)}; on_full='raise' does not wait for room"
-                + (f" ({stored} leading items of the batch stored)" if batch else ""),
+                + (f" ({plural(stored, 'leading item')} of the batch stored)" if batch else ""),
                 stored=stored,
             )
         n = len(seq) - stored
@@ -339,7 +329,7 @@ class Engine(Generic[T]):
                 "buffer %r dropped %s: a partition was full (on_full=%r); "
                 "drops are logged at most every %g s and counted in stats()['dropped']",
                 self.name,
-                _items(report),
+                plural(report, "item"),
                 policy,
                 DropTally.EVERY,
             )
@@ -349,7 +339,7 @@ class Engine(Generic[T]):
             # Iterable, but almost always one item meant, not its characters.
             kind = type(items).__name__
             raise TypeError(
-                f"insert_batch() was given a {kind} ({_show_short(items)}), not a collection of items: "
+                f"insert_batch() was given a {kind} ({short_repr(items, 40)}), not a collection of items: "
                 f"it would store each {'character' if kind == 'str' else 'byte'} as an item; to store "
                 f"it as one item, call insert(value) or insert_batch([value])"
             )
@@ -794,7 +784,7 @@ class Engine(Generic[T]):
             logger.warning(
                 "buffer %r dropped %s more before it closed (on_full=%r)",
                 self.name,
-                _items(left),
+                plural(left, "item"),
                 self.config.on_full,
             )
 
