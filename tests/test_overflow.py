@@ -265,7 +265,7 @@ def test_drops_are_logged_at_most_once_per_10s_and_the_rest_at_close(
     gate.open.set()
     buf.close()
     warnings = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert warnings[1:] == ["buffer 'quotes' dropped 4 items more before it closed (on_full='drop_newest')"]
+    assert warnings[1:] == ["buffer 'quotes' dropped 4 more items before it closed (on_full='drop_newest')"]
     assert buf.stats()["dropped"] == 5
 
 

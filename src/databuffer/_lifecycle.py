@@ -782,9 +782,9 @@ class Engine(Generic[T]):
         left = self.drops.flush()
         if left:
             logger.warning(
-                "buffer %r dropped %s more before it closed (on_full=%r)",
+                "buffer %r dropped %s before it closed (on_full=%r)",
                 self.name,
-                plural(left, "item"),
+                plural(left, "more item"),
                 self.config.on_full,
             )
 
