@@ -224,9 +224,13 @@ class Buffer(BufferMethods[T], BufferCore):
 
     if TYPE_CHECKING:
         # Defined by the core (compiled or pure-Python): declared here with
-        # the item type, for type checkers and the API reference.
+        # the item type, for type checkers and the API reference.  `key` is
+        # keyword-only here; the pure core takes it as a plain parameter
+        # only to keep calls without it fast (see _core_py.BufferCore.insert).
 
-        def insert(self, item: T, timeout: float | None = None, *, key: Hashable | None = None) -> None:
+        def insert(  # type: ignore[override]
+            self, item: T, timeout: float | None = None, *, key: Hashable | None = None
+        ) -> None:
             """Store one item in a partition (the next one round-robin, the thread's own, or ``key``'s).
 
             Args:
@@ -246,7 +250,7 @@ class Buffer(BufferMethods[T], BufferCore):
                 TypeError: ``key`` is not hashable; nothing was stored.
             """
 
-        def insert_batch(
+        def insert_batch(  # type: ignore[override]
             self, items: Iterable[T], timeout: float | None = None, *, key: Hashable | None = None
         ) -> None:
             """Store every item of an iterable, in order, in one partition (``key``'s, if given).
