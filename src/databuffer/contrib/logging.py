@@ -34,11 +34,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
-from .._buffer import Buffer, BufferMethods
-from .._errors import BufferClosed
+from .. import Buffer, BufferClosed, FlushOpts
+from .._buffer import BufferMethods
 from .._front import engine_of
 from .._options import is_async_callable
-from .._types import FlushOpts
 
 __all__ = ("BufferingHandler", "Target")
 
