@@ -10,6 +10,7 @@ module's ``Buffer``; a child takes the core from its environment).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from conftest import Background, Boom, run_python, wait_for
 
+from databuffer._buffer import BufferMethods
 from databuffer.contrib import logging as dblogging
 from databuffer.contrib.logging import BufferingHandler
 
@@ -648,6 +650,18 @@ def test_set_target_checks_its_target(make_handler):
 def test_bad_options_are_refused_naming_them(make_handler, options, error, message):
     with pytest.raises(error, match=message):
         make_handler(Collect(), **options)
+
+
+def test_every_buffer_option_is_taken(make_handler):
+    parameters = inspect.signature(BufferMethods.__init__).parameters
+    options = {
+        name: parameter.default
+        for name, parameter in parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "handle_flush"
+    }
+    assert {"max_size", "on_full", "retry_on", "handle_flush_error"} <= set(options)
+    for name, default in options.items():
+        make_handler(Collect(), **{name: default})
 
 
 def test_the_buffer_options_are_passed_through(make_handler):

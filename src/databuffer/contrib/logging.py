@@ -45,13 +45,22 @@ __all__ = ("BufferingHandler", "Target")
 #: callable that takes the list of records.
 Target = logging.Handler | Callable[[list[logging.LogRecord]], object]
 
-# The Buffer options this handler passes through, with their defaults
-# (every one is keyword-only): all of them but handle_flush, its own.
-_BUFFER_OPTIONS: dict[str, Any] = {
-    name: default
-    for name, default in (BufferMethods.__init__.__kwdefaults__ or {}).items()
-    if name != "handle_flush"
-}
+
+def _buffer_options() -> dict[str, Any]:
+    """The ``Buffer`` options, with their defaults: its constructor's keyword-only parameters.
+
+    Read from the function itself (under any ``functools.wraps`` decorator),
+    so that an option added to ``Buffer`` is passed through.
+    """
+    init: Any = BufferMethods.__init__
+    while hasattr(init, "__wrapped__"):
+        init = init.__wrapped__
+    return dict(init.__kwdefaults__ or {})
+
+
+# The Buffer options this handler passes through: all of them but
+# handle_flush, its own.
+_BUFFER_OPTIONS = {name: default for name, default in _buffer_options().items() if name != "handle_flush"}
 # Where BufferingHandler's defaults differ from Buffer's: an emit never
 # waits, and a log line is written within about a second.
 _DEFAULTS: dict[str, Any] = {"name": "BufferingHandler", "on_full": "drop_oldest", "flush_interval": 1.0}
