@@ -43,8 +43,9 @@ class _Targets:
         self.modules = {
             "telemetry": _public(pkg["telemetry"]),
         }
-        if "contrib" in pkg.members and "otel" in pkg["contrib"].members:
-            self.modules["contrib.otel"] = _public(pkg["contrib.otel"])
+        for contrib in ("otel", "logging"):
+            if "contrib" in pkg.members and contrib in pkg["contrib"].members:
+                self.modules[f"contrib.{contrib}"] = _public(pkg[f"contrib.{contrib}"])
 
     def path(self, context: griffe.Object, name: str) -> str | None:
         name = name.removeprefix("databuffer.")
