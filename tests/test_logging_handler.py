@@ -431,6 +431,35 @@ def _stuck_target(release: threading.Event) -> tuple[Collect, threading.Event]:
     return Stuck(), started
 
 
+def _logging_drops_nested_records() -> bool:
+    """Whether ``logging`` drops a record logged from inside a handler's ``emit`` (CPython 3.13.1+)."""
+    got: list[str] = []
+
+    class Inner(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    class Outer(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            inner_logger.warning("inner")
+
+    inner_logger = logging.getLogger("test_logging_handler.probe.inner")
+    outer_logger = logging.getLogger("test_logging_handler.probe.outer")
+    inner, outer = Inner(), Outer()
+    inner_logger.addHandler(inner)
+    outer_logger.addHandler(outer)
+    inner_logger.propagate = outer_logger.propagate = False
+    try:
+        outer_logger.warning("outer")
+    finally:
+        inner_logger.removeHandler(inner)
+        outer_logger.removeHandler(outer)
+    return not got
+
+
+_LOGGING_DROPS_NESTED_RECORDS = _logging_drops_nested_records()
+
+
 def test_a_full_buffer_drops_the_oldest_and_its_warning_comes_back_through_the_handler(
     make_handler, logger, databuffer_logger, gates
 ):
@@ -460,11 +489,17 @@ def test_a_full_buffer_drops_the_oldest_and_its_warning_comes_back_through_the_h
     handler.flush()
     delivered = [(r.name, r.getMessage()) for r in target.records]
     warnings = [msg for name, msg in delivered if name == "databuffer" and "'BufferingHandler'" in msg]
+    assert [msg for _, msg in delivered[:2]] == ["0", "1"]
+    assert handler.buffer.stats()["dropped"] >= 1
+    if _LOGGING_DROPS_NESTED_RECORDS:
+        # This Python's logging drops a record logged while a handler runs
+        # on the same thread (Logger._tls.in_progress): the warning, logged
+        # inside emit, never reaches any handler.  The count stays in stats().
+        assert warnings == []
+        return
     assert len(warnings) == 1 and "dropped 1 item" in warnings[0]
     # After the record whose insert dropped, in logging order.
-    assert [msg for _, msg in delivered[:2]] == ["0", "1"]
     assert delivered[-1][0] == "databuffer"
-    assert handler.buffer.stats()["dropped"] >= 1
 
 
 def test_a_failing_target_is_reported_to_last_resort_and_not_fed_its_own_failure(
