@@ -102,8 +102,24 @@ def test_bench_prints_the_table(core_name: str) -> None:
     assert rows[3]["versus"] == "insert(item), same rounds"
     assert "flushes" in rows[-2]["versus"]
     assert "check: OK, every item flushed exactly once" in out
-    # Progress went to stderr, one line per figure.
-    assert "databuffer bench: memory" in proc.stderr
+
+
+def test_bench_progress_names_each_phase_and_the_time_of_the_last(core_name: str) -> None:
+    proc = run_cli("bench", *TINY, core=core_name)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "databuffer bench: insert (Buffer and AsyncBuffer)"
+    for line in lines[1:]:
+        assert re.fullmatch(r"databuffer bench: .+ \(previous phase: \d+\.\d s\)", line), line
+    assert lines[1].startswith("databuffer bench: insert_batch (previous phase: ")
+    assert any(line.startswith("databuffer bench: memory (previous phase: ") for line in lines)
+    assert any(
+        line.startswith(
+            "databuffer bench: AsyncBuffer end to end 4x1,000, insert (asyncio) (previous phase: "
+        )
+        for line in lines
+    )
+    assert re.fullmatch(r"databuffer bench: done, [\d.]+ s in all \(previous phase: [\d.]+ s\)", lines[-1])
 
 
 def test_bench_table_has_the_async_rows(core_name: str) -> None:
@@ -161,7 +177,6 @@ def test_bench_table_has_the_async_rows(core_name: str) -> None:
             assert re.fullmatch(r"(met|NOT met) \([\d,]+ items/s\)", verdict), verdict
         else:
             assert verdict.startswith("not checked, the core is the pure-Python one (")
-    assert "databuffer bench: AsyncBuffer end to end 4x1,000, insert (asyncio)" in proc.stderr
 
 
 def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2435,14 +2435,19 @@ def run(
         items: N of the end-to-end figures (``Buffer`` and ``AsyncBuffer``).
         repeat: runs of each end-to-end figure; the fastest counts.
         memory_items: N of the memory figure.
-        progress: where to say which figure runs; ``None`` says nothing.
+        progress: where to say which phase starts and how long the previous
+            one took, and at the end the total; ``None`` says nothing.
     """
     start = time.perf_counter()
+    last: float | None = None  # when the phase running started
 
     def say(what: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
         if progress is not None:
-            elapsed = time.perf_counter() - start
-            print(f"databuffer bench: {what} ({elapsed:.1f} s)", file=progress, flush=True)
+            took = "" if last is None else f" (previous phase: {now - last:.1f} s)"
+            print(f"databuffer bench: {what}{took}", file=progress, flush=True)
+        last = now
 
     # AsyncBuffer's defaults on every loop; the Buffer end-to-end options on asyncio's.
     async_configs = [
@@ -2474,6 +2479,8 @@ def run(
     pipeline = bench_pipeline(items, repeat, rounds, rounds, say=say)
     say("memory")
     memory = bench_memory(memory_items)
+    seconds = time.perf_counter() - start
+    say(f"done, {seconds:.1f} s in all")
     return BenchReport(
         env=environment(),
         settings=settings,
@@ -2481,7 +2488,7 @@ def run(
         insert_batch=batch,
         end_to_end=end_to_end,
         memory=memory,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         async_end_to_end=async_end_to_end,
         pipeline=pipeline,
     )
