@@ -162,21 +162,9 @@ def test_bench_table_has_the_async_rows(core_name: str) -> None:
             f"AsyncBuffer end to end {partitions}x{max_size:,} = partitions={partitions}, "
             f"max_size={max_size:,}, loops: {', '.join(loops)}"
         ) in settings
-    # The idiom is spelled out, and the target is reported for each insert/ainsert
-    # figure on asyncio's loop, never enforced.
+    # The idiom is spelled out; no development target (the benchmarks report it).
     assert "`try: buf.insert(x)` `except BufferFull: await buf.ainsert(x)`" in out
-    targets = re.findall(
-        r"^target: AsyncBuffer end to end (\dx[\d,]+), insert/ainsert \(asyncio loop\) >= 5,000,000 items/s "
-        r"on the compiled core: (.+)$",
-        out,
-        re.M,
-    )
-    assert [config for config, _ in targets] == ["1x5,000", "4x1,000"], out
-    for _, verdict in targets:
-        if core_name == "c":
-            assert re.fullmatch(r"(met|NOT met) \([\d,]+ items/s\)", verdict), verdict
-        else:
-            assert verdict.startswith("not checked, the core is the pure-Python one (")
+    assert "target" not in out
 
 
 def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,17 +209,7 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["problems"] == []
         for key in ("items_per_second", "buffer_items_per_second", "flushes_per_second"):
             assert positive_finite(r[key]), r
-    target = results["async_target"]
-    assert target["target_items_per_second"] == _bench.ASYNC_TARGET == 5_000_000
-    inserts = [r for r in async_e2e if r["mode"] == "insert" and r["loop"] == "asyncio"]
-    assert [(f["partitions"], f["max_size"], f["items_per_second"]) for f in target["figures"]] == [
-        (r["partitions"], r["max_size"], r["items_per_second"]) for r in inserts
-    ]
-    if _bench.USING_EXTENSION:
-        assert all(f["met"] is (f["items_per_second"] >= 5_000_000) for f in target["figures"])
-        assert target["met"] is all(f["met"] for f in target["figures"])
-    else:
-        assert target["met"] is None and all(f["met"] is None for f in target["figures"])
+    assert "async_target" not in results  # a development target, not the user's business
     # The pipeline's ceiling: a deque.append loop plus one wake-up round trip
     # per max_queued_batches+2 batches, below the loop, higher with a longer queue.
     pipeline = data["pipeline"]

@@ -70,7 +70,6 @@ from .._text import plural
 __all__ = (
     "ASYNC_MAX_SIZE",
     "ASYNC_PARTITIONS",
-    "ASYNC_TARGET",
     "BLOCK",
     "DEFAULT_ITEMS",
     "DEFAULT_MEMORY_ITEMS",
@@ -160,9 +159,6 @@ KEY = "AAPL"
 #: options.
 ASYNC_PARTITIONS = 1
 ASYNC_MAX_SIZE = 5000
-#: Items/s the ``AsyncBuffer`` end-to-end ``insert`` figure should reach on
-#: the compiled core (asyncio's default loop); reported, never enforced.
-ASYNC_TARGET = 5_000_000
 
 
 class _Counter:
@@ -2049,34 +2045,6 @@ class BenchReport:
         return found
 
     @property
-    def async_target(self) -> dict[str, Any] | None:
-        """The ``AsyncBuffer`` end-to-end ``insert`` figures (asyncio's loop) against :data:`ASYNC_TARGET`.
-
-        One entry per buffer configuration in ``figures``; ``met`` (overall:
-        all of them) is ``None`` on the pure-Python core, the target being
-        for the compiled one.  ``None`` when no such figure was measured.
-        """
-        compiled = bool(self.env.get("using_extension"))
-        figures = [
-            {
-                "figure": f"{_async_figure(r)} (asyncio loop)",
-                "partitions": r.partitions,
-                "max_size": r.max_size,
-                "items_per_second": r.items_per_second,
-                "met": r.items_per_second >= ASYNC_TARGET if compiled else None,
-            }
-            for r in self.async_end_to_end
-            if r.mode == "insert" and r.loop == "asyncio"
-        ]
-        if not figures:
-            return None
-        return {
-            "target_items_per_second": ASYNC_TARGET,
-            "figures": figures,
-            "met": all(f["met"] for f in figures) if compiled else None,
-        }
-
-    @property
     def ok(self) -> bool:
         return not self.problems
 
@@ -2172,7 +2140,6 @@ class BenchReport:
             }
             for r in self.async_end_to_end
         ]
-        results["async_target"] = self.async_target
         if self.memory is not None:
             m = self.memory
             results["memory"] = {
@@ -2403,15 +2370,6 @@ def format_table(report: BenchReport) -> str:
             "  baseline: a Buffer of the same options, N inserted by the same call, until close() "
             "returned, runs alternating"
         )
-    target = report.async_target
-    if target is not None:
-        for figure in target["figures"]:
-            goal = f"target: {figure['figure']} >= {ASYNC_TARGET:,} items/s on the compiled core: "
-            measured = f"{figure['items_per_second']:,.0f} items/s"
-            if figure["met"] is None:
-                lines.append(goal + f"not checked, the core is the pure-Python one ({measured})")
-            else:
-                lines.append(goal + ("met" if figure["met"] else "NOT met") + f" ({measured})")
     if report.pipeline is not None:
         lines += _pipeline_lines(report.pipeline)
     lines.append("check: " + ("OK, every item flushed exactly once" if report.ok else "FAILED"))
