@@ -2849,7 +2849,7 @@ def run(
     async_end_to_end: list[AsyncEndToEndResult] = []
     for p, m, loops in async_configs:
         for mode in ("insert_batch", "insert"):
-            say(f"AsyncBuffer end to end {p}x{m:,}, {mode} ({', '.join(loops)})")
+            say(f"AsyncBuffer end to end {p}x{m:,}, {mode}")  # its loops: in the settings
             async_end_to_end += bench_async_end_to_end(
                 mode, items, repeat, loops=loops, partitions=p, max_size=m
             )
