@@ -79,6 +79,7 @@ __all__ = (
     "DEFAULT_MEMORY_ITEMS",
     "DEFAULT_REPEAT",
     "DEFAULT_ROUNDS",
+    "WIDTH",
     "AsyncEndToEndResult",
     "BatchResult",
     "BenchReport",
