@@ -19,149 +19,235 @@ ITEMS = 20_000
 # The smallest run: one round of each interleaved figure, one end-to-end run.
 TINY = ["--items", str(ITEMS), "--memory-items", str(ITEMS), "--rounds", "1", "--repeat", "1"]
 
-HANDOFF = "thread hand-off per 1,000-item batch"
-KEYED = "insert(item, key='AAPL'): call (best block)"
-ASYNC_CALL = "AsyncBuffer.insert: call (best block)"
-ASYNC_AMORTIZED = "AsyncBuffer.insert: amortized"
-# AsyncBuffer.insert beside deque.append, Buffer.insert, and Buffer.insert timed the same way.
-ASYNC_INSERT = [ASYNC_CALL, ASYNC_AMORTIZED] * 3
-ASYNC_VERSUS = (
-    ["deque.append"] * 2
-    + ["Buffer.insert, same rounds"] * 2
-    + ["Buffer.insert timed the same way (coroutine, yield per block)"] * 2
-)
 LOOPS = available_loops()
 # (partitions, max_size, loops): AsyncBuffer's defaults on every loop, then
 # the options of the Buffer end-to-end figures on asyncio's loop.
 ASYNC_CONFIGS = [(1, 5000, LOOPS), (4, 1000, ["asyncio"])]
+WIDTH = 100
+
+# The first table's rows, footnote marks removed: (label, baseline is).
+ASYNC_INSERT = [
+    (label, versus)
+    for versus in ("deque.append", "Buffer.insert, same rounds", "Buffer.insert in a coroutine")
+    for label in ("AsyncBuffer.insert, call", "AsyncBuffer.insert, amortized")
+]
+PURE = [("insert, call", "insert, pure-Python core"), ("insert, amortized", "insert, pure-Python core")]
+COST_ROWS = [
+    ("insert, call", "deque.append"),
+    ("insert, amortized", "deque.append"),
+    ("thread hand-off per batch", "deque.append"),
+    ("insert(x, key='AAPL'), call", "insert(x), same rounds"),
+    *ASYNC_INSERT,
+    ("insert_batch(1,000), call", "list.clear + list.extend"),
+    ("insert_batch(1,000), amortized", "list.clear + list.extend"),
+]
 
 
-def async_end_to_end() -> list[tuple[str, int, int]]:
-    """The AsyncBuffer end-to-end rows (figure, partitions, max_size), in table order."""
-    return [
-        (f"AsyncBuffer end to end {p}x{m:,}, {how}" + ("" if loop == "asyncio" else f", {loop}"), p, m)
+def end_to_end_rows() -> list[tuple[str, str, str]]:
+    """The end-to-end table's rows: (group, label, baseline is), footnote marks removed."""
+    rows = [
+        ("Buffer, partitions=4, max_size=1,000", mode, "deque.append loop")
+        for mode in ("insert_batch", "insert")
+    ]
+    rows += [
+        (
+            f"AsyncBuffer, partitions={p}, max_size={m:,}",
+            mode + ("" if loop == "asyncio" else f", {loop}"),
+            "Buffer, same options",
+        )
         for p, m, loops in ASYNC_CONFIGS
-        for how in ("insert_batch(1,000)/ainsert_batch", "insert/ainsert")
+        for mode in ("insert_batch", "insert")
         for loop in loops
     ]
+    return rows
 
 
-FIGURES = [
-    "insert: call (best block)",
-    "insert: amortized",
-    HANDOFF,
-    KEYED,
-    *ASYNC_INSERT,
-    "insert_batch(1,000): call (best block)",
-    "insert_batch(1,000): amortized",
-    "end to end, insert_batch(1,000)",
-    "end to end, insert",
-    *(figure for figure, _, _ in async_end_to_end()),
-    f"memory, {ITEMS:,} buffered Nones",
-]
+MARK = re.compile(r" \[(\d+)\]")
+HEADER = re.compile(
+    r"^(?P<title>.+?)\s{2,}(?:databuffer|value)\s+baseline\s+ratio\s+baseline is(?:\s+flushes\s+flushes/s)?$"
+)
 ROW = re.compile(
-    r"^(?P<figure>.+?)\s{2,}(?P<unit>ns/item|items/s|bytes/item)\s+(?P<databuffer>[\d,.]+)\s+"
-    r"(?P<baseline>[\d,.]+)\s+(?P<ratio>[\d.]+)x\s+(?P<versus>.+)$"
+    r"^(?P<label>.+?)\s{2,}(?P<value>[\d,.]+|nan)\s+(?P<baseline>[\d,.]+|nan)\s+(?P<ratio>[\d.]+|nan)x"
+    r"\s+(?P<versus>.+?)(?:\s{2,}(?P<flushes>[\d,]+)\s+(?P<per_second>[\d,]+))?$"
 )
 
 
-def table_rows(stdout: str) -> list[dict[str, str]]:
-    return [m.groupdict() for line in stdout.splitlines() if (m := ROW.match(line))]
+def unmark(text: str) -> str:
+    return MARK.sub("", text).strip()
+
+
+def tables(stdout: str) -> list[dict[str, Any]]:
+    """Every table block: its title, and its rows (with the group heading above each)."""
+    found: list[dict[str, Any]] = []
+    block: dict[str, Any] | None = None
+    group = ""
+    for line in stdout.splitlines():
+        if (m := HEADER.match(line)) is not None:
+            block, group = {"title": m["title"], "rows": []}, ""
+            found.append(block)
+        elif block is None or set(line) <= {"-", " "}:
+            if not line:
+                block = None
+        elif (m := ROW.match(line)) is not None:
+            assert line.startswith("  ") == bool(group), line
+            row = {k: v for k, v in m.groupdict().items() if v is not None}
+            block["rows"].append({**row, "label": row["label"].strip(), "group": group})
+        else:
+            assert not line.startswith(" "), line  # a group heading
+            group = line
+    return found
+
+
+def summary(stdout: str) -> list[str]:
+    """The lines before the first blank one."""
+    lines = stdout.splitlines()
+    return lines[: lines.index("")]
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def shown_as(value: float, unit: str) -> float:
+    """A figure as the table shows it: items/s in millions."""
+    return value / 1e6 if unit == "items/s" else value
 
 
 def positive_finite(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def test_bench_prints_the_table(core_name: str) -> None:
+def test_bench_output_fits_100_columns_summary_first(core_name: str) -> None:
     proc = run_cli("bench", *TINY, core=core_name)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    header = out.splitlines()[0]
-    assert "Python" in header or "CPython" in header
-    assert f"USING_EXTENSION={core_name == 'c'}" in header
-    assert re.search(r"GIL (enabled|disabled)", header)
-
-    rows = table_rows(out)
-    figures = [row["figure"] for row in rows]
+    too_wide = [line for line in out.splitlines() if len(line) > WIDTH]
+    assert too_wide == [], too_wide
+    # The summary comes first: a title, then 4 to 8 lines in plain words.
+    lines = summary(out)
+    assert re.fullmatch(r"databuffer \S+ bench, in short \(.+\):", lines[0]), lines[0]
+    assert 4 <= len(lines[1:]) <= 8, lines
+    assert all(line.startswith(("- ", "  ")) for line in lines[1:]), lines
+    text = " ".join(line.strip() for line in lines)
+    assert re.search(r"- insert costs [\d.]+x a deque\.append \([\d.]+ ns a call\)", text), text
+    assert re.search(
+        r"end to end by insert, one producer: [\d.]+ M items/s, [\d.]+x as fast as a SimpleQueue", text
+    )
+    assert re.search(r"end to end by insert_batch\(1,000\): [\d.]+ M items/s", text), text
+    assert re.search(r"the flusher's own work: [\d.]+ us a batch", text), text
     if core_name == "c":
-        # The compiled core is also compared with the pure-Python one.
-        expected = FIGURES[:4] + FIGURES[:2] + FIGURES[4:]
-        assert [row["versus"] for row in rows[4:6]] == ["same, pure-Python core"] * 2
-        assert "ring not seen by tracemalloc" in rows[-1]["versus"]
-        assert "skipped" not in out
+        assert re.search(r"the pure-Python core: its insert costs [\d.]+x the compiled core's", text), text
+        assert "compiled core" in lines[0]
     else:
-        expected = FIGURES
+        assert "this run used the pure-Python core" in text
+        assert "pure-Python core" in lines[0]
+    assert "- ratios compare with baselines timed in this run: above 1x costs more" in lines[-1]
+    # No development target: those are the benchmarks' business.
+    assert "target" not in out
+    # Every footnote mark in a table has its note, and every note its mark.
+    marks = set(MARK.findall("\n".join(line for line in out.splitlines() if not re.match(r"\[\d+\] ", line))))
+    notes = set(re.findall(r"^\[(\d+)\] ", out, re.M))
+    assert marks == notes == {str(n) for n in range(1, len(notes) + 1)}, (marks, notes)
+    assert out.rstrip().splitlines()[-2] == "check: OK, every item flushed exactly once"
+    assert re.fullmatch(r"time: [\d.]+ s", out.rstrip().splitlines()[-1])
+
+
+def test_bench_prints_the_tables(core_name: str) -> None:
+    proc = run_cli("bench", *TINY, core=core_name)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    # Where it ran: "run: " and its continuation lines.
+    run = re.search(r"^run: .+(?:\n  .+)*", out, re.M)
+    assert run is not None, out
+    assert "Python" in run[0]
+    assert f"(USING_EXTENSION={core_name == 'c'})" in run[0]
+    assert re.search(r"GIL (enabled|disabled)", run[0])
+    blocks = tables(out)
+    assert [unmark(block["title"]) for block in blocks] == [
+        "cost per item, ns",
+        "end to end, M items/s",
+        "memory, bytes/item",
+        "end to end, M items/s",  # the pipeline's
+        "amortized, ns/item",
+        "flusher per batch, us",
+    ]
+    first = blocks[:3]
+    cost, e2e, memory = (block["rows"] for block in first)
+    expected = COST_ROWS[:4] + (PURE if core_name == "c" else []) + COST_ROWS[4:]
+    assert [(unmark(r["label"]), unmark(r["versus"])) for r in cost] == expected, out
+    if core_name == "c":
+        assert "skipped" not in out
+        assert MARK.search(memory[0]["label"])  # the ring tracemalloc does not see
+        assert "ring, allocated where tracemalloc does not see it" in out
+    else:
         assert "insert vs the pure-Python core: skipped" in out
-    assert figures == expected, out
-    for row in rows:
-        for column in ("databuffer", "baseline", "ratio"):
-            assert positive_finite(float(row[column].replace(",", ""))), row
-    assert rows[0]["versus"] == "deque.append"
-    assert rows[2]["versus"].startswith("deque.append; with the GIL")
-    assert rows[3]["versus"] == "insert(item), same rounds"
-    assert "flushes" in rows[-2]["versus"]
+    assert [(unmark(r["group"]), r["label"], r["versus"]) for r in e2e] == end_to_end_rows()
+    assert [unmark(r["label"]) for r in memory] == [f"{ITEMS:,} buffered Nones"]
+    assert memory[0]["versus"].startswith("list.append (")
+    for block in first[:3]:
+        for row in block["rows"]:
+            for column in ("value", "baseline", "ratio"):
+                assert positive_finite(number(row[column])), row
+    for row in e2e:
+        assert int(row["flushes"].replace(",", "")) >= ITEMS // 5000
+        assert positive_finite(number(row["per_second"]))
+    # A ratio is the row's value over its baseline (both rounded in the table).
+    for row in cost + e2e + memory:
+        assert number(row["ratio"]) == pytest.approx(
+            number(row["value"]) / number(row["baseline"]), rel=0.05, abs=0.01
+        )
     assert "check: OK, every item flushed exactly once" in out
-    # Progress went to stderr, one line per figure.
-    assert "databuffer bench: memory" in proc.stderr
+
+
+def test_bench_progress_names_each_phase_and_the_time_of_the_last(core_name: str) -> None:
+    proc = run_cli("bench", *TINY, core=core_name)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert all(len(line) <= WIDTH for line in lines), lines
+    assert lines[0] == "databuffer bench: insert (Buffer and AsyncBuffer)"
+    for line in lines[1:]:
+        assert re.fullmatch(r"databuffer bench: .+ \(previous phase: \d+\.\d s\)", line), line
+    assert lines[1].startswith("databuffer bench: insert_batch (previous phase: ")
+    assert any(line.startswith("databuffer bench: memory (previous phase: ") for line in lines)
+    assert any(
+        line.startswith("databuffer bench: AsyncBuffer end to end 4x1,000, insert (previous phase: ")
+        for line in lines
+    )
+    assert re.fullmatch(r"databuffer bench: done, [\d.]+ s in all \(previous phase: [\d.]+ s\)", lines[-1])
 
 
 def test_bench_table_has_the_async_rows(core_name: str) -> None:
     proc = run_cli("bench", *TINY, core=core_name)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    rows = table_rows(out)
-    by_figure: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        by_figure.setdefault(row["figure"], []).append(row)
+    cost = tables(out)[0]["rows"]
     # AsyncBuffer.insert: against deque.append, Buffer.insert, and the control.
-    async_insert = [row for row in rows if row["figure"].startswith("AsyncBuffer.insert")]
-    assert [row["figure"] for row in async_insert] == ASYNC_INSERT
-    assert [row["versus"] for row in async_insert] == ASYNC_VERSUS
+    async_insert = [row for row in cost if row["label"].startswith("AsyncBuffer.insert")]
+    assert [(unmark(r["label"]), unmark(r["versus"])) for r in async_insert] == ASYNC_INSERT
     # The same denominators as the Buffer rows of the same run.
-    buffer_call, buffer_amortized = (
-        by_figure["insert: call (best block)"][0],
-        by_figure["insert: amortized"][0],
-    )
+    buffer_call, buffer_amortized = cost[0], cost[1]
     assert async_insert[0]["baseline"] == buffer_call["baseline"]  # deque.append
-    assert async_insert[2]["baseline"] == buffer_call["databuffer"]  # Buffer.insert
-    assert async_insert[3]["baseline"] == buffer_amortized["databuffer"]
+    assert async_insert[2]["baseline"] == buffer_call["value"]  # Buffer.insert
+    assert async_insert[3]["baseline"] == buffer_amortized["value"]
     for call, amortized in zip(async_insert[::2], async_insert[1::2], strict=True):
         # Per item, a call is never dearer than the amortized cost.
-        assert float(call["databuffer"].replace(",", "")) <= float(amortized["databuffer"].replace(",", ""))
+        assert number(call["value"]) <= number(amortized["value"])
     # End to end: items/s beside a Buffer of the same options, with flush counts.
-    e2e = [row for row in rows if row["figure"].startswith("AsyncBuffer end to end")]
-    expected = async_end_to_end()
-    assert [row["figure"] for row in e2e] == [figure for figure, _, _ in expected]
-    for row, (_, _, max_size) in zip(e2e, expected, strict=True):
-        assert row["unit"] == "items/s"
-        assert row["versus"].startswith("Buffer, same options and N; ")
-        flushes = re.search(r"; ([\d,]+) flushes, ", row["versus"])
-        assert flushes is not None, row
+    e2e = [row for row in tables(out)[1]["rows"] if row["group"].startswith("AsyncBuffer")]
+    expected = end_to_end_rows()[2:]
+    assert [(unmark(r["group"]), r["label"], r["versus"]) for r in e2e] == expected
+    for row in e2e:
+        max_size = int(re.search(r"max_size=([\d,]+)", row["group"])[1].replace(",", ""))  # type: ignore[index]
         # At least N / max_size batches: more when a partition's share is not a multiple.
-        assert int(flushes.group(1).replace(",", "")) >= ITEMS // max_size
-    settings = out.splitlines()[1]
+        assert int(row["flushes"].replace(",", "")) >= ITEMS // max_size
     for partitions, max_size, loops in ASYNC_CONFIGS:
         assert (
-            f"AsyncBuffer end to end {partitions}x{max_size:,} = partitions={partitions}, "
-            f"max_size={max_size:,}, loops: {', '.join(loops)}"
-        ) in settings
-    # The idiom is spelled out, and the target is reported for each insert/ainsert
-    # figure on asyncio's loop, never enforced.
+            f"  AsyncBuffer end to end: partitions={partitions}, max_size={max_size:,}, "
+            f"loops: {', '.join(loops)}"
+        ) in out.splitlines()
+    # The idiom is spelled out in a note.
     assert "`try: buf.insert(x)` `except BufferFull: await buf.ainsert(x)`" in out
-    targets = re.findall(
-        r"^target: AsyncBuffer end to end (\dx[\d,]+), insert/ainsert \(asyncio loop\) >= 5,000,000 items/s "
-        r"on the compiled core: (.+)$",
-        out,
-        re.M,
-    )
-    assert [config for config, _ in targets] == ["1x5,000", "4x1,000"], out
-    for _, verdict in targets:
-        if core_name == "c":
-            assert re.fullmatch(r"(met|NOT met) \([\d,]+ items/s\)", verdict), verdict
-        else:
-            assert verdict.startswith("not checked, the core is the pure-Python one (")
-    assert "databuffer bench: AsyncBuffer end to end 4x1,000, insert (asyncio)" in proc.stderr
+    assert "`except BufferFull as exc: await buf.ainsert_batch(chunk[exc.stored:])`" in out
 
 
 def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,11 +267,16 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
         "memory_items": ITEMS,
         "async_end_to_end": [{"partitions": p, "max_size": m, "loops": lp} for p, m, lp in ASYNC_CONFIGS],
     }
-    assert len(data["rows"]) == len(FIGURES) + (2 if _bench.USING_EXTENSION else 0)
+    async_rows = 2 * sum(len(loops) for _, _, loops in ASYNC_CONFIGS)
+    expected_rows = len(COST_ROWS) + 2 + async_rows + 1 + (2 if _bench.USING_EXTENSION else 0)
+    assert len(data["rows"]) == expected_rows
     for row in data["rows"]:
+        assert set(row) == {"figure", "unit", "databuffer", "baseline", "versus", "note", "ratio"}
         for key in ("databuffer", "baseline", "ratio"):
             assert positive_finite(row[key]), row
+    assert data["rows"][0]["figure"] == "insert: call (best block)"
     results = data["results"]
+    assert "async_target" not in results  # a development target, not the user's business
     assert [r["mode"] for r in results["end_to_end"]] == ["insert_batch", "insert"]
     assert all(r["flushed"] == ITEMS and r["flushes"] >= ITEMS // 1000 for r in results["end_to_end"])
     assert results["memory"]["items"] == ITEMS
@@ -206,17 +297,6 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["problems"] == []
         for key in ("items_per_second", "buffer_items_per_second", "flushes_per_second"):
             assert positive_finite(r[key]), r
-    target = results["async_target"]
-    assert target["target_items_per_second"] == _bench.ASYNC_TARGET == 5_000_000
-    inserts = [r for r in async_e2e if r["mode"] == "insert" and r["loop"] == "asyncio"]
-    assert [(f["partitions"], f["max_size"], f["items_per_second"]) for f in target["figures"]] == [
-        (r["partitions"], r["max_size"], r["items_per_second"]) for r in inserts
-    ]
-    if _bench.USING_EXTENSION:
-        assert all(f["met"] is (f["items_per_second"] >= 5_000_000) for f in target["figures"])
-        assert target["met"] is all(f["met"] for f in target["figures"])
-    else:
-        assert target["met"] is None and all(f["met"] is None for f in target["figures"])
     # The pipeline's ceiling: a deque.append loop plus one wake-up round trip
     # per max_queued_batches+2 batches, below the loop, higher with a longer queue.
     pipeline = data["pipeline"]
@@ -234,6 +314,101 @@ def test_bench_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
     assert [ceilings[c["label"]] for c in configs] == sorted(ceilings.values()) and depths == sorted(depths)
     ceiling_rows = [r for r in pipeline["rows"] if r["figure"].startswith("end to end, insert: ceiling")]
     assert [r["baseline"] for r in ceiling_rows] == ["deque.append loop", "its ceiling"] * len(configs)
+    for row in pipeline["rows"]:
+        assert set(row) == {"figure", "unit", "subject", "value", "baseline", "baseline_value", "ratio"}
+
+
+def test_bench_json_has_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", *TINY]) == 0
+    data = json.loads(capsys.readouterr().out)
+    figures = data["summary"]
+    text = figures.pop("text")
+    # The same lines as the table's summary, computed from the same figures.
+    assert text[0].startswith(f"databuffer {data['environment']['databuffer']} bench, in short (")
+    assert all(len(line) <= WIDTH for line in text)
+    results, pipeline = data["results"], data["pipeline"]
+    insert = results["insert"]
+    call = insert["buffer"]["best"] / insert["buffer"]["items"] * 1e9
+    deque_call = insert["deque"]["best"] / insert["deque"]["items"] * 1e9
+    assert figures["insert_call_ns"] == pytest.approx(call)
+    assert figures["insert_call_vs_deque_append"] == pytest.approx(call / deque_call)
+    joined = " ".join(line.strip() for line in text)
+    shown = re.search(r"insert costs ([\d.]+)x a deque\.append \(([\d.]+) ns a call\)", joined)
+    assert shown is not None, joined
+    assert float(shown[1]) == pytest.approx(figures["insert_call_vs_deque_append"], rel=0.05)
+    assert float(shown[2]) == pytest.approx(call, rel=0.01)
+    default = pipeline["max_queued_batches"]["configs"][-1]["label"]
+    rates = pipeline["end_to_end_items_per_second"]
+    rate = rates[f"insert, {default}"]
+    assert figures["end_to_end_insert_items_per_second"] == pytest.approx(rate)
+    assert figures["end_to_end_insert_vs_simple_queue"] == pytest.approx(
+        rate / rates["SimpleQueue + consumer thread"]
+    )
+    shown = re.search(r"end to end by insert, one producer: ([\d.]+) M items/s, ([\d.]+)x as fast", joined)
+    assert shown is not None, joined
+    assert float(shown[1]) == pytest.approx(rate / 1e6, rel=0.01)
+    assert float(shown[2]) == pytest.approx(figures["end_to_end_insert_vs_simple_queue"], rel=0.05)
+    if pipeline["otel"]:
+        assert figures["otel"] == pipeline["otel"]
+        assert figures["end_to_end_insert_vs_otel"] == pytest.approx(rate / rates[pipeline["otel"]])
+        assert "x OpenTelemetry's " in joined
+    else:
+        assert figures["end_to_end_insert_vs_otel"] is None and "not measured" in joined
+    batch_rate = rates[f"insert_batch, {default}"]
+    assert figures["end_to_end_insert_batch_vs_deque_extend_loop"] == pytest.approx(
+        batch_rate / rates["deque.extend loop"]
+    )
+    flusher = pipeline["flusher"]
+    assert figures["flusher_us_per_batch"] == pytest.approx(flusher[f"Buffer, {default}"]["median_us"])
+    if _bench.USING_EXTENSION:
+        pure = insert["pure"]["best"] / insert["pure"]["items"] * 1e9
+        assert figures["pure_python_insert_call_vs_compiled"] == pytest.approx(pure / call)
+    else:
+        assert figures["pure_python_insert_call_vs_compiled"] is None
+
+
+def test_the_table_shows_every_row_of_the_json() -> None:
+    report = _bench.run(rounds=1, items=ITEMS, repeat=1, memory_items=ITEMS)
+    data = report.to_json()
+    blocks = tables(_bench.format_table(report))
+    shown = [row for block in blocks[:3] for row in block["rows"]]
+    assert [(number(r["value"]), number(r["ratio"])) for r in shown] == [
+        (pytest.approx(shown_as(row["databuffer"], row["unit"]), rel=0.01), round(row["ratio"], 2))
+        for row in data["rows"]
+    ]
+    shown = [row for block in blocks[3:] for row in block["rows"]]
+    assert [(number(r["value"]), number(r["baseline"])) for r in shown] == [
+        (
+            pytest.approx(shown_as(row["value"], row["unit"]), rel=0.01),
+            pytest.approx(shown_as(row["baseline_value"], row["unit"]), rel=0.01),
+        )
+        for row in data["pipeline"]["rows"]
+    ]
+
+
+def test_format_table_without_the_pipeline_or_opentelemetry() -> None:
+    # A report with some parts: the summary says what there is, the lines still fit.
+    insert = _bench.bench_insert(rounds=1, blocks=2, pure=False, asynchronous=False)
+    e2e = _bench.bench_end_to_end("insert", items=2_500, repeat=1)
+    report = _bench.BenchReport(
+        env=_bench.environment(),
+        settings={"rounds": 1, "items": 2_500, "repeat": 1, "memory_items": 0},
+        insert=insert,
+        end_to_end=[e2e],
+    )
+    out = _bench.format_table(report)
+    assert all(len(line) <= WIDTH for line in out.splitlines())
+    text = summary(out)
+    assert text[1].startswith("- insert costs ")
+    assert text[2].startswith("- end to end by insert: ") and "as fast as a bare deque.append loop" in text[2]
+    assert report.summary()["end_to_end_insert_vs_simple_queue"] is None
+    pipeline = _bench.bench_pipeline(2_000, 1, 1, 1, otel=False, asynchronous=False)
+    report = _bench.BenchReport(env=report.env, settings=report.settings, pipeline=pipeline)
+    out = _bench.format_table(report)
+    assert all(len(line) <= WIDTH for line in out.splitlines())
+    assert "(OpenTelemetry's processor: not measured, see the pipeline's notes)" in out
+    assert "OTel baseline: skipped, not run" in out
+    assert report.summary()["end_to_end_insert_vs_otel"] is None
 
 
 def test_count_mismatch_fails_loudly(

@@ -37,7 +37,9 @@ were measured on, however fast or noisy it is:
 Only the standard library is used, and the OpenTelemetry SDK when it is
 importable (its baseline is skipped otherwise).  Each ``bench_*`` function
 returns a result dataclass; :func:`run` runs them all, :func:`format_table`
-shows a :class:`BenchReport`, and :func:`main` is the command line.
+shows a :class:`BenchReport` (a summary in plain words, then the tables and
+their numbered notes, in at most :data:`WIDTH` columns), and :func:`main` is
+the command line.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ import json
 import math
 import platform
 import queue
+import re
 import statistics
 import struct
 import sys
+import textwrap
 import threading
 import time
 import tracemalloc
@@ -70,12 +74,12 @@ from .._text import plural
 __all__ = (
     "ASYNC_MAX_SIZE",
     "ASYNC_PARTITIONS",
-    "ASYNC_TARGET",
     "BLOCK",
     "DEFAULT_ITEMS",
     "DEFAULT_MEMORY_ITEMS",
     "DEFAULT_REPEAT",
     "DEFAULT_ROUNDS",
+    "WIDTH",
     "AsyncEndToEndResult",
     "BatchResult",
     "BenchReport",
@@ -160,9 +164,6 @@ KEY = "AAPL"
 #: options.
 ASYNC_PARTITIONS = 1
 ASYNC_MAX_SIZE = 5000
-#: Items/s the ``AsyncBuffer`` end-to-end ``insert`` figure should reach on
-#: the compiled core (asyncio's default loop); reported, never enforced.
-ASYNC_TARGET = 5_000_000
 
 
 class _Counter:
@@ -1772,7 +1773,12 @@ def bench_flusher(
 
 @dataclass(frozen=True)
 class PipelineRow:
-    """One line of the pipeline table: ``ratio`` is ``value / baseline_value``, in ``unit``."""
+    """One line of the pipeline table: ``ratio`` is ``value / baseline_value``, in ``unit``.
+
+    ``figure``, ``subject`` and ``baseline`` say it in full (the JSON's
+    rows); ``group``, ``label`` and ``vs_label`` are the table's shorter
+    texts for them (``[^key]`` marks a footnote, see :class:`_Notes`).
+    """
 
     figure: str
     unit: str
@@ -1780,6 +1786,13 @@ class PipelineRow:
     value: float
     baseline: str
     baseline_value: float
+    group: str = ""
+    label: str = ""
+    vs_label: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        keys = ("figure", "unit", "subject", "value", "baseline", "baseline_value")
+        return {**{key: getattr(self, key) for key in keys}, "ratio": self.ratio}
 
     @property
     def ratio(self) -> float:
@@ -1835,19 +1848,54 @@ class PipelineResult:
         rows: list[PipelineRow] = []
         e2e = self.end_to_end
         configs = self.configs
+        # The table's names: "Buffer, q=0" for "Buffer, max_queued_batches=0", and so on.
+        short = {
+            f"{kind}, {c.label}": f"{kind}, {_short_label(c)}"
+            for kind in ("Buffer", "AsyncBuffer")
+            for c in configs
+        }
+        if e2e.otel:
+            short[e2e.otel] = _short_otel(e2e.otel)
+
+        def row(
+            figure: str,
+            unit: str,
+            subject: str,
+            value: float,
+            baseline: str,
+            baseline_value: float,
+            group: str,
+            label: str = "",
+        ) -> PipelineRow:
+            return PipelineRow(
+                figure,
+                unit,
+                subject,
+                value,
+                baseline,
+                baseline_value,
+                group=group,
+                label=label or short.get(subject, subject),
+                vs_label=short.get(baseline, baseline),
+            )
 
         def add(
-            figure: str, unit: str, values: dict[str, float], baselines: Sequence[str], kind: str
+            figure: str,
+            unit: str,
+            values: dict[str, float],
+            baselines: Sequence[str],
+            kind: str,
+            group: str,
         ) -> None:
             for config in configs:
                 subject = f"{kind}, {config.label}"
                 for baseline in baselines:
                     rows.append(
-                        PipelineRow(figure, unit, subject, values[subject], baseline, values[baseline])
+                        row(figure, unit, subject, values[subject], baseline, values[baseline], group)
                     )
             if len(configs) == 2:
                 old, new = (f"{kind}, {c.label}" for c in configs)
-                rows.append(PipelineRow(figure, unit, new, values[new], old, values[old]))
+                rows.append(row(figure, unit, new, values[new], old, values[old], group))
 
         rate = {key: e2e.items_per_second(key) for key in e2e.seconds}
         for mode, fig in (("insert", "insert"), ("insert_batch", f"insert_batch({BLOCK:,})")):
@@ -1860,27 +1908,30 @@ class PipelineResult:
                 baselines += [e2e.otel] if e2e.otel else []
             else:
                 baselines = ["deque.extend loop", "deque.append loop"]
-            add(f"end to end, {fig}, until close() returned", "items/s", values, baselines, "Buffer")
+            add(f"end to end, {fig}, until close() returned", "items/s", values, baselines, "Buffer", fig)
             if mode == "insert":
                 figure = (
                     f"end to end, insert: ceiling from thread wake-ups ({self.wake_round_trip_us:.0f} us "
                     "round trip per max_queued_batches+2 batches)"
                 )
+                group = "insert: ceiling from thread wake-ups [^ceiling]"
                 for config in configs:
                     subject = f"Buffer, {config.label}"
                     ceiling = self.ceiling(config)
                     rows.append(
-                        PipelineRow(
+                        row(
                             figure,
                             "items/s",
                             f"{subject}, ceiling",
                             ceiling,
                             baselines[0],
                             values[baselines[0]],
+                            group,
+                            label=f"ceiling, {_short_label(config)}",
                         )
                     )
                     rows.append(
-                        PipelineRow(figure, "items/s", subject, values[subject], "its ceiling", ceiling)
+                        row(figure, "items/s", subject, values[subject], "its ceiling", ceiling, group)
                     )
         amortized = {name: t.amortized_ns for name, t in self.amortized.items()}
         for mode, fig, baseline in (
@@ -1891,7 +1942,7 @@ class PipelineResult:
                 k.replace(f"{mode}, ", "Buffer, ", 1): v for k, v in amortized.items() if k.startswith(mode)
             }
             values[baseline] = amortized[baseline]
-            add(f"{fig}: amortized", "ns/item", values, [baseline], "Buffer")
+            add(f"{fig}: amortized", "ns/item", values, [baseline], "Buffer", fig)
         flusher = {name: cost.median_us for name, cost in self.flusher.items()}
         if "SimpleQueue consumer thread" in flusher:
             add(
@@ -1900,25 +1951,30 @@ class PipelineResult:
                 flusher,
                 ["SimpleQueue consumer thread"],
                 "Buffer",
+                "Buffer, thread CPU",
             )
         if any(name.startswith("AsyncBuffer") for name in flusher):
+            figure = "AsyncBuffer flusher per batch, handle_flush excluded (wall, median)"
+            group = "AsyncBuffer, wall time"
             for config in configs:
                 subject = f"AsyncBuffer, {config.label}"
                 baseline = f"Buffer, {config.label}"
                 rows.append(
                     PipelineRow(
-                        "AsyncBuffer flusher per batch, handle_flush excluded (wall, median)",
+                        figure,
                         "us/batch",
                         subject,
                         flusher[subject],
                         baseline + ", thread CPU",
                         flusher[baseline],
+                        group=group,
+                        label=short[subject],
+                        vs_label=short[baseline] + ", thread CPU",
                     )
                 )
             if len(configs) == 2:
                 old, new = (f"AsyncBuffer, {c.label}" for c in configs)
-                figure = rows[-1].figure
-                rows.append(PipelineRow(figure, "us/batch", new, flusher[new], old, flusher[old]))
+                rows.append(row(figure, "us/batch", new, flusher[new], old, flusher[old], group))
         return rows
 
     def to_json(self) -> dict[str, Any]:
@@ -1938,7 +1994,7 @@ class PipelineResult:
             },
             "otel": e2e.otel,
             "otel_skipped": e2e.otel_skipped,
-            "rows": [{**asdict(row), "ratio": row.ratio} for row in self.rows()],
+            "rows": [row.to_json() for row in self.rows()],
             "end_to_end_seconds": e2e.seconds,
             "end_to_end_items_per_second": {key: e2e.items_per_second(key) for key in e2e.seconds},
             "amortized": {name: asdict(t) for name, t in self.amortized.items()},
@@ -2005,7 +2061,12 @@ def environment() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the table: ``ratio`` is ``databuffer / baseline``, in ``unit``."""
+    """One line of the table: ``ratio`` is ``databuffer / baseline``, in ``unit``.
+
+    ``figure``, ``versus`` and ``note`` say it in full (the JSON's rows);
+    ``group``, ``label``, ``vs_label`` and ``extra`` are the table's shorter
+    texts and extra cells (``[^key]`` marks a footnote, see :class:`_Notes`).
+    """
 
     figure: str
     unit: str
@@ -2013,10 +2074,18 @@ class Row:
     baseline: float
     versus: str
     note: str = ""
+    group: str = ""
+    label: str = ""
+    vs_label: str = ""
+    extra: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
         return self.databuffer / self.baseline
+
+    def to_json(self) -> dict[str, Any]:
+        keys = ("figure", "unit", "databuffer", "baseline", "versus", "note")
+        return {**{key: getattr(self, key) for key in keys}, "ratio": self.ratio}
 
 
 @dataclass(frozen=True)
@@ -2049,93 +2118,138 @@ class BenchReport:
         return found
 
     @property
-    def async_target(self) -> dict[str, Any] | None:
-        """The ``AsyncBuffer`` end-to-end ``insert`` figures (asyncio's loop) against :data:`ASYNC_TARGET`.
-
-        One entry per buffer configuration in ``figures``; ``met`` (overall:
-        all of them) is ``None`` on the pure-Python core, the target being
-        for the compiled one.  ``None`` when no such figure was measured.
-        """
-        compiled = bool(self.env.get("using_extension"))
-        figures = [
-            {
-                "figure": f"{_async_figure(r)} (asyncio loop)",
-                "partitions": r.partitions,
-                "max_size": r.max_size,
-                "items_per_second": r.items_per_second,
-                "met": r.items_per_second >= ASYNC_TARGET if compiled else None,
-            }
-            for r in self.async_end_to_end
-            if r.mode == "insert" and r.loop == "asyncio"
-        ]
-        if not figures:
-            return None
-        return {
-            "target_items_per_second": ASYNC_TARGET,
-            "figures": figures,
-            "met": all(f["met"] for f in figures) if compiled else None,
-        }
-
-    @property
     def ok(self) -> bool:
         return not self.problems
 
     def rows(self) -> list[Row]:
         rows: list[Row] = []
+        ns = "ns/item"
         if self.insert is not None:
             r = self.insert
             b, d = r.buffer, r.deque
-            rows.append(Row("insert: call (best block)", "ns/item", b.call_ns, d.call_ns, "deque.append"))
-            rows.append(Row("insert: amortized", "ns/item", b.amortized_ns, d.amortized_ns, "deque.append"))
+            call, amortized = "insert: call (best block)", "insert: amortized"
+            rows.append(Row(call, ns, b.call_ns, d.call_ns, "deque.append", label="insert, call [^call]"))
+            rows.append(
+                Row(
+                    amortized,
+                    ns,
+                    b.amortized_ns,
+                    d.amortized_ns,
+                    "deque.append",
+                    label="insert, amortized [^call]",
+                )
+            )
             if r.handoff is not None:
                 note = "deque.append; with the GIL, insert amortized >= insert call + this"
                 fig = f"thread hand-off per {MAX_SIZE:,}-item batch"
-                rows.append(Row(fig, "ns/item", r.handoff.call_ns, d.call_ns, note))
+                label = "thread hand-off per batch [^handoff]"
+                rows.append(
+                    Row(fig, ns, r.handoff.call_ns, d.call_ns, note, label=label, vs_label="deque.append")
+                )
             if r.keyed is not None:
                 fig = f"insert(item, key={KEY!r}): call (best block)"
-                rows.append(Row(fig, "ns/item", r.keyed.call_ns, b.call_ns, "insert(item), same rounds"))
+                label = f"insert(x, key={KEY!r}), call"
+                rows.append(
+                    Row(
+                        fig,
+                        ns,
+                        r.keyed.call_ns,
+                        b.call_ns,
+                        "insert(item), same rounds",
+                        label=label,
+                        vs_label="insert(x), same rounds",
+                    )
+                )
             if r.pure is not None:
                 p = r.pure
-                vs = "same, pure-Python core"
-                rows.append(Row("insert: call (best block)", "ns/item", b.call_ns, p.call_ns, vs))
-                rows.append(Row("insert: amortized", "ns/item", b.amortized_ns, p.amortized_ns, vs))
+                vs, vs_label = "same, pure-Python core", "insert, pure-Python core"
+                rows.append(Row(call, ns, b.call_ns, p.call_ns, vs, label="insert, call", vs_label=vs_label))
+                rows.append(
+                    Row(
+                        amortized,
+                        ns,
+                        b.amortized_ns,
+                        p.amortized_ns,
+                        vs,
+                        label="insert, amortized",
+                        vs_label=vs_label,
+                    )
+                )
             if r.async_buffer is not None:
                 a = r.async_buffer
                 call, amortized = "AsyncBuffer.insert: call (best block)", "AsyncBuffer.insert: amortized"
-                rows.append(Row(call, "ns/item", a.call_ns, d.call_ns, "deque.append"))
-                rows.append(Row(amortized, "ns/item", a.amortized_ns, d.amortized_ns, "deque.append"))
-                vs = "Buffer.insert, same rounds"
-                rows.append(Row(call, "ns/item", a.call_ns, b.call_ns, vs))
-                rows.append(Row(amortized, "ns/item", a.amortized_ns, b.amortized_ns, vs))
+                labels = ("AsyncBuffer.insert, call", "AsyncBuffer.insert, amortized")
+                versus = [("deque.append", d, "deque.append"), ("Buffer.insert, same rounds", b, "")]
                 if r.async_control is not None:
-                    c = r.async_control
                     vs = "Buffer.insert timed the same way (coroutine, yield per block)"
-                    rows.append(Row(call, "ns/item", a.call_ns, c.call_ns, vs))
-                    rows.append(Row(amortized, "ns/item", a.amortized_ns, c.amortized_ns, vs))
+                    versus.append((vs, r.async_control, "Buffer.insert in a coroutine [^async]"))
+                for n, (vs, base, vs_label) in enumerate(versus):
+                    mark = " [^async]" if n == 0 else ""
+                    rows.append(
+                        Row(call, ns, a.call_ns, base.call_ns, vs, label=labels[0] + mark, vs_label=vs_label)
+                    )
+                    rows.append(
+                        Row(
+                            amortized,
+                            ns,
+                            a.amortized_ns,
+                            base.amortized_ns,
+                            vs,
+                            label=labels[1],
+                            vs_label=vs_label,
+                        )
+                    )
         if self.insert_batch is not None:
             b, e = self.insert_batch.buffer, self.insert_batch.extend
             vs = "list.clear + list.extend"
             fig = f"insert_batch({BLOCK:,})"
-            rows.append(Row(f"{fig}: call (best block)", "ns/item", b.call_ns, e.call_ns, vs))
-            rows.append(Row(f"{fig}: amortized", "ns/item", b.amortized_ns, e.amortized_ns, vs))
+            rows.append(Row(f"{fig}: call (best block)", ns, b.call_ns, e.call_ns, vs, label=f"{fig}, call"))
+            rows.append(
+                Row(f"{fig}: amortized", ns, b.amortized_ns, e.amortized_ns, vs, label=f"{fig}, amortized")
+            )
         for e2e in self.end_to_end:
             fig = f"end to end, {e2e.mode}" + (f"({BLOCK:,})" if e2e.mode == "insert_batch" else "")
             note = f"{e2e.flushes:,} flushes, {e2e.flushes_per_second:,.0f}/s"
-            vs = "deque.append loop"
-            rows.append(Row(fig, "items/s", e2e.items_per_second, e2e.baseline_items_per_second, vs, note))
+            rows.append(
+                Row(
+                    fig,
+                    "items/s",
+                    e2e.items_per_second,
+                    e2e.baseline_items_per_second,
+                    "deque.append loop",
+                    note,
+                    group=f"Buffer, partitions={PARTITIONS}, max_size={MAX_SIZE:,}",
+                    label=e2e.mode,
+                    extra=(f"{e2e.flushes:,}", f"{e2e.flushes_per_second:,.0f}"),
+                )
+            )
         for a2e in self.async_end_to_end:
             fig = _async_figure(a2e)
             if a2e.loop != "asyncio":
                 fig += f", {a2e.loop}"
             note = f"{a2e.flushes:,} flushes, {a2e.flushes_per_second:,.0f}/s"
-            vs = "Buffer, same options and N"
-            rows.append(Row(fig, "items/s", a2e.items_per_second, a2e.buffer_items_per_second, vs, note))
+            rows.append(
+                Row(
+                    fig,
+                    "items/s",
+                    a2e.items_per_second,
+                    a2e.buffer_items_per_second,
+                    "Buffer, same options and N",
+                    note,
+                    group=f"AsyncBuffer, partitions={a2e.partitions}, max_size={a2e.max_size:,} [^async-e2e]",
+                    label=a2e.mode + ("" if a2e.loop == "asyncio" else f", {a2e.loop}"),
+                    vs_label="Buffer, same options",
+                    extra=(f"{a2e.flushes:,}", f"{a2e.flushes_per_second:,.0f}"),
+                )
+            )
         if self.memory is not None:
             m = self.memory
             diff = m.bytes_per_item - m.list_bytes_per_item
             note = f"{diff:+.2f} B/item"
+            label = f"{m.items:,} buffered Nones"
             if m.untraced_ring_bytes:
                 note += f"; incl. {_size(m.untraced_ring_bytes)} ring not seen by tracemalloc"
+                label += " [^ring]"
             rows.append(
                 Row(
                     f"memory, {m.items:,} buffered Nones",
@@ -2144,9 +2258,18 @@ class BenchReport:
                     m.list_bytes_per_item,
                     "list.append",
                     note,
+                    label=label,
+                    vs_label=f"list.append ({diff:+.2f})",
                 )
             )
         return rows
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of the plain-words summary that heads the table, and its lines (``"text"``).
+
+        A figure not measured in this run is ``None``.
+        """
+        return _summary(self)
 
     def to_json(self) -> dict[str, Any]:
         results: dict[str, Any] = {}
@@ -2172,7 +2295,6 @@ class BenchReport:
             }
             for r in self.async_end_to_end
         ]
-        results["async_target"] = self.async_target
         if self.memory is not None:
             m = self.memory
             results["memory"] = {
@@ -2180,12 +2302,12 @@ class BenchReport:
                 "bytes_per_item": m.bytes_per_item,
                 "list_bytes_per_item": m.list_bytes_per_item,
             }
-        rows = [{**asdict(row), "ratio": row.ratio} for row in self.rows()]
         document: dict[str, Any] = _finite(
             {
+                "summary": self.summary(),
                 "environment": self.env,
                 "settings": self.settings,
-                "rows": rows,
+                "rows": [row.to_json() for row in self.rows()],
                 "results": results,
                 "pipeline": self.pipeline.to_json() if self.pipeline is not None else None,
                 "ok": self.ok,
@@ -2213,6 +2335,221 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# -- the summary ----------------------------------------------------------
+
+
+def _default_config(result: PipelineResult) -> QueueConfig:
+    """The buffer's default setting: the last one compared."""
+    return result.configs[-1]
+
+
+def _summary(report: BenchReport) -> dict[str, Any]:
+    """See :meth:`BenchReport.summary`: the figures first, then the lines saying them in plain words."""
+    env = report.env
+    figures: dict[str, Any] = dict.fromkeys(
+        (
+            "insert_call_ns",
+            "insert_call_vs_deque_append",
+            "insert_amortized_ns",
+            "insert_amortized_vs_deque_append",
+            "end_to_end_setup",
+            "end_to_end_insert_items_per_second",
+            "end_to_end_insert_vs_deque_append_loop",
+            "end_to_end_insert_vs_simple_queue",
+            "end_to_end_insert_vs_otel",
+            "otel",
+            "end_to_end_insert_batch_items_per_second",
+            "end_to_end_insert_batch_vs_deque_extend_loop",
+            "flusher_us_per_batch",
+            "flusher_vs_simple_queue",
+            "pure_python_insert_call_ns",
+            "pure_python_insert_call_vs_compiled",
+            "pure_python_insert_amortized_vs_compiled",
+        )
+    )
+    core = "compiled" if env["using_extension"] else "pure-Python"
+    gil = "GIL enabled" if env["gil_enabled"] else "GIL disabled"
+    text = [
+        f"databuffer {env['databuffer']} bench, in short "
+        f"({env['implementation']} {env['python']}, {core} core, {gil}):"
+    ]
+
+    def say(line: str) -> None:
+        text.extend(_wrap("- " + line, "", "  "))
+
+    if report.insert is not None:
+        b, d = report.insert.buffer, report.insert.deque
+        figures.update(
+            insert_call_ns=b.call_ns,
+            insert_call_vs_deque_append=b.call_ns / d.call_ns,
+            insert_amortized_ns=b.amortized_ns,
+            insert_amortized_vs_deque_append=b.amortized_ns / d.amortized_ns,
+        )
+        say(
+            f"insert costs {_times(b.call_ns / d.call_ns)} a deque.append ({_sig(b.call_ns)} ns a call), "
+            f"{_times(b.amortized_ns / d.amortized_ns)} with its share of the flushing"
+        )
+    pipeline = report.pipeline
+    if pipeline is not None:
+        e2e = pipeline.end_to_end
+        config = _default_config(pipeline)
+        rate = e2e.items_per_second(_pipeline_key("insert", config))
+        batch_rate = e2e.items_per_second(_pipeline_key("insert_batch", config))
+        figures.update(
+            end_to_end_setup=f"pipeline: one producer, partitions=1, max_size={MAX_SIZE:,}, {config.label}",
+            end_to_end_insert_items_per_second=rate,
+            end_to_end_insert_vs_deque_append_loop=rate / e2e.items_per_second("deque.append loop"),
+            end_to_end_insert_vs_simple_queue=rate / e2e.items_per_second("SimpleQueue + consumer thread"),
+            end_to_end_insert_batch_items_per_second=batch_rate,
+            end_to_end_insert_batch_vs_deque_extend_loop=batch_rate
+            / e2e.items_per_second("deque.extend loop"),
+        )
+        if e2e.otel:
+            otel = _short_otel(e2e.otel).split(".")[0].replace("OTel ", "OpenTelemetry's ", 1)
+            figures.update(otel=e2e.otel, end_to_end_insert_vs_otel=rate / e2e.items_per_second(e2e.otel))
+            versus_otel = f", {_times(figures['end_to_end_insert_vs_otel'])} {otel}"
+        else:
+            versus_otel = " (OpenTelemetry's processor: not measured, see the pipeline's notes)"
+        say(
+            f"end to end by insert, one producer: {_sig(rate / 1e6)} M items/s, "
+            f"{_times(figures['end_to_end_insert_vs_simple_queue'])} as fast as a SimpleQueue + "
+            f"consumer thread" + versus_otel
+        )
+        say(
+            f"end to end by insert_batch({BLOCK:,}): {_sig(batch_rate / 1e6)} M items/s, "
+            f"{_times(figures['end_to_end_insert_batch_vs_deque_extend_loop'])} as fast as a bare "
+            "deque.extend loop"
+        )
+        flusher = pipeline.flusher
+        mine, theirs = flusher.get(f"Buffer, {config.label}"), flusher.get("SimpleQueue consumer thread")
+        if mine is not None and theirs is not None:
+            figures.update(
+                flusher_us_per_batch=mine.median_us, flusher_vs_simple_queue=mine.median_us / theirs.median_us
+            )
+            say(
+                f"the flusher's own work: {_sig(mine.median_us)} us a batch of {MAX_SIZE:,}, "
+                f"{_times(mine.median_us / theirs.median_us)} a SimpleQueue consumer thread's "
+                f"({_sig(theirs.median_us)} us)"
+            )
+    elif (e := next((e for e in report.end_to_end if e.mode == "insert"), None)) is not None:
+        # No pipeline figures: the first table's (4 partitions), against a deque.append loop only.
+        figures.update(
+            end_to_end_setup=f"partitions={PARTITIONS}, max_size={MAX_SIZE:,}",
+            end_to_end_insert_items_per_second=e.items_per_second,
+            end_to_end_insert_vs_deque_append_loop=e.items_per_second / e.baseline_items_per_second,
+        )
+        say(
+            f"end to end by insert: {_sig(e.items_per_second / 1e6)} M items/s, "
+            f"{_times(e.items_per_second / e.baseline_items_per_second)} as fast as a bare deque.append loop"
+        )
+    if report.insert is not None and report.insert.pure is not None:
+        b, p = report.insert.buffer, report.insert.pure
+        figures.update(
+            pure_python_insert_call_ns=p.call_ns,
+            pure_python_insert_call_vs_compiled=p.call_ns / b.call_ns,
+            pure_python_insert_amortized_vs_compiled=p.amortized_ns / b.amortized_ns,
+        )
+        say(
+            f"the pure-Python core: its insert costs {_times(p.call_ns / b.call_ns)} "
+            f"the compiled core's ({_sig(p.call_ns)} ns a call)"
+        )
+    elif not env["using_extension"]:
+        say("this run used the pure-Python core (the compiled extension is not in use)")
+    say("ratios compare with baselines timed in this run: above 1x costs more, or is faster in items/s")
+    figures["text"] = text
+    return figures
+
+
+def _sig(value: float) -> str:
+    """Three significant digits, or the units of a large number: for the summary."""
+    if not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _times(ratio: float) -> str:
+    """A ratio in two significant digits (``1.3x``, ``0.038x``, ``20x``): for the summary."""
+    if not math.isfinite(ratio):
+        return "n/a"
+    if ratio >= 10:
+        return f"{ratio:,.0f}x"
+    return f"{ratio:.2g}x"
+
+
+# -- the tables -----------------------------------------------------------
+
+#: Columns the report fits in: every line of ``format_table``'s output.
+WIDTH = 100
+
+
+def _wrap(text: str, first: str = "", rest: str = "  ", width: int = WIDTH) -> list[str]:
+    """``text`` in lines of at most ``width`` columns (a word longer than that stands alone)."""
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [first.rstrip()]
+
+
+class _Notes:
+    """Numbered footnotes: ``[^key]`` in a table's text becomes ``[n]``, numbered in order of first use.
+
+    ``texts`` maps each key to its note: a string, or a list of paragraphs
+    (one starting with spaces is indented that much more).  :meth:`flush`
+    gives the notes numbered since the last call, for under a table.
+    """
+
+    _MARK = re.compile(r"\[\^([\w-]+)\]")
+
+    def __init__(self, texts: dict[str, str | list[str]]) -> None:
+        self.texts = texts
+        self.numbers: dict[str, int] = {}
+        self.pending: list[str] = []
+
+    def mark(self, text: str) -> str:
+        def number(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key not in self.numbers:
+                self.numbers[key] = len(self.numbers) + 1
+                self.pending.append(key)
+            return f"[{self.numbers[key]}]"
+
+        return self._MARK.sub(number, text)
+
+    def flush(self) -> list[str]:
+        lines: list[str] = []
+        for key in self.pending:
+            prefix = f"[{self.numbers[key]}] "
+            pad = " " * len(prefix)
+            text = self.texts[key]
+            for n, paragraph in enumerate([text] if isinstance(text, str) else text):
+                extra = " " * (len(paragraph) - len(paragraph.lstrip()))
+                first = prefix if n == 0 else pad + extra
+                lines += _wrap(paragraph.strip(), first, pad + extra)
+        self.pending.clear()
+        return lines
+
+
+def _block(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """A fixed-width table: ``header``, a rule, ``rows``; a row of one cell is a group heading, as it is.
+
+    ``align`` has a ``<`` or ``>`` per column.
+    """
+    widths = [max(len(row[i]) for row in (header, *rows) if len(row) > 1) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=True)).rstrip()
+
+    lines = [line(header), "  ".join("-" * w for w in widths)]
+    lines += [row[0] if len(row) == 1 else line(row) for row in rows]
+    return lines
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB"):
         if n < 1024 or unit == "MB":
@@ -2229,191 +2566,232 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
-def _pipeline_lines(result: PipelineResult) -> list[str]:
-    """The pipeline table: one block per figure, each row a subject with its ratio to a baseline."""
-    e2e = result.end_to_end
-    runs = min(len(s) for s in e2e.seconds.values())
-    lines = [
-        "",
-        f"pipeline: one producer thread, partitions=1, max_size={MAX_SIZE:,}, a handle_flush that counts; "
-        + result.queue_note,
-        f"  end to end: N={e2e.items:,}, {runs} runs of each, interleaved (order rotating), median run; "
-        f"amortized: {result.rounds} interleaved rounds; "
-        f"flusher: {result.cycles} interleaved cycles, median gap",
-    ]
-    header = ("figure / subject", "unit", "value", "ratio", "vs baseline (its value)")
-    table: list[tuple[str, ...]] = []
-    figure = ""
-    for row in result.rows():
-        if row.figure != figure:
-            figure = row.figure
-            table.append((figure,))
-        table.append(
-            (
-                f"  {row.subject}",
-                row.unit,
-                _number(row.value),
-                f"{row.ratio:.2f}x",
-                f"{row.baseline} ({_number(row.baseline_value)})",
-            )
-        )
-    rows = [cells for cells in table if len(cells) > 1]
-    widths = [max(len(cells[i]) for cells in (header, *rows)) for i in range(len(header) - 1)]
-    align = ("<", "<", ">", ">")
-    lines.append("")
-    for n, cells in enumerate((header, *table)):
-        if len(cells) == 1:
-            lines.append(cells[0])
+def _value(value: float, unit: str) -> str:
+    """A table cell: items/s in millions (the column header says ``M items/s``)."""
+    return _number(value / 1e6 if unit == "items/s" else value)
+
+
+def _short_label(config: QueueConfig) -> str:
+    """The table's name of a setting: ``q=0``, ``q=4 (default)``, or ``default``."""
+    if QUEUED_OPTION in config.options:
+        return f"q={config.options[QUEUED_OPTION]}"
+    if config.label.startswith("default ("):
+        return f"q={config.depth} (default)"
+    return "default"
+
+
+def _short_otel(label: str) -> str:
+    """``OTel BatchProcessor.emit``: the OTel subject's label without its parenthesis."""
+    return label.split(" (", 1)[0]
+
+
+def _table(
+    rows: Sequence[Row | PipelineRow],
+    sections: Sequence[tuple[str, str, tuple[str, ...]]],
+    notes: _Notes,
+    subject: str = "value",
+) -> list[str]:
+    """One block per section ``(unit, title, extra headers)``: its rows, under their group headings.
+
+    ``subject`` heads the column of the rows' own values (the baseline's is ``baseline``).
+    """
+    lines: list[str] = []
+    for unit, title, extra in sections:
+        mine = [row for row in rows if row.unit == unit]
+        if not mine:
             continue
-        lines.append(
-            "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=False))
-            + "  "
-            + cells[-1]
-        )
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))
-    lines.append("")
-    lines.append(
-        "ratio = subject / baseline in the row's unit (items/s: above 1x is faster; ns/item, us/batch: "
-        "below 1x is cheaper)"
-    )
-    lines.append(
-        "  end to end: from the first insert until close() returned (Buffer: every batch flushed); "
-        "deque loops store only; SimpleQueue + consumer thread: SimpleQueue.put per item,"
-    )
-    lines.append(
-        f"  one consumer thread grouping the items into lists of {MAX_SIZE:,} and calling a no-op that "
-        "counts per list, until it handed over the last item (SimpleQueueBatcher)"
-    )
-    if e2e.otel:
-        lines.append(
-            f"  {e2e.otel}: max_export_batch_size={MAX_SIZE:,}, a queue of N+1 (nothing dropped: "
-            "the exporter counted N), an exporter that counts, until shutdown() returned"
-        )
-    else:
-        lines.append(f"  OTel baseline: skipped, {e2e.otel_skipped}")
-    lines.append(
-        "  ceiling: a deque.append loop plus one thread wake-up round trip (median, two threads passing "
-        "two locks) per max_queued_batches+2 batches:"
-    )
-    lines.append(
-        "    the producer fills the partition and sleeps, the flusher drains it and sleeps; no insert or "
-        "flusher cost counted; a longer queue raises it"
-    )
-    lines.append(
-        "  amortized: blocks of calls, then sync_flush(), all timed, over all items (see the table above)"
-    )
-    lines.append(
-        "  flusher per batch: one batch's handle_flush held until all that fits is queued behind it, then "
-        "the time from each call's exit to the next call's entry"
-    )
-    lines.append(
-        "    (Buffer, SimpleQueue consumer: that thread's CPU, time.thread_time; AsyncBuffer: wall time, "
-        f"the loop running nothing else); stamping adds {result.stamp_overhead_us:.2f} us to each"
-    )
-    if len(result.configs) == 2:
-        lines.append(
-            "    with max_queued_batches=0 the waiting batch is still in the ring and the flusher copies it "
-            "out; a queued one was copied out (sealed) by the producer's insert"
-        )
+        header = (notes.mark(title), subject, "baseline", "ratio", "baseline is", *extra)
+        cells: list[tuple[str, ...]] = []
+        group = ""
+        for row in mine:
+            if row.group != group:
+                group = row.group
+                if group:
+                    cells.append((notes.mark(group),))
+            if isinstance(row, Row):
+                value, baseline = row.databuffer, row.baseline
+                label, vs = row.label or row.figure, row.vs_label or row.versus
+                more = row.extra
+            else:
+                value, baseline = row.value, row.baseline_value
+                label, vs = row.label or row.subject, row.vs_label or row.baseline
+                more = ()
+            cells.append(
+                (
+                    ("  " if group else "") + notes.mark(label),
+                    _value(value, unit),
+                    _value(baseline, unit),
+                    f"{row.ratio:.2f}x",
+                    notes.mark(vs),
+                    *more,
+                )
+            )
+        lines += ["", *_block(header, cells, "<>>><" + ">" * len(extra))]
     return lines
 
 
-def format_table(report: BenchReport) -> str:
-    """The report: a header line, a fixed-width table, and what the ratio means."""
-    env = report.env
-    core = "compiled (Cython)" if env["using_extension"] else "pure Python"
-    lines = [
-        f"databuffer {env['databuffer']} bench: {env['implementation']} {env['python']} "
-        f"on {env['platform']}; "
-        f"core: {core} (USING_EXTENSION={env['using_extension']}); "
-        f"GIL {'enabled' if env['gil_enabled'] else 'disabled'}",
-    ]
-    s = report.settings
-    lines.append(
-        f"settings: {s['rounds']} rounds of {CHUNK_BLOCKS} blocks x {BLOCK} calls, "
-        f"end to end N={s['items']:,} best of {s['repeat']}, memory N={s['memory_items']:,}; "
-        f"buffers: partitions={PARTITIONS}, max_size={MAX_SIZE}"
-        + "".join(
-            f"; AsyncBuffer end to end {c['partitions']}x{c['max_size']:,} = partitions={c['partitions']}, "
-            f"max_size={c['max_size']:,}, loops: {', '.join(c['loops'])}"
-            for c in s.get("async_end_to_end", [])
-        )
+def _main_notes(report: BenchReport) -> dict[str, str | list[str]]:
+    repeat = report.settings.get("repeat", DEFAULT_REPEAT)
+    ring = report.memory.untraced_ring_bytes if report.memory is not None else 0
+    return {
+        "call": (
+            f"call: the fastest block of {BLOCK:,} calls; amortized: all the time, waiting for the "
+            "buffer's flushes included, over all calls"
+        ),
+        "handoff": (
+            "thread hand-off: one round trip between two threads through two locks, per item of a "
+            f"{MAX_SIZE:,}-item batch; with the GIL, insert amortized >= insert call + this"
+        ),
+        "async": [
+            "AsyncBuffer.insert: the same blocks, run by a coroutine on the buffer's loop, which yields "
+            "to it once after each block (the flusher tasks run then: counted in amortized, not in call)",
+            "Buffer.insert in a coroutine: a second Buffer timed the same way, as a control",
+        ],
+        "e2e": (
+            f"end to end: N items until every batch was flushed, best of {plural(repeat, 'run')}; "
+            f"insert_batch in lists of {BLOCK:,}; deque.append loop: the same N appended, nothing "
+            "flushed; flushes: handle_flush calls in the best run, and per second"
+        ),
+        "async-e2e": [
+            "AsyncBuffer: N items from a coroutine, into an async def handle_flush that counts, until "
+            "aclose() returned;",
+            "  insert: `try: buf.insert(x)` `except BufferFull: await buf.ainsert(x)`;",
+            "  insert_batch: `try: buf.insert_batch(chunk)`",
+            "    `except BufferFull as exc: await buf.ainsert_batch(chunk[exc.stored:])`;",
+            "baseline: a Buffer of the same options, N inserted by the same call, until close() "
+            "returned, runs alternating",
+        ],
+        "ring": (
+            f"includes the compiled core's {_size(ring)} ring, allocated where tracemalloc does not see it"
+        ),
+    }
+
+
+def _main_lines(report: BenchReport, notes: _Notes) -> list[str]:
+    """The first table (insert, insert_batch, end to end, memory) and its notes."""
+    rows = report.rows()
+    sections = (
+        ("ns/item", "cost per item, ns", ()),
+        ("items/s", "end to end, M items/s [^e2e]", ("flushes", "flushes/s")),
+        ("bytes/item", "memory, bytes/item", ()),
     )
-    if env["telemetry_handlers"]:
-        lines.append(f"warning: {env['telemetry_handlers']} telemetry handler(s) attached")
-    header = ("figure", "unit", "databuffer", "baseline", "ratio", "baseline is / note")
-    table = [
-        (
-            row.figure,
-            row.unit,
-            _number(row.databuffer),
-            _number(row.baseline),
-            f"{row.ratio:.2f}x",
-            row.versus + (f"; {row.note}" if row.note else ""),
-        )
-        for row in report.rows()
-    ]
-    widths = [max(len(cells[i]) for cells in (header, *table)) for i in range(len(header) - 1)]
-    align = ("<", "<", ">", ">", ">")
-    rule = "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1])
-    lines.append("")
-    for n, cells in enumerate((header, *table)):
-        lines.append(
-            "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=False))
-            + "  "
-            + cells[-1]
-        )
-        if n == 0:
-            lines.append(rule)
+    lines = _table(rows, sections, notes, "databuffer")
     lines.append("")
     if report.insert is not None and report.insert.pure is None:
-        lines.append(
-            "insert vs the pure-Python core: skipped, the default core is the pure-Python one "
-            "(databuffer.USING_EXTENSION is False)"
-        )
-    lines.append(
-        "ratio = databuffer / baseline in the row's unit (ns/item, bytes/item: above 1x costs more; "
-        "items/s: below 1x is slower)"
+        lines.append("insert vs the pure-Python core: skipped, the default core is the pure-Python one")
+    lines += _wrap(
+        "ratio = databuffer / baseline: above 1x costs more in ns/item and bytes/item, is faster in items/s"
     )
-    lines.append(
-        "call = fastest block of calls; amortized = all time, waiting for the buffer's flushes "
-        "included, over all calls"
+    return lines + notes.flush()
+
+
+def _pipeline_notes(result: PipelineResult) -> dict[str, str | list[str]]:
+    e2e = result.end_to_end
+    runs = min(len(s) for s in e2e.seconds.values())
+    if e2e.otel:
+        otel = (
+            f"{e2e.otel}: max_export_batch_size={MAX_SIZE:,}, a queue of N+1 (nothing dropped: the "
+            "exporter counted N), an exporter that counts, until shutdown() returned"
+        )
+    else:
+        otel = f"OTel baseline: skipped, {e2e.otel_skipped}"
+    flusher = [
+        "flusher per batch, handle_flush excluded: one batch's handle_flush held until all that fits is "
+        "queued behind it, then the time from each call's exit to the next call's entry, median (Buffer, "
+        "SimpleQueue consumer: that thread's CPU, time.thread_time; AsyncBuffer: wall time, the loop "
+        f"running nothing else); stamping adds {result.stamp_overhead_us:.2f} us to each",
+    ]
+    if len(result.configs) == 2:
+        flusher.append(
+            "with max_queued_batches=0 the waiting batch is still in the ring and the flusher copies it "
+            "out; a queued one was copied out (sealed) by the producer's insert"
+        )
+    return {
+        "p-e2e": [
+            "end to end: from the first insert until close() returned (Buffer: every batch flushed), "
+            f"median of {plural(runs, 'run')}; deque loops store only",
+            f"SimpleQueue + consumer thread: SimpleQueue.put per item, one consumer thread grouping the "
+            f"items into lists of {MAX_SIZE:,} and calling a no-op that counts per list, until it handed "
+            "over the last item (SimpleQueueBatcher)",
+            otel,
+        ],
+        "ceiling": (
+            "ceiling: a deque.append loop plus one thread wake-up round trip "
+            f"({result.wake_round_trip_us:.0f} us, median, two threads passing two locks) per "
+            "max_queued_batches+2 batches: the producer fills the partition and sleeps, the flusher drains "
+            "it and sleeps; no insert or flusher cost counted; a longer queue raises it"
+        ),
+        "p-amortized": (
+            "amortized: blocks of calls, then sync_flush(), all timed, over all items; "
+            "list.extend: list.clear + list.extend"
+        ),
+        "flusher": flusher,
+    }
+
+
+def _pipeline_lines(result: PipelineResult, notes: _Notes) -> list[str]:
+    """The pipeline table: one block per unit, a group per figure, each row a subject against a baseline."""
+    e2e = result.end_to_end
+    runs = min(len(s) for s in e2e.seconds.values())
+    q = "; in the tables, q is max_queued_batches" if QUEUED_OPTION in result.configs[0].options else ""
+    lines = [""]
+    lines += _wrap(
+        f"pipeline: one producer thread, partitions=1, max_size={MAX_SIZE:,}, a handle_flush that counts; "
+        f"{result.queue_note}{q}"
     )
-    if report.insert is not None and report.insert.async_buffer is not None:
-        lines.append(
-            "AsyncBuffer.insert: the same blocks, run by a coroutine on the buffer's loop, which yields "
-            "to it once after each block"
-        )
-        lines.append(
-            "  (the flusher tasks run then: counted in amortized, not in call); a second Buffer is timed "
-            "the same way, as a control"
-        )
-    if report.async_end_to_end:
-        lines.append(
-            "AsyncBuffer end to end PxM (partitions x max_size): N items from a coroutine, into an async def "
-            "handle_flush that counts, until `await buf.aclose()` returned;"
-        )
-        lines.append("  insert/ainsert = `try: buf.insert(x)` `except BufferFull: await buf.ainsert(x)`;")
-        lines.append(
-            "  insert_batch/ainsert_batch = `try: buf.insert_batch(chunk)` "
-            "`except BufferFull as exc: await buf.ainsert_batch(chunk[exc.stored:])`;"
-        )
-        lines.append(
-            "  baseline: a Buffer of the same options, N inserted by the same call, until close() "
-            "returned, runs alternating"
-        )
-    target = report.async_target
-    if target is not None:
-        for figure in target["figures"]:
-            goal = f"target: {figure['figure']} >= {ASYNC_TARGET:,} items/s on the compiled core: "
-            measured = f"{figure['items_per_second']:,.0f} items/s"
-            if figure["met"] is None:
-                lines.append(goal + f"not checked, the core is the pure-Python one ({measured})")
-            else:
-                lines.append(goal + ("met" if figure["met"] else "NOT met") + f" ({measured})")
+    lines += _wrap(
+        f"end to end: N={e2e.items:,}, {plural(runs, 'run')} of each, interleaved (order rotating), "
+        f"median run; amortized: {plural(result.rounds, 'interleaved round')}; "
+        f"flusher: {plural(result.cycles, 'interleaved cycle')}, median gap",
+        "  ",
+        "  ",
+    )
+    sections = (
+        ("items/s", "end to end, M items/s [^p-e2e]", ()),
+        ("ns/item", "amortized, ns/item [^p-amortized]", ()),
+        ("us/batch", "flusher per batch, us [^flusher]", ()),
+    )
+    lines += _table(result.rows(), sections, notes)
+    lines.append("")
+    lines += _wrap(
+        "ratio = value / baseline: above 1x is faster in items/s, and costs more in ns/item and us/batch"
+    )
+    return lines + notes.flush()
+
+
+def format_table(report: BenchReport) -> str:
+    """The report: a summary in plain words, the tables and their numbered notes, the check."""
+    env = report.env
+    texts = _main_notes(report)
     if report.pipeline is not None:
-        lines += _pipeline_lines(report.pipeline)
+        texts.update(_pipeline_notes(report.pipeline))
+    notes = _Notes(texts)
+    lines = list(report.summary()["text"])
+    lines.append("")
+    core = "compiled (Cython)" if env["using_extension"] else "pure-Python"
+    lines += _wrap(
+        f"run: {env['implementation']} {env['python']} on {env['platform']}; {core} core "
+        f"(USING_EXTENSION={env['using_extension']}); GIL {'enabled' if env['gil_enabled'] else 'disabled'}"
+    )
+    s = report.settings
+    lines += _wrap(
+        f"settings: {plural(s['rounds'], 'round')} of {CHUNK_BLOCKS} blocks x {BLOCK:,} calls; end to end: "
+        f"N={s['items']:,}, best of {s['repeat']}; memory: N={s['memory_items']:,}; "
+        f"Buffer: partitions={PARTITIONS}, max_size={MAX_SIZE:,}"
+    )
+    for c in s.get("async_end_to_end", []):
+        lines += _wrap(
+            f"AsyncBuffer end to end: partitions={c['partitions']}, max_size={c['max_size']:,}, "
+            f"loops: {', '.join(c['loops'])}",
+            "  ",
+            "    ",
+        )
+    if env["telemetry_handlers"]:
+        lines.append(f"warning: {env['telemetry_handlers']} telemetry handler(s) attached")
+    lines += _main_lines(report, notes)
+    if report.pipeline is not None:
+        lines += _pipeline_lines(report.pipeline, notes)
+    lines.append("")
     lines.append("check: " + ("OK, every item flushed exactly once" if report.ok else "FAILED"))
     lines.append(f"time: {report.seconds:.1f} s")
     return "\n".join(lines)
@@ -2435,14 +2813,19 @@ def run(
         items: N of the end-to-end figures (``Buffer`` and ``AsyncBuffer``).
         repeat: runs of each end-to-end figure; the fastest counts.
         memory_items: N of the memory figure.
-        progress: where to say which figure runs; ``None`` says nothing.
+        progress: where to say which phase starts and how long the previous
+            one took, and at the end the total; ``None`` says nothing.
     """
     start = time.perf_counter()
+    last: float | None = None  # when the phase running started
 
     def say(what: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
         if progress is not None:
-            elapsed = time.perf_counter() - start
-            print(f"databuffer bench: {what} ({elapsed:.1f} s)", file=progress, flush=True)
+            took = "" if last is None else f" (previous phase: {now - last:.1f} s)"
+            print(f"databuffer bench: {what}{took}", file=progress, flush=True)
+        last = now
 
     # AsyncBuffer's defaults on every loop; the Buffer end-to-end options on asyncio's.
     async_configs = [
@@ -2467,13 +2850,15 @@ def run(
     async_end_to_end: list[AsyncEndToEndResult] = []
     for p, m, loops in async_configs:
         for mode in ("insert_batch", "insert"):
-            say(f"AsyncBuffer end to end {p}x{m:,}, {mode} ({', '.join(loops)})")
+            say(f"AsyncBuffer end to end {p}x{m:,}, {mode}")  # its loops: in the settings
             async_end_to_end += bench_async_end_to_end(
                 mode, items, repeat, loops=loops, partitions=p, max_size=m
             )
     pipeline = bench_pipeline(items, repeat, rounds, rounds, say=say)
     say("memory")
     memory = bench_memory(memory_items)
+    seconds = time.perf_counter() - start
+    say(f"done, {seconds:.1f} s in all")
     return BenchReport(
         env=environment(),
         settings=settings,
@@ -2481,7 +2866,7 @@ def run(
         insert_batch=batch,
         end_to_end=end_to_end,
         memory=memory,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         async_end_to_end=async_end_to_end,
         pipeline=pipeline,
     )
@@ -2538,7 +2923,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="runs of each end-to-end figure: the fastest counts in the first table, the median in "
         "the pipeline table (default: %(default)s)",
     )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the results as JSON instead of the summary and tables: the summary's figures "
+        "under 'summary', every row under 'rows' (and 'pipeline.rows'), the raw timings under 'results'",
+    )
 
 
 DESCRIPTION = (
@@ -2553,9 +2943,10 @@ DESCRIPTION = (
     "consumer thread batching by 1000, and the OpenTelemetry SDK's BatchProcessor (when "
     "installed; nothing dropped); N items by insert_batch(1000) vs deque loops; insert and "
     "insert_batch amortized; and the flusher's own time per batch, handle_flush excluded (thread "
-    "CPU for Buffer, wall time for AsyncBuffer) vs the SimpleQueue consumer's. Progress goes to "
-    "stderr, the tables (or JSON) to stdout. The exit status is 1 if an item was not flushed "
-    "exactly once, or a baseline lost one."
+    "CPU for Buffer, wall time for AsyncBuffer) vs the SimpleQueue consumer's. A summary in plain "
+    "words comes first, then the tables (at most 100 columns wide) and their numbered notes, on "
+    "stdout, or JSON with --json; progress (each phase, and how long the previous one took) goes to "
+    "stderr. The exit status is 1 if an item was not flushed exactly once, or a baseline lost one."
 )
 
 
