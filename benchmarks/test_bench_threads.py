@@ -18,7 +18,7 @@ floor is the same threads each appending to a deque of its own, same loop:
 how much parallelism the interpreter and the machine give at all (on a GIL
 build, none).
 
-On a free-threaded interpreter (see README.md) the same file runs as is; the
+On a free-threaded interpreter (see docs/free-threaded.md) the same file runs as is; the
 summary says whether the GIL was enabled.
 """
 
