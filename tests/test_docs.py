@@ -19,6 +19,34 @@ Conventions for the pages under ``docs/``:
     only where ``DATABUFFER_TEST_POSTGRES`` gives the DSN of a server to use
     instead (``.ci/run`` starts one) and the modules are importable; the
     table is emptied first, and afterwards must hold rows, each id once.
+  - ``<!-- redis: module [module ...] -->``: the block writes to the stream
+    ``events`` of the Redis server ``redis://localhost:6379/0``, each entry
+    with an ``id`` field.  The test starts a ``redis-server`` of its own
+    (Debian's ``redis-server``; no persistence, a free port, in the test's
+    temporary directory) and gives the block its URL, or uses the server
+    ``DATABUFFER_TEST_REDIS`` names; without either the block is skipped,
+    saying why.  The stream is deleted first, and afterwards must hold
+    entries, each id once (``XLEN`` and ``XRANGE``).
+  - ``<!-- kafka: module [module ...] -->``: the block produces to the topic
+    set by ``TOPIC = "events"`` of the Kafka cluster ``localhost:9092``,
+    waits at most ``DELIVERY_TIMEOUT = 30.0`` seconds for delivery reports,
+    and writes the items of batches that failed for good to
+    ``kafka-dead-letter.jsonl``, one JSON object a line with its
+    ``"error"``.  Where ``DATABUFFER_TEST_KAFKA`` names a broker, the block
+    produces to a new topic there, which afterwards must hold messages, each
+    key once, with no item dead-lettered.  Elsewhere (no broker can be
+    installed from the package registries CI uses) it runs against
+    confluent-kafka's own behaviour with no broker: bootstrap
+    ``127.0.0.1:1``, where nothing listens, and ``DELIVERY_TIMEOUT = 1.0``,
+    so that every delivery report fails with a timeout; every item must then
+    be dead-lettered, after its retries, with that error.
+  - ``<!-- clickhouse: module [module ...] -->``: the block connects with
+    clickhouse-connect to the DSN ``http://localhost:8123``.  Where
+    ``DATABUFFER_TEST_CLICKHOUSE`` gives the DSN of a server, it runs there
+    (its table ``events`` dropped first); elsewhere against chDB, the
+    ClickHouse engine in process (clickhouse-connect's ``chdb://`` backend,
+    on a directory in the test's temporary directory).  The block checks its
+    table itself.
 
   Any other comment in that place is an error, so that a misspelt marker
   does not go unnoticed.
@@ -27,11 +55,18 @@ Conventions for the pages under ``docs/``:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +87,17 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 _MARKER = re.compile(r"^\s*<!--\s*(?P<body>.*?)\s*-->\s*$")
 _NO_RUN = re.compile(r"^no-run(?::.*)?$")
 _REQUIRES = re.compile(r"^requires:\s*(?P<modules>[\w. ]+)$")
-_POSTGRES = re.compile(r"^postgres:\s*(?P<modules>[\w. ]+)$")
+# A service the block needs, and the modules it imports.
+_SERVICE = re.compile(r"^(?P<service>postgres|redis|kafka|clickhouse):\s*(?P<modules>[\w. ]+)$")
 # The DSN the PostgreSQL examples are written with.
 _DOCS_DSN = "postgresql://app@localhost/app"
+# What the Redis, Kafka and ClickHouse examples are written with.
+_DOCS_REDIS = "redis://localhost:6379/0"
+_DOCS_KAFKA = '"localhost:9092"'
+_DOCS_KAFKA_TOPIC = 'TOPIC = "events"'
+_DOCS_KAFKA_TIMEOUT = "DELIVERY_TIMEOUT = 30.0"
+_KAFKA_DEAD_LETTER = "kafka-dead-letter.jsonl"
+_DOCS_CLICKHOUSE = '"http://localhost:8123"'
 
 
 @dataclass(frozen=True)
@@ -66,24 +109,27 @@ class Example:
     source: str
     run: bool
     requires: tuple[str, ...]
-    postgres: bool = False
+    service: str = ""  # "postgres", "redis", "kafka", "clickhouse" or ""
 
     @property
     def id(self) -> str:
         return f"{self.page}:{self.line}"
 
 
-def _marker(line: str, where: str) -> tuple[bool, tuple[str, ...], bool]:
-    """``(run, requires, postgres)`` from the line before a fence."""
+def _marker(line: str, where: str) -> tuple[bool, tuple[str, ...], str]:
+    """``(run, requires, service)`` from the line before a fence."""
     match = _MARKER.match(line)
     if match is None:
-        return True, (), False
+        return True, (), ""
     body = match["body"]
     if _NO_RUN.match(body):
-        return False, (), False
-    requires = _REQUIRES.match(body) or _POSTGRES.match(body)
+        return False, (), ""
+    requires = _REQUIRES.match(body)
     if requires:
-        return True, tuple(requires["modules"].split()), body.startswith("postgres")
+        return True, tuple(requires["modules"].split()), ""
+    service = _SERVICE.match(body)
+    if service:
+        return True, tuple(service["modules"].split()), service["service"]
     raise ValueError(f"{where}: unknown marker before a code block: {line.strip()!r}")
 
 
@@ -106,8 +152,8 @@ def _examples(path: Path) -> list[Example]:
         if fence["lang"] == "python":
             body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[start + 1 : i]]
             previous = lines[start - 1] if start else ""
-            run, requires, postgres = _marker(previous, f"{page}:{start + 1}")
-            found.append(Example(page, start + 1, "\n".join(body) + "\n", run, requires, postgres))
+            run, requires, service = _marker(previous, f"{page}:{start + 1}")
+            found.append(Example(page, start + 1, "\n".join(body) + "\n", run, requires, service))
         i += 1
     return found
 
@@ -144,36 +190,51 @@ def test_an_example_runs(example: Example, core_name: str, tmp_path: Path) -> No
     missing = [name for name in example.requires if not _importable(name)]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
-    source = example.source
+    with contextlib.ExitStack() as stack:
+        # The service's setup gives the source to run and the check to make afterwards.
+        source, check = example.source, None
+        if example.service:
+            source, check = _SERVICES[example.service](example, tmp_path, stack)
+        script = tmp_path / "example.py"
+        script.write_text(source, encoding="utf-8")
+        env = core_env(core_name)
+        # The subprocess imports the databuffer these tests import.
+        src = str(Path(databuffer.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [sys.executable, "-W", "error", str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=EXAMPLE_TIMEOUT,
+        )
+        assert result.returncode == 0, (
+            f"docs/{example.id} exited with status {result.returncode}\n"
+            f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+        )
+        if check is not None:
+            check()
+
+
+# A service's setup: (example, tmp_path, stack) -> (the source to run, the check to make after it).
+_Check = Callable[[], None] | None
+_Setup = Callable[[Example, Path, contextlib.ExitStack], tuple[str, _Check]]
+
+
+def _with_postgres(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
     dsn = os.environ.get("DATABUFFER_TEST_POSTGRES", "")
-    if example.postgres:
-        if not dsn:
-            pytest.skip("needs a PostgreSQL server: set DATABUFFER_TEST_POSTGRES to its DSN")
-        assert _DOCS_DSN in source, f"docs/{example.id} does not use the DSN {_DOCS_DSN}"
-        source = source.replace(_DOCS_DSN, dsn)
-        _postgres(dsn, "CREATE TABLE IF NOT EXISTS events (id bigint, kind text, value double precision)")
-        _postgres(dsn, "TRUNCATE events")
-    script = tmp_path / "example.py"
-    script.write_text(source, encoding="utf-8")
-    env = core_env(core_name)
-    # The subprocess imports the databuffer these tests import.
-    src = str(Path(databuffer.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=EXAMPLE_TIMEOUT,
-    )
-    assert result.returncode == 0, (
-        f"docs/{example.id} exited with status {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
-    )
-    if example.postgres:
+    if not dsn:
+        pytest.skip("needs a PostgreSQL server: set DATABUFFER_TEST_POSTGRES to its DSN")
+    assert _DOCS_DSN in example.source, f"docs/{example.id} does not use the DSN {_DOCS_DSN}"
+    _postgres(dsn, "CREATE TABLE IF NOT EXISTS events (id bigint, kind text, value double precision)")
+    _postgres(dsn, "TRUNCATE events")
+
+    def check() -> None:
         rows, ids = _postgres(dsn, "SELECT count(*), count(DISTINCT id) FROM events")
         assert rows > 0 and rows == ids, f"docs/{example.id} wrote {rows} rows with {ids} distinct ids"
+
+    return example.source.replace(_DOCS_DSN, dsn), check
 
 
 def _postgres(dsn: str, statement: str) -> tuple[int, ...]:
@@ -183,6 +244,172 @@ def _postgres(dsn: str, statement: str) -> tuple[int, ...]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(statement)
         return tuple(cur.fetchone()) if cur.description else ()
+
+
+def _with_redis(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+    import redis
+
+    assert _DOCS_REDIS in example.source, f"docs/{example.id} does not use the URL {_DOCS_REDIS}"
+    url = os.environ.get("DATABUFFER_TEST_REDIS", "") or _start_redis(tmp_path, stack)
+    client = redis.Redis.from_url(url)
+    stack.callback(client.close)
+    client.delete("events")
+
+    def check() -> None:
+        entries = client.xrange("events")
+        length = client.xlen("events")
+        ids = [fields.get(b"id") for _, fields in entries]
+        assert entries, f"docs/{example.id} added nothing to the stream events"
+        assert length == len(entries), f"docs/{example.id}: XLEN {length}, XRANGE {len(entries)} entries"
+        assert None not in ids, f"docs/{example.id} added an entry without an id field"
+        duplicated = len(ids) - len(set(ids))
+        assert not duplicated, f"docs/{example.id} added {duplicated} ids twice to the stream events"
+
+    return example.source.replace(_DOCS_REDIS, url), check
+
+
+def _start_redis(tmp_path: Path, stack: contextlib.ExitStack) -> str:
+    """Start Debian's ``redis-server`` (no persistence, a free port) until ``stack`` closes; its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip(
+            "needs a Redis server: no redis-server on PATH (Debian: apt-get install redis-server)"
+            " and DATABUFFER_TEST_REDIS unset"
+        )
+    workdir = tmp_path / "redis-server"
+    workdir.mkdir()
+    log = workdir / "redis.log"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        + ["--dir", str(workdir), "--logfile", str(log)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def stop() -> None:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+    stack.callback(stop)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            pytest.fail(f"redis-server did not start (exit status {server.poll()}):\n{text}")
+        time.sleep(0.05)
+
+
+def _with_kafka(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+    source = example.source
+    for literal in (_DOCS_KAFKA, _DOCS_KAFKA_TOPIC, _DOCS_KAFKA_TIMEOUT):
+        assert literal in source, f"docs/{example.id} has no {literal}"
+    dead_letter = tmp_path / _KAFKA_DEAD_LETTER
+    bootstrap = os.environ.get("DATABUFFER_TEST_KAFKA", "")
+    if bootstrap:
+        topic = _kafka_topic(bootstrap, stack)
+
+        def delivered() -> None:
+            spooled = dead_letter.read_text(encoding="utf-8") if dead_letter.exists() else ""
+            assert not spooled, f"docs/{example.id} dead-lettered items with a broker:\n{spooled[:2000]}"
+            keys = _kafka_keys(bootstrap, topic)
+            assert keys, f"docs/{example.id} produced nothing to {topic}"
+            duplicated = len(keys) - len(set(keys))
+            assert not duplicated, f"docs/{example.id} produced {duplicated} keys twice to {topic}"
+
+        source = source.replace(_DOCS_KAFKA, repr(bootstrap)).replace(_DOCS_KAFKA_TOPIC, f"TOPIC = {topic!r}")
+        return source, delivered
+
+    def failed() -> None:
+        # Without a broker every delivery report fails: every batch must have
+        # been retried and then dead-lettered with the timeout.
+        assert dead_letter.exists(), f"docs/{example.id} wrote no {_KAFKA_DEAD_LETTER} without a broker"
+        records = [json.loads(line) for line in dead_letter.read_text(encoding="utf-8").splitlines()]
+        assert records, f"docs/{example.id} dead-lettered nothing without a broker"
+        for record in records:
+            assert "_MSG_TIMED_OUT" in record["error"], f"docs/{example.id}: not a delivery timeout: {record}"
+            assert record["attempt"] > 1, f"docs/{example.id}: dead-lettered without a retry: {record}"
+        assert len({json.dumps(r["item"], sort_keys=True) for r in records}) == len(records), "an item twice"
+
+    source = source.replace(_DOCS_KAFKA, '"127.0.0.1:1"')
+    return source.replace(_DOCS_KAFKA_TIMEOUT, "DELIVERY_TIMEOUT = 1.0"), failed
+
+
+def _kafka_topic(bootstrap: str, stack: contextlib.ExitStack) -> str:
+    """A new topic of one partition on the broker, deleted when ``stack`` closes."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = f"databuffer-docs-{uuid.uuid4().hex[:12]}"
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+    stack.callback(lambda: admin.delete_topics([topic])[topic].result(30))
+    return topic
+
+
+def _kafka_keys(bootstrap: str, topic: str) -> list[bytes | None]:
+    """The keys of every message in the topic's partition 0, in order."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+        consumer.assign([TopicPartition(topic, 0, low)])
+        keys: list[bytes | None] = []
+        deadline = time.monotonic() + 60
+        while len(keys) < high - low and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error():
+                raise KafkaException(message.error())
+            keys.append(message.key())
+        assert len(keys) == high - low, f"read {len(keys)} of the {high - low} messages of {topic}"
+        return keys
+    finally:
+        consumer.close()
+
+
+def _with_clickhouse(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+    assert _DOCS_CLICKHOUSE in example.source, f"docs/{example.id} does not use the DSN {_DOCS_CLICKHOUSE}"
+    dsn = os.environ.get("DATABUFFER_TEST_CLICKHOUSE", "")
+    if dsn:
+        import clickhouse_connect
+
+        client = clickhouse_connect.get_client(dsn=dsn)
+        client.command("DROP TABLE IF EXISTS events")
+        client.close()
+    else:
+        dsn = f"chdb://{tmp_path / 'chdb'}"  # chdb:///abs/path: a chDB engine on that directory
+    return example.source.replace(_DOCS_CLICKHOUSE, repr(dsn)), None
+
+
+_SERVICES: dict[str, _Setup] = {
+    "postgres": _with_postgres,
+    "redis": _with_redis,
+    "kafka": _with_kafka,
+    "clickhouse": _with_clickhouse,
+}
 
 
 def test_the_site_builds_strict(tmp_path: Path) -> None:
