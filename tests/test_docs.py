@@ -32,14 +32,16 @@ Conventions for the pages under ``docs/``:
     waits at most ``DELIVERY_TIMEOUT = 30.0`` seconds for delivery reports,
     and writes the items of batches that failed for good to
     ``kafka-dead-letter.jsonl``, one JSON object a line with its
-    ``"error"``.  Where ``DATABUFFER_TEST_KAFKA`` names a broker, the block
-    produces to a new topic there, which afterwards must hold messages, each
-    key once, with no item dead-lettered.  Elsewhere (no broker can be
-    installed from the package registries CI uses) it runs against
-    confluent-kafka's own behaviour with no broker: bootstrap
-    ``127.0.0.1:1``, where nothing listens, and ``DELIVERY_TIMEOUT = 1.0``,
-    so that every delivery report fails with a timeout; every item must then
-    be dead-lettered, after its retries, with that error.
+    ``"error"`` and its ``"attempt"``.  Where ``DATABUFFER_TEST_KAFKA``
+    names a broker, the block produces to a new topic there, which
+    afterwards must hold messages, each key once, with no item
+    dead-lettered.  Elsewhere (no broker can be installed from the package
+    registries CI uses) the block runs twice: against librdkafka's mock
+    cluster (``test.mock.num.brokers``, started in this process), checked
+    the same way; and with no broker, bootstrap ``127.0.0.1:1``, where
+    nothing listens, and ``DELIVERY_TIMEOUT = 1.0``, so that every delivery
+    report fails with a timeout: every item must then be dead-lettered,
+    after a retry, with that error.
   - ``<!-- clickhouse: module [module ...] -->``: the block connects with
     clickhouse-connect to the DSN ``http://localhost:8123``.  Where
     ``DATABUFFER_TEST_CLICKHOUSE`` gives the DSN of a server, it runs there
@@ -191,38 +193,49 @@ def test_an_example_runs(example: Example, core_name: str, tmp_path: Path) -> No
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     with contextlib.ExitStack() as stack:
-        # The service's setup gives the source to run and the check to make afterwards.
-        source, check = example.source, None
+        runs = [_Run(example.source, tmp_path)]
         if example.service:
-            source, check = _SERVICES[example.service](example, tmp_path, stack)
-        script = tmp_path / "example.py"
-        script.write_text(source, encoding="utf-8")
-        env = core_env(core_name)
-        # The subprocess imports the databuffer these tests import.
-        src = str(Path(databuffer.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-        result = subprocess.run(
-            [sys.executable, "-W", "error", str(script)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=EXAMPLE_TIMEOUT,
-        )
-        assert result.returncode == 0, (
-            f"docs/{example.id} exited with status {result.returncode}\n"
-            f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
-        )
-        if check is not None:
-            check()
+            runs = _SERVICES[example.service](example, tmp_path, stack)
+        for run in runs:
+            run.cwd.mkdir(exist_ok=True)
+            script = run.cwd / "example.py"
+            script.write_text(run.source, encoding="utf-8")
+            env = core_env(core_name)
+            # The subprocess imports the databuffer these tests import.
+            src = str(Path(databuffer.__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+            result = subprocess.run(
+                [sys.executable, "-W", "error", str(script)],
+                cwd=run.cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=EXAMPLE_TIMEOUT,
+            )
+            where = f"docs/{example.id}" + (f" ({run.label})" if run.label else "")
+            assert result.returncode == 0, (
+                f"{where} exited with status {result.returncode}\n"
+                f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+            )
+            if run.check is not None:
+                run.check()
 
 
-# A service's setup: (example, tmp_path, stack) -> (the source to run, the check to make after it).
-_Check = Callable[[], None] | None
-_Setup = Callable[[Example, Path, contextlib.ExitStack], tuple[str, _Check]]
+@dataclass(frozen=True)
+class _Run:
+    """One run of an example: its source, where it runs, what to check afterwards."""
+
+    source: str
+    cwd: Path
+    check: Callable[[], None] | None = None
+    label: str = ""
 
 
-def _with_postgres(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+# A service's setup: (example, tmp_path, stack) -> its runs; stack closes the service.
+_Setup = Callable[[Example, Path, contextlib.ExitStack], list[_Run]]
+
+
+def _with_postgres(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> list[_Run]:
     dsn = os.environ.get("DATABUFFER_TEST_POSTGRES", "")
     if not dsn:
         pytest.skip("needs a PostgreSQL server: set DATABUFFER_TEST_POSTGRES to its DSN")
@@ -234,7 +247,7 @@ def _with_postgres(example: Example, tmp_path: Path, stack: contextlib.ExitStack
         rows, ids = _postgres(dsn, "SELECT count(*), count(DISTINCT id) FROM events")
         assert rows > 0 and rows == ids, f"docs/{example.id} wrote {rows} rows with {ids} distinct ids"
 
-    return example.source.replace(_DOCS_DSN, dsn), check
+    return [_Run(example.source.replace(_DOCS_DSN, dsn), tmp_path, check)]
 
 
 def _postgres(dsn: str, statement: str) -> tuple[int, ...]:
@@ -246,7 +259,7 @@ def _postgres(dsn: str, statement: str) -> tuple[int, ...]:
         return tuple(cur.fetchone()) if cur.description else ()
 
 
-def _with_redis(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+def _with_redis(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> list[_Run]:
     import redis
 
     assert _DOCS_REDIS in example.source, f"docs/{example.id} does not use the URL {_DOCS_REDIS}"
@@ -265,7 +278,7 @@ def _with_redis(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -
         duplicated = len(ids) - len(set(ids))
         assert not duplicated, f"docs/{example.id} added {duplicated} ids twice to the stream events"
 
-    return example.source.replace(_DOCS_REDIS, url), check
+    return [_Run(example.source.replace(_DOCS_REDIS, url), tmp_path, check)]
 
 
 def _start_redis(tmp_path: Path, stack: contextlib.ExitStack) -> str:
@@ -314,54 +327,108 @@ def _start_redis(tmp_path: Path, stack: contextlib.ExitStack) -> str:
         time.sleep(0.05)
 
 
-def _with_kafka(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+def _with_kafka(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> list[_Run]:
     source = example.source
     for literal in (_DOCS_KAFKA, _DOCS_KAFKA_TOPIC, _DOCS_KAFKA_TIMEOUT):
         assert literal in source, f"docs/{example.id} has no {literal}"
-    dead_letter = tmp_path / _KAFKA_DEAD_LETTER
     bootstrap = os.environ.get("DATABUFFER_TEST_KAFKA", "")
     if bootstrap:
-        topic = _kafka_topic(bootstrap, stack)
+        return [_kafka_delivered(example, bootstrap, tmp_path / "broker", stack, mock=False)]
+    mock = _kafka_mock_cluster(stack)
+    return [
+        _kafka_delivered(example, mock, tmp_path / "mock-cluster", stack, mock=True),
+        _kafka_undelivered(example, tmp_path / "no-broker"),
+    ]
 
-        def delivered() -> None:
-            spooled = dead_letter.read_text(encoding="utf-8") if dead_letter.exists() else ""
-            assert not spooled, f"docs/{example.id} dead-lettered items with a broker:\n{spooled[:2000]}"
-            keys = _kafka_keys(bootstrap, topic)
-            assert keys, f"docs/{example.id} produced nothing to {topic}"
-            duplicated = len(keys) - len(set(keys))
-            assert not duplicated, f"docs/{example.id} produced {duplicated} keys twice to {topic}"
 
-        source = source.replace(_DOCS_KAFKA, repr(bootstrap)).replace(_DOCS_KAFKA_TOPIC, f"TOPIC = {topic!r}")
-        return source, delivered
+def _kafka_delivered(
+    example: Example, bootstrap: str, cwd: Path, stack: contextlib.ExitStack, *, mock: bool
+) -> _Run:
+    """The example against a broker: every event delivered, each key once, nothing dead-lettered."""
+    label = "librdkafka's mock cluster" if mock else f"broker {bootstrap}"
+    topic = _kafka_topic(bootstrap, stack, create=not mock)
 
-    def failed() -> None:
-        # Without a broker every delivery report fails: every batch must have
-        # been retried and then dead-lettered with the timeout.
+    def check() -> None:
+        dead_letter = cwd / _KAFKA_DEAD_LETTER
+        spooled = dead_letter.read_text(encoding="utf-8") if dead_letter.exists() else ""
+        assert not spooled, f"docs/{example.id} dead-lettered items ({label}):\n{spooled[:2000]}"
+        keys = _kafka_keys(bootstrap, topic)
+        assert keys, f"docs/{example.id} produced nothing to {topic} ({label})"
+        duplicated = len(keys) - len(set(keys))
+        assert not duplicated, f"docs/{example.id} produced {duplicated} keys twice to {topic} ({label})"
+
+    source = example.source.replace(_DOCS_KAFKA, repr(bootstrap))
+    return _Run(source.replace(_DOCS_KAFKA_TOPIC, f"TOPIC = {topic!r}"), cwd, check, label)
+
+
+def _kafka_undelivered(example: Example, cwd: Path) -> _Run:
+    """The example with no broker: every batch retried, then dead-lettered with the delivery timeout."""
+
+    def check() -> None:
+        dead_letter = cwd / _KAFKA_DEAD_LETTER
         assert dead_letter.exists(), f"docs/{example.id} wrote no {_KAFKA_DEAD_LETTER} without a broker"
         records = [json.loads(line) for line in dead_letter.read_text(encoding="utf-8").splitlines()]
         assert records, f"docs/{example.id} dead-lettered nothing without a broker"
         for record in records:
             assert "_MSG_TIMED_OUT" in record["error"], f"docs/{example.id}: not a delivery timeout: {record}"
             assert record["attempt"] > 1, f"docs/{example.id}: dead-lettered without a retry: {record}"
-        assert len({json.dumps(r["item"], sort_keys=True) for r in records}) == len(records), "an item twice"
+        items = {json.dumps(record["item"], sort_keys=True) for record in records}
+        assert len(items) == len(records), f"docs/{example.id} dead-lettered an item twice"
 
-    source = source.replace(_DOCS_KAFKA, '"127.0.0.1:1"')
-    return source.replace(_DOCS_KAFKA_TIMEOUT, "DELIVERY_TIMEOUT = 1.0"), failed
+    source = example.source.replace(_DOCS_KAFKA, '"127.0.0.1:1"')  # nothing listens there
+    source = source.replace(_DOCS_KAFKA_TIMEOUT, "DELIVERY_TIMEOUT = 1.0")
+    return _Run(source, cwd, check, "no broker: delivery reports time out")
 
 
-def _kafka_topic(bootstrap: str, stack: contextlib.ExitStack) -> str:
-    """A new topic of one partition on the broker, deleted when ``stack`` closes."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+def _kafka_mock_cluster(stack: contextlib.ExitStack) -> str:
+    """Start librdkafka's mock cluster (``test.mock.num.brokers``) in this process; its address.
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    The cluster belongs to a producer created for it, and lives until
+    ``stack`` closes; librdkafka logs the address it listens on.
+    """
+    import logging
+
+    from confluent_kafka import Producer
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger(f"databuffer-test-kafka-mock-{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Collect())
+    holder = Producer({"bootstrap.servers": "127.0.0.1:1", "test.mock.num.brokers": 1, "logger": logger})
+    stack.callback(holder.flush, 10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        holder.poll(0.05)
+        for line in lines:
+            found = re.search(r"Mock cluster enabled: .* replaced with (\S+)", line)
+            if found:
+                return found[1]
+    pytest.fail(f"librdkafka's mock cluster did not say where it listens: {lines}")
+
+
+def _kafka_topic(bootstrap: str, stack: contextlib.ExitStack, create: bool) -> str:
+    """A new topic's name; created on a broker with one partition, and deleted when ``stack`` closes.
+
+    librdkafka's mock cluster creates a topic when it is first produced to.
+    """
     topic = f"databuffer-docs-{uuid.uuid4().hex[:12]}"
-    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
-    stack.callback(lambda: admin.delete_topics([topic])[topic].result(30))
+    if create:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+        stack.callback(lambda: admin.delete_topics([topic])[topic].result(30))
     return topic
 
 
 def _kafka_keys(bootstrap: str, topic: str) -> list[bytes | None]:
-    """The keys of every message in the topic's partition 0, in order."""
+    """The keys of every message in the topic, partition by partition."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(
@@ -373,24 +440,30 @@ def _kafka_keys(bootstrap: str, topic: str) -> list[bytes | None]:
         }
     )
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
-        consumer.assign([TopicPartition(topic, 0, low)])
+        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
         keys: list[bytes | None] = []
-        deadline = time.monotonic() + 60
-        while len(keys) < high - low and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is None:
-                continue
-            if message.error():
-                raise KafkaException(message.error())
-            keys.append(message.key())
-        assert len(keys) == high - low, f"read {len(keys)} of the {high - low} messages of {topic}"
+        for partition in sorted(metadata.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            consumer.assign([TopicPartition(topic, partition, low)])
+            read = 0
+            deadline = time.monotonic() + 60
+            while read < high - low and time.monotonic() < deadline:
+                message = consumer.poll(1.0)
+                if message is None:
+                    continue
+                if message.error():
+                    raise KafkaException(message.error())
+                keys.append(message.key())
+                read += 1
+            assert read == high - low, f"read {read} of the {high - low} messages of {topic}[{partition}]"
         return keys
     finally:
         consumer.close()
 
 
-def _with_clickhouse(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> tuple[str, _Check]:
+def _with_clickhouse(example: Example, tmp_path: Path, stack: contextlib.ExitStack) -> list[_Run]:
     assert _DOCS_CLICKHOUSE in example.source, f"docs/{example.id} does not use the DSN {_DOCS_CLICKHOUSE}"
     dsn = os.environ.get("DATABUFFER_TEST_CLICKHOUSE", "")
     if dsn:
@@ -401,7 +474,7 @@ def _with_clickhouse(example: Example, tmp_path: Path, stack: contextlib.ExitSta
         client.close()
     else:
         dsn = f"chdb://{tmp_path / 'chdb'}"  # chdb:///abs/path: a chDB engine on that directory
-    return example.source.replace(_DOCS_CLICKHOUSE, repr(dsn)), None
+    return [_Run(example.source.replace(_DOCS_CLICKHOUSE, repr(dsn)), tmp_path)]
 
 
 _SERVICES: dict[str, _Setup] = {
