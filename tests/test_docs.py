@@ -176,6 +176,12 @@ def test_the_pages_have_runnable_examples() -> None:
         "recipes/sqlite.md",
         "recipes/http.md",
         "recipes/logging.md",
+        "recipes/kafka.md",
+        "recipes/redis-streams.md",
+        "recipes/duckdb.md",
+        "recipes/parquet.md",
+        "recipes/clickhouse.md",
+        "recipes/async-http.md",
         "telemetry.md",
         "typing.md",
     ):
