@@ -953,7 +953,7 @@ class MemoryResult:
             its construction until N items were buffered.
         untraced_ring_bytes: the compiled core's rings, allocated with C
             ``malloc`` where tracemalloc does not see them: ``partitions *
-            (max_size + max_size_jitter)`` pointers (see README); 0 when
+            (max_size + max_size_jitter)`` pointers (see docs/concepts/partitions.md); 0 when
             tracemalloc saw them (the pure-Python core).
         list_bytes: what tracemalloc saw a list grow by, appending N ``None``.
         problems: items not buffered, or not flushed by ``close()``.
