@@ -267,6 +267,18 @@ class _Subject:
     def chunk(self, blocks: int, *, record: bool = True) -> None:
         """Time ``blocks`` blocks, then (timed) the drain, then (untimed) the reset."""
         perf = time.perf_counter
+        best, total = self._time_blocks(blocks)
+        if self.drain is not None:
+            # Wait for the flushes this chunk started: the amortized figure
+            # charges them to the buffer, not to whatever runs next.
+            t0 = perf()
+            self.drain()
+            total += perf() - t0
+        self._account(blocks, best, total, record)
+
+    def _time_blocks(self, blocks: int) -> tuple[float, float]:
+        """The fastest block's seconds and all blocks' seconds: ``fn(arg)`` ``calls`` times a block."""
+        perf = time.perf_counter
         fn = self.fn
         arg = self.arg
         calls = range(self.calls)
@@ -281,13 +293,7 @@ class _Subject:
             total += dt
             if dt < best:
                 best = dt
-        if self.drain is not None:
-            # Wait for the flushes this chunk started: the amortized figure
-            # charges them to the buffer, not to whatever runs next.
-            t0 = perf()
-            self.drain()
-            total += perf() - t0
-        self._account(blocks, best, total, record)
+        return best, total
 
     def _account(self, blocks: int, best: float, total: float, record: bool) -> None:
         if self.reset is not None:
@@ -306,11 +312,11 @@ class _Subject:
 class _KeyedSubject(_Subject):
     """``fn(arg, key=KEY)`` timed in blocks, as :class:`_Subject` times ``fn(arg)``.
 
-    A loop of its own: passing a key through the shared loop would add its
-    cost to every subject.
+    A timed loop of its own: passing a key through the shared loop would add
+    its cost to every subject.
     """
 
-    def chunk(self, blocks: int, *, record: bool = True) -> None:
+    def _time_blocks(self, blocks: int) -> tuple[float, float]:
         perf = time.perf_counter
         fn: Callable[..., Any] = self.fn
         arg = self.arg
@@ -325,11 +331,7 @@ class _KeyedSubject(_Subject):
             total += dt
             if dt < best:
                 best = dt
-        if self.drain is not None:
-            t0 = perf()
-            self.drain()
-            total += perf() - t0
-        self._account(blocks, best, total, record)
+        return best, total
 
 
 class _AsyncSubject(_Subject):
