@@ -172,6 +172,15 @@ async def await_for(predicate: Callable[[], object], timeout: float = 10.0, inte
         await asyncio.sleep(interval)
 
 
+def adds_up(counters: Any) -> bool:
+    """The accounting identity of ``stats()`` or one ``info()`` dict.
+
+    ``inserted == size + in_flight + flushed + failed + dropped``.
+    """
+    parts = counters["size"] + counters["in_flight"] + counters["flushed"] + counters["failed"]
+    return bool(counters["inserted"] == parts + counters["dropped"])
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

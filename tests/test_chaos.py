@@ -77,7 +77,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from conftest import await_for, wait_for
+from conftest import adds_up, await_for, wait_for
 
 from databuffer import BufferFull, FlushTimeout, telemetry
 from databuffer._support import available_loops
@@ -272,7 +272,7 @@ def check_end(ledger: Ledger, books: Books, stats: dict[str, Any], ctx: str) -> 
     s = stats
     assert s["closed"], f"{s} {ctx}"
     assert (s["size"], s["in_flight"]) == (0, 0), f"{s} {ctx}"
-    assert s["inserted"] == s["size"] + s["in_flight"] + s["flushed"] + s["failed"], f"{s} {ctx}"
+    assert adds_up(s), f"{s} {ctx}"
     assert s["flushed"] == ledger.delivered, f"flushed counts what no call committed: {s} {totals} {ctx}"
     assert s["failed"] == ledger.failed, f"{s} {totals} {ctx}"
     # Every uncertain item counted as not stored is checked here too: had it
@@ -332,7 +332,7 @@ def watch(buf: Any, done: threading.Event, problems: list[str], core_name: str, 
     while not done.wait(0.002):
         s = buf.stats()
         samples[0] += 1
-        if s["inserted"] != s["size"] + s["in_flight"] + s["flushed"] + s["failed"]:
+        if not adds_up(s):
             problems.append(f"inserted != size + in_flight + flushed + failed in {s}")
         if min(s["size"], s["in_flight"], s["flushed"], s["failed"], s["retried"]) < 0:
             problems.append(f"a negative counter in {s}")
@@ -350,11 +350,11 @@ def check_reads(buf: Any, what: str, problems: list[str]) -> None:
     """One of the read-only calls, with what can be checked of its answer at any moment."""
     if what == "info":
         for p in buf.info():
-            if p["inserted"] != p["size"] + p["in_flight"] + p["flushed"] + p["failed"]:
+            if not adds_up(p):
                 problems.append(f"info(): inserted != size + in_flight + flushed + failed in {p}")
     elif what == "stats":
         s = buf.stats()
-        if s["inserted"] != s["size"] + s["in_flight"] + s["flushed"] + s["failed"]:
+        if not adds_up(s):
             problems.append(f"stats(): inserted != size + in_flight + flushed + failed in {s}")
     elif what == "size":
         if buf.size() < 0:

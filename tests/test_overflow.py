@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import adds_up, wait_for
 
 from databuffer import BufferFull, telemetry
 
@@ -46,10 +46,6 @@ class Gate:
         return [x for b in self.batches for x in b]
 
 
-def identity(s: Any) -> bool:
-    return bool(s["inserted"] == s["size"] + s["in_flight"] + s["flushed"] + s["failed"] + s["dropped"])
-
-
 def full_buffer(make_buffer: Any, policy: str, **options: Any) -> tuple[Any, Gate]:
     """A buffer with no room: batch [0, 1, 2] in handle_flush, [3, 4, 5] queued, [6, 7, 8] in the ring."""
     gate = Gate()
@@ -66,7 +62,7 @@ def full_buffer(make_buffer: Any, policy: str, **options: Any) -> tuple[Any, Gat
 
 def counters(buf: Any) -> tuple[int, ...]:
     s = buf.stats()
-    assert identity(s), s
+    assert adds_up(s), s
     return (s["inserted"], s["size"], s["in_flight"], s["flushed"], s["dropped"])
 
 
@@ -323,9 +319,9 @@ def test_drops_racing_sync_flush_and_close_under_four_producers(make_buffer: Any
 
     def sample() -> None:
         while not stop.is_set():
-            if not identity(s := buf.stats()):
+            if not adds_up(s := buf.stats()):
                 bad.append(s)
-            bad.extend(i for i in buf.info() if not identity(i))
+            bad.extend(i for i in buf.info() if not adds_up(i))
             samples[0] += 1
 
     def produce(t: int) -> None:
@@ -413,7 +409,7 @@ async def test_async_drop_policies_apply_to_insert_and_ainsert(AsyncBuffer: Any,
     buf.insert_batch(["c"])
     await asyncio.wait_for(buf.ainsert_batch(["d"], timeout=30), 5)
     s = buf.stats()
-    assert identity(s) and (s["inserted"], s["dropped"]) == (13, 4)
+    assert adds_up(s) and (s["inserted"], s["dropped"]) == (13, 4)
     expected_ring = [6, 7, 8] if policy == "drop_newest" else ["b", "c", "d"]
     assert buf.dump() == expected_ring
     go.set()

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import adds_up, wait_for
 
 from databuffer import BufferFull, FlushTimeout
 
@@ -368,7 +368,7 @@ def test_soak(make_buffer: Any, core_name: str, gates: Any) -> None:
         while not watch_done.wait(0.002):
             s = buf.stats()
             snapshots[0] += 1
-            if s["inserted"] != s["size"] + s["in_flight"] + s["flushed"] + s["failed"]:
+            if not adds_up(s):
                 watch_problems.append(f"inserted != size + in_flight + flushed + failed in {s}")
             if min(s["size"], s["in_flight"], s["flushed"], s["failed"], s["retried"]) < 0:
                 watch_problems.append(f"a negative counter in {s}")
@@ -470,7 +470,7 @@ def test_soak(make_buffer: Any, core_name: str, gates: Any) -> None:
     assert s["flushed"] == sink.delivered, f"{s} {ctx}"
     assert s["failed"] == sink.failed, f"{s} {ctx}"
     assert s["retried"] > 0, f"{s} {ctx}"
-    assert s["inserted"] == s["size"] + s["in_flight"] + s["flushed"] + s["failed"], f"{s} {ctx}"
+    assert adds_up(s), f"{s} {ctx}"
     # Checked as each batch was reported (anomalies), and again here.
     assert all(
         attempt == MAX_RETRIES + 1 or error in {e.__name__ for e in NOT_RETRIED}
