@@ -107,6 +107,32 @@ def test_size_flushes_release_items(make_buffer: Any) -> None:
     assert refs(item) == base
 
 
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+def test_dropped_and_keyed_items_are_released(make_buffer: Any, gates: Any, policy: str) -> None:
+    # on_full drops hand back every reference: evict() moves the ring's
+    # references into a list the engine releases, refuse() takes none.
+    item, keyed = Sentinel(), Sentinel()
+    base, keyed_base = refs(item), refs(keyed)
+    release, entered = gates(), threading.Event()
+
+    def fn(batch: list[Any], opts: Any) -> None:
+        entered.set()
+        release.wait(30)
+
+    buf = make_buffer(handle_flush=fn, max_size=10, max_queued_batches=0, flush_interval=BIG, on_full=policy)
+    buf.insert_batch([item] * 10)  # with the flusher
+    assert entered.wait(10)
+    for _ in range(100):
+        buf.insert(item)
+    buf.insert_batch([item] * 50)
+    buf.insert_batch([keyed] * 30, key="k")
+    assert buf.stats()["dropped"] == 170  # 180 offered, 10 fit in the ring
+    assert refs(item) + refs(keyed) - base - keyed_base == 20  # the batch flushing, the ring
+    release.set()
+    buf.close()
+    assert (refs(item), refs(keyed)) == (base, keyed_base)
+
+
 def test_flush_and_sync_flush_release_items(make_buffer: Any) -> None:
     item = Sentinel()
     base = refs(item)
