@@ -53,7 +53,7 @@ def need(*modules: str) -> None:
     """Skip unless each module is importable."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (pip install databuffer[servers])")
+        pytest.skip(f"needs {', '.join(missing)} (the servers extra: pip install -e '.[servers]')")
 
 
 def postgres_dsn() -> str:
@@ -81,7 +81,9 @@ def reset_events(dsn: str) -> None:
 
 def stored_ids(dsn: str) -> collections.Counter[int]:
     """How many rows of ``events`` hold each id."""
-    return collections.Counter({int(i): int(n) for i, n in sql(dsn, "SELECT id, count(*) FROM events GROUP BY id")})
+    return collections.Counter(
+        {int(i): int(n) for i, n in sql(dsn, "SELECT id, count(*) FROM events GROUP BY id")}
+    )
 
 
 def child_env(dsn: str, directory: Path) -> dict[str, str]:
@@ -147,7 +149,9 @@ class Server:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"the server did not stop within {timeout} s of SIGTERM:\n{self.log()}") from None
+            raise AssertionError(
+                f"the server did not stop within {timeout} s of SIGTERM:\n{self.log()}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -236,7 +240,9 @@ def check_exactly_once(
     assert not unknown, f"{len(unknown)} events stored that were never sent, e.g. {unknown[:10]}"
     lost = collections.Counter(pid for i, pid in load.acked.items() if i not in stored)
     from_others = {pid: n for pid, n in lost.items() if pid != killed}
-    assert not from_others, f"acknowledged events lost by workers that were not killed (pid: count): {from_others}"
+    assert not from_others, (
+        f"acknowledged events lost by workers that were not killed (pid: count): {from_others}"
+    )
     figures = {
         "sent": len(sent),
         "acknowledged": len(load.acked),

@@ -11,6 +11,9 @@ Conventions for the pages under ``docs/``:
 
   - ``<!-- no-run -->`` or ``<!-- no-run: why -->``: the block does not run as
     it stands (a fragment, or it needs a server); it must still compile;
+  - ``<!-- file: NAME -->``: the block is a whole file, ``NAME``, that
+    tests/test_servers.py (or another multi-process test) writes and runs
+    under a real server; here it must compile;
   - ``<!-- requires: module [module ...] -->``: the block runs only where
     those modules are importable, and is skipped elsewhere;
   - ``<!-- postgres: module [module ...] -->``: the block writes to a
@@ -88,6 +91,7 @@ BUILD_TIMEOUT = 100
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 _MARKER = re.compile(r"^\s*<!--\s*(?P<body>.*?)\s*-->\s*$")
 _NO_RUN = re.compile(r"^no-run(?::.*)?$")
+_FILE = re.compile(r"^file: [\w.]+$")
 _REQUIRES = re.compile(r"^requires:\s*(?P<modules>[\w. ]+)$")
 # A service the block needs, and the modules it imports.
 _SERVICE = re.compile(r"^(?P<service>postgres|redis|kafka|clickhouse):\s*(?P<modules>[\w. ]+)$")
@@ -124,7 +128,7 @@ def _marker(line: str, where: str) -> tuple[bool, tuple[str, ...], str]:
     if match is None:
         return True, (), ""
     body = match["body"]
-    if _NO_RUN.match(body):
+    if _NO_RUN.match(body) or _FILE.match(body):
         return False, (), ""
     requires = _REQUIRES.match(body)
     if requires:
