@@ -142,9 +142,9 @@ class Server:
             assert time.monotonic() < deadline, f"the server did not answer in {timeout} s:\n{self.log()}"
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 90.0) -> int:
-        """SIGTERM, then wait for the exit; its status."""
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 90.0, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig``, then wait for the exit; its status."""
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -106,8 +106,15 @@ asyncio.run(main())
 )
 
 
-def serve(kind: Kind, args: list[str], tmp_path: Path, core: str = "c", kill: bool = False) -> dict[str, int]:
-    """Serve the docs' app, load it, stop it with SIGTERM, check the table; the figures."""
+def serve(
+    kind: Kind,
+    args: list[str],
+    tmp_path: Path,
+    core: str = "c",
+    kill: bool = False,
+    stop: int = signal.SIGTERM,
+) -> dict[str, int]:
+    """Serve the docs' app, load it, stop it (SIGTERM), check the table; the figures."""
     need("gunicorn", "uvicorn", "psycopg", "psycopg_pool")
     dsn = postgres_dsn()
     reset_events(dsn)
@@ -141,7 +148,7 @@ def serve(kind: Kind, args: list[str], tmp_path: Path, core: str = "c", kill: bo
         load.join(LOAD_TIMEOUT)
         before_stop = sum(stored_ids(dsn).values())
         started = time.monotonic()
-        status = srv.stop()
+        status = srv.stop(sig=stop)
         stop_seconds = time.monotonic() - started
     finally:
         srv.kill()
@@ -180,6 +187,12 @@ def test_gunicorn_without_preload(tmp_path: Path) -> None:
     conf.write_text(text.replace("preload_app = True", "preload_app = False"))
     kind = Kind(files=("app.py",), argv=GUNICORN.argv, info=GUNICORN.info)
     figures = serve(kind, ["--max-requests", "0"], tmp_path)
+    assert figures["workers"] == 4, figures
+
+
+def test_gunicorn_quick_stop_flushes_too(tmp_path: Path) -> None:
+    # SIGINT (as SIGQUIT): the master stops at once, a worker raises SystemExit and exits.
+    figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, stop=signal.SIGINT)
     assert figures["workers"] == 4, figures
 
 
