@@ -230,7 +230,7 @@ def test_uvicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> No
 
 
 def test_every_file_of_the_page_is_served_by_a_test() -> None:
-    assert set(docs_files()) == {*GUNICORN.files, *UVICORN.files}
+    assert set(docs_files()) == {*GUNICORN.files, *UVICORN.files, "celery_app.py"}  # tests/test_celery.py
 
 
 def test_the_kubernetes_grace_period_covers_gunicorns_and_the_exit_flush(tmp_path: Path) -> None:
