@@ -129,15 +129,16 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the server answers a request (any status)."""
+    def wait_ready(self, marker: str = "", count: int = 0, timeout: float = 60.0) -> None:
+        """Until the server answers a request (any status) and its log holds ``marker`` ``count`` times."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                http_get(self.port, "/ready", timeout=2)
-                return
-            except OSError:
-                pass
+            if self.log().count(marker) >= count:
+                try:
+                    http_get(self.port, "/ready", timeout=2)
+                    return
+                except OSError:
+                    pass
             assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}:\n{self.log()}"
             assert time.monotonic() < deadline, f"the server did not answer in {timeout} s:\n{self.log()}"
             time.sleep(0.05)

@@ -49,6 +49,7 @@ from servers import (
     write_docs_files,
 )
 
+WORKERS = 4  # as gunicorn.conf.py and UVICORN's command say
 REQUESTS = int(os.environ.get("DATABUFFER_SERVER_REQUESTS", "20000"))
 LOAD_TIMEOUT = 240.0  # for the whole load: about 4 s here, 15 s with workers recycled
 # What the log of a run must not hold: a traceback, a complaint of the buffer's.
@@ -62,6 +63,7 @@ class Kind:
     files: tuple[str, ...]
     argv: Callable[[int], list[str]]  # port -> the command
     info: str  # a program printing the app's buffer's info() as JSON
+    ready: str  # what the log says once for each worker ready to serve
 
     def bound(self, directory: Path, env: dict[str, str]) -> int:
         """The loss bound of the app's buffer, read in a process of its own."""
@@ -89,11 +91,12 @@ GUNICORN = Kind(
         f"127.0.0.1:{port}",
     ],
     info="import json, app; print(json.dumps(app.events.info())); app.events.close()",
+    ready="Booting worker with pid",
 )
 UVICORN = Kind(
     files=("asgi_app.py",),
     argv=lambda port: (
-        [sys.executable, "-m", "uvicorn", "asgi_app:app", "--workers", "4"]
+        [sys.executable, "-m", "uvicorn", "asgi_app:app", "--workers", str(WORKERS)]
         + ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     ),
     info="""
@@ -103,6 +106,7 @@ async def main():
         print(json.dumps(state["events"].info()))
 asyncio.run(main())
 """,
+    ready="Application startup complete.",
 )
 
 
@@ -137,7 +141,7 @@ def serve(
     port = free_port()
     srv = Server(kind.argv(port) + args, tmp_path, env, port)
     try:
-        srv.wait_ready()
+        srv.wait_ready(kind.ready, WORKERS)
         sent = range(1, REQUESTS + 1)
         load = Load(port, sent).start()
         killed = None
@@ -175,7 +179,7 @@ def serve(
 @pytest.mark.parametrize("core", ["c", "py"])
 def test_gunicorn_graceful_stop_stores_every_event_once(core: str, tmp_path: Path) -> None:
     figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, core)
-    assert figures["workers"] == 4, figures
+    assert figures["workers"] == WORKERS, figures
 
 
 def test_gunicorn_without_preload(tmp_path: Path) -> None:
@@ -185,15 +189,15 @@ def test_gunicorn_without_preload(tmp_path: Path) -> None:
     text = conf.read_text()
     assert "preload_app = True" in text
     conf.write_text(text.replace("preload_app = True", "preload_app = False"))
-    kind = Kind(files=("app.py",), argv=GUNICORN.argv, info=GUNICORN.info)
+    kind = Kind(files=("app.py",), argv=GUNICORN.argv, info=GUNICORN.info, ready=GUNICORN.ready)
     figures = serve(kind, ["--max-requests", "0"], tmp_path)
-    assert figures["workers"] == 4, figures
+    assert figures["workers"] == WORKERS, figures
 
 
 def test_gunicorn_quick_stop_flushes_too(tmp_path: Path) -> None:
     # SIGINT (as SIGQUIT): the master stops at once, a worker raises SystemExit and exits.
     figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, stop=signal.SIGINT)
-    assert figures["workers"] == 4, figures
+    assert figures["workers"] == WORKERS, figures
 
 
 def test_gunicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
@@ -205,7 +209,7 @@ def test_gunicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
 
 def test_gunicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> None:
     figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, kill=True)
-    assert figures["workers"] >= 4, figures
+    assert figures["workers"] >= WORKERS, figures
 
 
 # -- uvicorn: --workers 4, an AsyncBuffer closed by the ASGI lifespan ----------
@@ -213,7 +217,7 @@ def test_gunicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> N
 
 def test_uvicorn_graceful_stop_stores_every_event_once(tmp_path: Path) -> None:
     figures = serve(UVICORN, [], tmp_path)
-    assert figures["workers"] == 4, figures
+    assert figures["workers"] == WORKERS, figures
 
 
 def test_uvicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
@@ -223,10 +227,16 @@ def test_uvicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
 
 def test_uvicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> None:
     figures = serve(UVICORN, [], tmp_path, kill=True)
-    assert figures["workers"] >= 4, figures
+    assert figures["workers"] >= WORKERS, figures
 
 
 # -- the page itself --------------------------------------------------------
+
+
+def test_gunicorn_conf_runs_as_many_workers_as_the_tests_expect() -> None:
+    config: dict[str, object] = {}
+    exec(docs_files()["gunicorn.conf.py"], config)
+    assert config["workers"] == WORKERS
 
 
 def test_every_file_of_the_page_is_served_by_a_test() -> None:
