@@ -115,7 +115,7 @@ def serve(
     args: list[str],
     tmp_path: Path,
     core: str = "c",
-    kill: bool = False,
+    midway: Callable[[Server, Load], int | None] | None = None,
     stop: int = signal.SIGTERM,
 ) -> dict[str, int]:
     """Serve the docs' app, load it, stop it (SIGTERM), check the table; the figures."""
@@ -145,10 +145,9 @@ def serve(
         sent = range(1, REQUESTS + 1)
         load = Load(port, sent).start()
         killed = None
-        if kill:
+        if midway is not None:
             wait_until(lambda: load.done() >= REQUESTS // 2, LOAD_TIMEOUT, "half the requests")
-            killed = load.pids()[0]  # a worker that has just answered
-            os.kill(killed, signal.SIGKILL)
+            killed = midway(srv, load)
         load.join(LOAD_TIMEOUT)
         before_stop = sum(stored_ids(dsn).values())
         started = time.monotonic()
@@ -171,6 +170,13 @@ def serve(
     # (8 of them, each a multiple of max_size=50 items only by chance).
     assert before_stop < figures["stored"], figures
     return figures
+
+
+def kill_a_worker(srv: Server, load: Load) -> int:
+    """SIGKILL to a worker that has just answered; its pid."""
+    pid = load.pids()[0]
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 # -- gunicorn: sync workers, --preload ----------------------------------------
@@ -200,6 +206,20 @@ def test_gunicorn_quick_stop_flushes_too(tmp_path: Path) -> None:
     assert figures["workers"] == WORKERS, figures
 
 
+def test_gunicorn_reload_replaces_workers_without_loss(tmp_path: Path) -> None:
+    def reload(srv: Server, load: Load) -> None:
+        srv.proc.send_signal(signal.SIGHUP)  # new workers, the old ones stopped gracefully
+
+    figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, midway=reload)
+    assert figures["workers"] > WORKERS, f"the workers were not replaced: {figures}"
+
+
+def test_gunicorn_gthread_workers(tmp_path: Path) -> None:
+    args = ["--max-requests", "0", "--worker-class", "gthread", "--threads", "4"]
+    figures = serve(GUNICORN, args, tmp_path)
+    assert figures["workers"] == WORKERS, figures
+
+
 def test_gunicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
     figures = serve(
         GUNICORN, ["--max-requests", str(REQUESTS // 12), "--max-requests-jitter", "100"], tmp_path
@@ -208,7 +228,7 @@ def test_gunicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
 
 
 def test_gunicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> None:
-    figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, kill=True)
+    figures = serve(GUNICORN, ["--max-requests", "0"], tmp_path, midway=kill_a_worker)
     assert figures["workers"] >= WORKERS, figures
 
 
@@ -226,7 +246,7 @@ def test_uvicorn_recycled_workers_flush_as_they_exit(tmp_path: Path) -> None:
 
 
 def test_uvicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> None:
-    figures = serve(UVICORN, [], tmp_path, kill=True)
+    figures = serve(UVICORN, [], tmp_path, midway=kill_a_worker)
     assert figures["workers"] >= WORKERS, figures
 
 
