@@ -5,8 +5,9 @@ workers), sends it ``DATABUFFER_SERVER_REQUESTS`` requests (20,000 by
 default) from 8 client threads, each request one event with an id of its
 own, then stops the server with SIGTERM and checks the table:
 
-- after a graceful stop, and with workers recycled during the run, every
-  acknowledged event is stored exactly once;
+- after a graceful stop, with workers recycled or (gunicorn) reloaded
+  during the run, and after gunicorn's quick stop, every acknowledged event
+  is stored exactly once;
 - with one worker killed by SIGKILL halfway, the killed worker lost at most
   what its buffer can hold (``partitions × (max_queued_batches + 2) ×
   max_size``, the bound docs/processes.md gives), and no other worker lost
