@@ -248,3 +248,71 @@ def test_a_forked_child_draws_its_own_jitter_and_backoff(core_name: str, tmp_pat
     (parent,) = [r["draws"] for r in records if not r["child"]]
     (child,) = [r["draws"] for r in records if r["child"]]
     assert len(set(parent) | set(child)) == 10
+
+
+POOL_TASKS = textwrap.dedent(
+    """
+    import os
+
+    from databuffer import Buffer
+
+    OUT = os.environ["POOL_OUT"]
+
+
+    def write(batch, opts):
+        with open(os.path.join(OUT, f"{os.getpid()}.txt"), "a") as f:
+            f.writelines(f"{item}\\n" for item in batch)
+
+
+    def make():
+        return Buffer(name="pool", handle_flush=write, flush_interval=3600)  # flushed at exit only
+
+
+    # Made at import: in the parent, and in each spawned or forkserver worker
+    # while it unpickles its task, before multiprocessing starts it.
+    events = make() if os.environ["POOL_MADE_AT"] == "import" else None
+
+
+    def start():
+        global events
+        if events is None:
+            events = make()
+
+
+    def record(item):
+        events.insert(item)
+    """
+)
+
+POOL_SCRIPT = """
+import multiprocessing, os, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+sys.path.insert(0, os.getcwd())
+import pool_tasks
+ctx = multiprocessing.get_context(sys.argv[1])
+with ctx.Pool(2, initializer=pool_tasks.start, maxtasksperchild=5) as pool:
+    pool.map(pool_tasks.record, range(100), chunksize=5)
+    pool.close()  # the workers end normally: what they buffered is flushed
+    pool.join()
+"""
+
+
+@pytest.mark.parametrize("made_at", ["initializer", "import"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_pool_workers_flush_at_exit_whatever_the_start_method(
+    method: str, made_at: str, core_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each worker runs 5 tasks of 5 items, then ends (maxtasksperchild) and
+    # another takes its place; a worker started by forkserver ends with
+    # os._exit(), like a forked one, and a spawned one with a normal exit.
+    (tmp_path / "pool_tasks.py").write_text(POOL_TASKS)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("POOL_OUT", str(out))
+    monkeypatch.setenv("POOL_MADE_AT", made_at)
+    proc = run_python(POOL_SCRIPT, method, core=core_name, timeout=90, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    files = list(out.iterdir())
+    stored = sorted(int(line) for path in files for line in path.read_text().splitlines())
+    assert stored == list(range(100)), f"{len(stored)} of 100 items stored by {len(files)} workers"
+    assert len(files) >= 4, f"only {len(files)} workers flushed"

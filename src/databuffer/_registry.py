@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,11 +30,17 @@ class Registry:
         self.lock = threading.RLock()
         self._open: weakref.WeakSet[Engine[Any]] = weakref.WeakSet()
         self._all: weakref.WeakSet[Engine[Any]] = weakref.WeakSet()
+        # Called after each add, without the lock (it may take
+        # multiprocessing's locks): _shutdown._on_new_buffer.  Set once, at
+        # the import of _shutdown; read by any thread.
+        self.on_add: Callable[[], None] | None = None
 
     def add(self, engine: Engine[Any]) -> None:
         with self.lock:
             self._open.add(engine)
             self._all.add(engine)
+        if self.on_add is not None:
+            self.on_add()
 
     def discard_open(self, engine: Engine[Any]) -> None:
         with self.lock:

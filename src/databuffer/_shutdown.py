@@ -5,8 +5,9 @@
 - Around ``fork()`` every buffer is quiesced (its partition locks held), and
   in the child each starts over empty with fresh locks and threads: the
   parent's items stay the parent's.  In a child started by ``multiprocessing``
-  with the fork method, which ends with ``os._exit()`` (no ``atexit``), the
-  open buffers are closed by a ``multiprocessing`` finalizer instead.
+  with the fork or forkserver method, which ends with ``os._exit()`` (no
+  ``atexit``), the open buffers are closed by a ``multiprocessing`` finalizer
+  instead.
 """
 
 from __future__ import annotations
@@ -201,10 +202,24 @@ def _after_fork_in_child() -> None:
     dropped.clear()
 
 
-# multiprocessing's fork children end with os._exit(), so atexit does not run
-# there; its finalizers do.  Registered once, when multiprocessing is in use.
+# multiprocessing's children started by fork or forkserver end with
+# os._exit(), so atexit does not run there; its finalizers do.  A child's
+# finalizer comes from an after-fork hook of multiprocessing's, which each
+# child runs as it starts (once the finalizers it inherited are cleared);
+# the hook is registered where multiprocessing is in use: at the first
+# fork, or here at import when multiprocessing came first (a spawned or
+# forkserver child importing databuffer while it unpickles its task).  A
+# child that imports databuffer only later, once started, gets its finalizer
+# with its first buffer (Registry.on_add).
 class _MultiprocessingHook:
+    # Set once, by the thread that registers the after-fork hook (the
+    # forking thread or the importing one, each under the import lock or
+    # alone in the process).
     registered = False
+    # The process whose finalizer is registered.  Written by any thread that
+    # makes a buffer: two racing make two finalizers, and the second
+    # close_open_buffers() finds nothing open.
+    finalizer_pid = 0
 
 
 _mp_hook = _MultiprocessingHook()
@@ -218,12 +233,26 @@ def _register_multiprocessing_finalizer() -> None:
     mp_util.register_after_fork(_mp_hook, _in_multiprocessing_child)
 
 
-def _in_multiprocessing_child(hook: object) -> None:
+def _in_multiprocessing_child(hook: object = None) -> None:
     import multiprocessing.util
 
+    _MultiprocessingHook.finalizer_pid = os.getpid()
     # Priority 100: before the finalizers of multiprocessing's own queues
     # (10), which a handle_flush may still write to.
     multiprocessing.util.Finalize(None, close_open_buffers, exitpriority=100)
+
+
+def _on_new_buffer() -> None:
+    """A buffer was made: in a started ``multiprocessing`` child, make sure it has its finalizer."""
+    if _MultiprocessingHook.finalizer_pid == os.getpid():
+        return
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
+        _in_multiprocessing_child()
+
+
+_register_multiprocessing_finalizer()
+registry.on_add = _on_new_buffer
 
 
 if hasattr(os, "register_at_fork"):
