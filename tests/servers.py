@@ -12,6 +12,7 @@ it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import os
 import re
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,15 @@ class Server:
         self.port = port
         self.log_path = directory / "server.log"
         with open(self.log_path, "wb") as log:
+            # A session of its own: kill() reaches the workers too.
             self.proc = subprocess.Popen(
-                list(argv), cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                list(argv),
+                cwd=directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
 
     def log(self) -> str:
@@ -155,9 +163,10 @@ class Server:
             ) from None
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL to the server and every process it started (left over by a failed test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 class Load:
@@ -178,6 +187,7 @@ class Load:
         self.acked: dict[int, int] = {}
         self.failed: dict[int, str] = {}
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self._stopped = threading.Event()
 
     def start(self) -> Load:
         for thread in self._threads:
@@ -192,6 +202,10 @@ class Load:
             f"the load did not finish within {timeout} s: {self.done()} requests answered or failed"
         )
 
+    def stop(self) -> None:
+        """No more requests (a test failed): each thread ends after its current one."""
+        self._stopped.set()
+
     def done(self) -> int:
         with self._lock:
             return len(self.acked) + len(self.failed)
@@ -201,7 +215,7 @@ class Load:
             return list(dict.fromkeys(reversed(self.acked.values())))  # the latest first
 
     def _run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             with self._lock:
                 event_id = next(self._ids, None)
             if event_id is None:
@@ -220,11 +234,11 @@ class Load:
                     self.acked[event_id] = pid
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 def check_exactly_once(
@@ -262,5 +276,9 @@ def check_exactly_once(
 
 
 def loss_bound(info: Sequence[dict[str, object]]) -> int:
-    """What a buffer holds at most, from its ``info()``: per partition (queued + 2) batches."""
+    """What a buffer holds at most, from its ``info()``: per partition (queued + 2) batches.
+
+    ``flush_size`` is the partition's batch size, its jitter drawn: the
+    docs' files set no ``max_size_jitter``, so it is ``max_size``.
+    """
     return sum((int(p["max_queued_batches"]) + 2) * int(p["flush_size"]) for p in info)  # type: ignore[call-overload]

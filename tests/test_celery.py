@@ -14,6 +14,7 @@ copy of the file without it loses events.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -77,8 +78,15 @@ class _Worker:
         argv += ["--max-tasks-per-child", str(TASKS_PER_CHILD)]
         argv += ["--without-mingle", "--without-gossip", "--loglevel", "INFO"]
         with open(self.log_path, "wb") as out:
+            # A session of its own: kill() reaches the children too.
             self.proc = subprocess.Popen(
-                argv, cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                argv,
+                cwd=directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
 
     def log(self, tail: int | None = 6000) -> str:
@@ -98,9 +106,10 @@ class _Worker:
         assert status == 0, f"the worker exited with {status}:\n{self.log()}"
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # its children die with it (Celery sets their parent-death signal)
-            self.proc.wait()
+        """SIGKILL to the worker and its children (left over by a failed test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 @pytest.mark.parametrize("hook", [True, False], ids=["with-hook", "without-hook"])
@@ -131,7 +140,7 @@ def test_prefork_children_flush_at_exit(hook: bool, tmp_path: Path, monkeypatch:
                 worker.check_running()
                 return _results_written(tmp_path) >= TASKS
 
-            wait_until(all_ran, 80, f"the results of {TASKS} tasks")
+            wait_until(all_ran, 80, f"the results of {TASKS} tasks", interval=0.1)
             worker.stop(30)
             succeeded = {i for task_id, i in sent.items() if client.AsyncResult(task_id).state == "SUCCESS"}
     finally:
