@@ -36,11 +36,16 @@ TABLE = "CREATE TABLE IF NOT EXISTS events (id bigint, kind text, value double p
 _FILE = re.compile(r"^<!-- file: (?P<name>[\w.]+) -->\n```python\n(?P<body>.*?)^```$", re.M | re.S)
 
 
-def docs_files() -> dict[str, str]:
-    """The files of docs/processes.md, by name."""
+def page() -> str:
+    """The text of docs/processes.md; skips where tests/ was copied without docs/."""
     if not PAGE.is_file():
         pytest.skip("no docs/ next to tests/")
-    return {match["name"]: match["body"] for match in _FILE.finditer(PAGE.read_text(encoding="utf-8"))}
+    return PAGE.read_text(encoding="utf-8")
+
+
+def docs_files() -> dict[str, str]:
+    """The files of docs/processes.md, by name."""
+    return {match["name"]: match["body"] for match in _FILE.finditer(page())}
 
 
 def write_docs_files(directory: Path, *names: str) -> None:

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import pytest
 from servers import (
-    PAGE,
     Load,
     Server,
     check_exactly_once,
@@ -43,6 +42,7 @@ from servers import (
     free_port,
     loss_bound,
     need,
+    page,
     postgres_dsn,
     reset_events,
     stored_ids,
@@ -270,8 +270,7 @@ def test_every_file_of_the_page_is_served_by_a_test() -> None:
 def test_the_kubernetes_grace_period_covers_gunicorns_and_the_exit_flush() -> None:
     # The page's budget: the exit timeout < timeout / 2, and
     # the exit timeout < graceful_timeout < terminationGracePeriodSeconds.
-    text = PAGE.read_text(encoding="utf-8")
-    grace = re.search(r"terminationGracePeriodSeconds: (\d+)", text)
+    grace = re.search(r"terminationGracePeriodSeconds: (\d+)", page())
     assert grace is not None, "docs/processes.md gives no terminationGracePeriodSeconds"
     config: dict[str, object] = {}
     exec(docs_files()["gunicorn.conf.py"], config)
