@@ -121,26 +121,54 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     return int(parts[1]), body
 
 
-class Server:
-    """A server process started by a test, its output in a log file."""
+class Process:
+    """A server or worker started by a test, in a session of its own, its output in a log file."""
 
-    def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str], port: int) -> None:
-        self.port = port
-        self.log_path = directory / "server.log"
-        with open(self.log_path, "wb") as log:
-            # A session of its own: kill() reaches the workers too.
+    def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str], log: str) -> None:
+        self.log_path = directory / log
+        with open(self.log_path, "wb") as out:
+            # A session of its own: kill() reaches the processes it starts too.
             self.proc = subprocess.Popen(
                 list(argv),
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,
             )
 
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+    def log(self, tail: int | None = None) -> str:
+        """Its output so far (the last ``tail`` characters)."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return text if tail is None else text[-tail:]
+
+    def check_running(self) -> None:
+        assert self.proc.poll() is None, f"it exited with {self.proc.returncode}:\n{self.log(6000)}"
+
+    def stop(self, timeout: float = 90.0, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig``, then wait for the exit; its status."""
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            name = signal.Signals(sig).name
+            raise AssertionError(f"it did not stop within {timeout} s of {name}:\n{self.log(6000)}") from None
+
+    def kill(self) -> None:
+        """SIGKILL to it and every process it started (left over by a failed test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+class Server(Process):
+    """An HTTP server on 127.0.0.1:``port``."""
+
+    def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str], port: int) -> None:
+        super().__init__(argv, directory, env, "server.log")
+        self.port = port
 
     def wait_ready(self, marker: str = "", count: int = 0, timeout: float = 60.0) -> None:
         """Until the server answers a request (any status) and its log holds ``marker`` ``count`` times."""
@@ -152,26 +180,9 @@ class Server:
                     return
                 except OSError:
                     pass
-            assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}:\n{self.log()}"
-            assert time.monotonic() < deadline, f"the server did not answer in {timeout} s:\n{self.log()}"
+            self.check_running()
+            assert time.monotonic() < deadline, f"the server did not answer in {timeout} s:\n{self.log(6000)}"
             time.sleep(0.05)
-
-    def stop(self, timeout: float = 90.0, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig``, then wait for the exit; its status."""
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"the server did not stop within {timeout} s of SIGTERM:\n{self.log()}"
-            ) from None
-
-    def kill(self) -> None:
-        """SIGKILL to the server and every process it started (left over by a failed test)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
 
 
 class Load:

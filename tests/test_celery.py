@@ -14,16 +14,22 @@ copy of the file without it loses events.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from servers import child_env, need, postgres_dsn, reset_events, stored_ids, wait_until, write_docs_files
+from servers import (
+    Process,
+    child_env,
+    need,
+    postgres_dsn,
+    reset_events,
+    stored_ids,
+    wait_until,
+    write_docs_files,
+)
 
 TASKS = 2000
 CHILDREN = 2
@@ -68,48 +74,13 @@ def _results_written(directory: Path) -> int:
     return sum(1 for name in os.listdir(directory / "results") if name.startswith("celery-task-meta-"))
 
 
-class _Worker:
-    """``celery worker`` on ``celery_app.py`` in ``directory``, its output in a log file."""
-
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
-        self.log_path = directory / "worker.log"
-        argv = [sys.executable, "-m", "celery", "-A", "celery_app", "--config", CONFIG, "worker"]
-        argv += ["--pool", "prefork", "--concurrency", str(CHILDREN)]
-        argv += ["--max-tasks-per-child", str(TASKS_PER_CHILD)]
-        argv += ["--without-mingle", "--without-gossip", "--loglevel", "INFO"]
-        with open(self.log_path, "wb") as out:
-            # A session of its own: kill() reaches the children too.
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
-
-    def log(self, tail: int | None = 6000) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return text if tail is None else text[-tail:]
-
-    def check_running(self) -> None:
-        assert self.proc.poll() is None, f"the worker exited with {self.proc.returncode}:\n{self.log()}"
-
-    def stop(self, timeout: float) -> None:
-        """A warm shutdown: SIGTERM to the main process, which must then exit with status 0."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            status = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the worker did not stop within {timeout} s of SIGTERM:\n{self.log()}")
-        assert status == 0, f"the worker exited with {status}:\n{self.log()}"
-
-    def kill(self) -> None:
-        """SIGKILL to the worker and its children (left over by a failed test)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+def _start_worker(directory: Path, env: dict[str, str]) -> Process:
+    """``celery worker`` on ``celery_app.py`` in ``directory``."""
+    argv = [sys.executable, "-m", "celery", "-A", "celery_app", "--config", CONFIG, "worker"]
+    argv += ["--pool", "prefork", "--concurrency", str(CHILDREN)]
+    argv += ["--max-tasks-per-child", str(TASKS_PER_CHILD)]
+    argv += ["--without-mingle", "--without-gossip", "--loglevel", "INFO"]
+    return Process(argv, directory, env, "worker.log")
 
 
 @pytest.mark.parametrize("hook", [True, False], ids=["with-hook", "without-hook"])
@@ -130,7 +101,7 @@ def test_prefork_children_flush_at_exit(hook: bool, tmp_path: Path, monkeypatch:
     # The client below: no broker or backend from this process's environment.
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_CONFIG_MODULE"):
         monkeypatch.delenv(name, raising=False)
-    worker = _Worker(tmp_path, env)
+    worker = _start_worker(tmp_path, env)
     try:
         with Celery("client", broker="filesystem://", backend=str(config["result_backend"])) as client:
             client.conf.broker_transport_options = config["broker_transport_options"]
@@ -141,15 +112,17 @@ def test_prefork_children_flush_at_exit(hook: bool, tmp_path: Path, monkeypatch:
                 return _results_written(tmp_path) >= TASKS
 
             wait_until(all_ran, 80, f"the results of {TASKS} tasks", interval=0.1)
-            worker.stop(30)
+            # A warm shutdown: SIGTERM to the main process, which must then exit with status 0.
+            status = worker.stop(30)
+            assert status == 0, f"the worker exited with {status}:\n{worker.log(6000)}"
             succeeded = {i for task_id, i in sent.items() if client.AsyncResult(task_id).state == "SUCCESS"}
     finally:
         worker.kill()
 
     # The test's premise: children were replaced during the run.
-    children = set(re.findall(r"ForkPoolWorker-(\d+)\]", worker.log(None)))
+    children = set(re.findall(r"ForkPoolWorker-(\d+)\]", worker.log()))
     assert len(children) >= TASKS // TASKS_PER_CHILD, f"only {len(children)} children ran the tasks"
-    assert len(succeeded) == TASKS, f"{TASKS - len(succeeded)} tasks did not succeed:\n{worker.log()}"
+    assert len(succeeded) == TASKS, f"{TASKS - len(succeeded)} tasks did not succeed:\n{worker.log(6000)}"
     stored = stored_ids(dsn)
     twice = sorted(i for i, n in stored.items() if n > 1)
     assert not twice, f"{len(twice)} events stored more than once, e.g. {twice[:10]}"
@@ -158,6 +131,6 @@ def test_prefork_children_flush_at_exit(hook: bool, tmp_path: Path, monkeypatch:
     lost = sorted(succeeded - set(stored))
     print(f"{len(children)} children ran {TASKS} tasks; {len(stored)} events stored, {len(lost)} lost")
     if hook:
-        assert not lost, f"{len(lost)} of {TASKS} events lost, e.g. {lost[:10]}:\n{worker.log()}"
+        assert not lost, f"{len(lost)} of {TASKS} events lost, e.g. {lost[:10]}:\n{worker.log(6000)}"
     else:
         assert lost, f"without the worker_process_shutdown handler no event was lost ({len(stored)} stored)"
