@@ -367,7 +367,7 @@ class BufferingHandler(logging.handlers.MemoryHandler):
         except Exception:
             self.handleError(record)
             return
-        if record.levelno >= self.flushLevel:
+        if self.shouldFlush(record):
             self.buffer.flush()
 
     def _call_target(self, records: list[logging.LogRecord]) -> None:
