@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import (
@@ -257,10 +258,15 @@ def test_uvicorn_sigkilled_worker_loses_at_most_its_buffer(tmp_path: Path) -> No
 # -- the page itself --------------------------------------------------------
 
 
-def test_gunicorn_conf_runs_as_many_workers_as_the_tests_expect() -> None:
-    config: dict[str, object] = {}
+def _gunicorn_config() -> dict[str, Any]:
+    """The settings the page's gunicorn.conf.py makes (gunicorn runs it the same way)."""
+    config: dict[str, Any] = {}
     exec(docs_files()["gunicorn.conf.py"], config)
-    assert config["workers"] == WORKERS
+    return config
+
+
+def test_gunicorn_conf_runs_as_many_workers_as_the_tests_expect() -> None:
+    assert _gunicorn_config()["workers"] == WORKERS
 
 
 def test_every_file_of_the_page_is_served_by_a_test() -> None:
@@ -272,10 +278,9 @@ def test_the_kubernetes_grace_period_covers_gunicorns_and_the_exit_flush() -> No
     # the exit timeout < graceful_timeout < terminationGracePeriodSeconds.
     grace = re.search(r"terminationGracePeriodSeconds: (\d+)", page())
     assert grace is not None, "docs/processes.md gives no terminationGracePeriodSeconds"
-    config: dict[str, object] = {}
-    exec(docs_files()["gunicorn.conf.py"], config)
+    config = _gunicorn_config()
     exit_timeout = re.search(r"set_exit_timeout\(([\d.]+)\)", docs_files()["app.py"])
     assert exit_timeout is not None, "app.py does not set the exit timeout"
     seconds = float(exit_timeout[1])
-    assert seconds < config["timeout"] / 2  # type: ignore[operator]
-    assert int(grace[1]) > config["graceful_timeout"] > seconds  # type: ignore[operator]
+    assert seconds < config["timeout"] / 2
+    assert int(grace[1]) > config["graceful_timeout"] > seconds
